@@ -1,0 +1,5 @@
+"""`python -m hgsearch` runs the CLI."""
+
+from hgsearch.cli import main
+
+main()

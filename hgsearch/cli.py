@@ -1,0 +1,149 @@
+"""Thin Typer CLI: parse options, call one library function, print. Errors become exit codes here once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.exceptions import Abort, TyperException
+from rich.console import Console
+
+from hgsearch.config import format_budget, load_config, parse_budget
+from hgsearch.errors import HgsearchError
+
+app = typer.Typer(
+    help="Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget.",
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+# Options shared by `run` and `train`; None means "take the config file's or the default value".
+TaskOpt = typer.Option(None, "--task", help="denoise | superres | classify [default: superres]")
+DatasetOpt = typer.Option(None, "--dataset", help="fashion-mnist | mnist | idx ... [default: fashion-mnist]")
+DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the dataset's files.")
+EpochsOpt = typer.Option(None, "--epochs", help="Epochs per trial [default: 2; the paper uses 50].")
+SeedOpt = typer.Option(None, "--seed", help="Seed of the sampler and of each trial's initialisation [default: 0].")
+DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto].")
+WinOpt = typer.Option(None, "--fixed-win/--trained-win", help="Keep W_in fixed at its random init [default: trained].")
+ConfigOpt = typer.Option(None, "--config", help="TOML file with [run] and [space] tables (see configs/default.toml).")
+ResultsOpt = typer.Option(None, "--results-dir", help="Where studies and their files live [default: results].")
+
+
+@app.command()
+def run(
+    budget: str = typer.Option(..., "--budget", help="Parameter budget: 500K, 5M, 1.5M or 2500000."),
+    task: Optional[str] = TaskOpt,
+    dataset: Optional[str] = DatasetOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    family: Optional[str] = typer.Option(None, "--family", help="hourglass | conventional | both [default: both]"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Completed trials per family, across restarts [default: 20]."),
+    epochs: Optional[int] = EpochsOpt,
+    study: Optional[str] = typer.Option(None, "--study", help="Study name [default: <task>-<dataset>-<budget>]."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL [default: sqlite:///results/<study>/study.db]."),
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    fixed_win: Optional[bool] = WinOpt,
+    results_dir: Optional[str] = ResultsOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
+    from hgsearch.display import LiveDisplay, frontier_table
+    from hgsearch.frontier import load_frontier
+    from hgsearch.search import run_search
+
+    cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
+                      family=family, trials=trials, epochs=epochs, study=study, storage=storage, seed=seed,
+                      device=device, fixed_win=fixed_win, results_dir=results_dir)
+    out.print(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
+              f"({cfg.budget:,}), {cfg.trials} trials per family, {cfg.epochs} epochs each")
+    try:
+        with LiveDisplay(out, cfg.trials) as live:
+            run_search(cfg, reporter=live)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finished trials are saved. Resume with the same command "
+                  f"(study {cfg.study_name}).", highlight=False)
+        raise typer.Exit(130)
+    out.print(frontier_table(load_frontier(cfg.study_name, cfg.storage_url)))
+    out.print(f"next: hgsearch frontier --study {cfg.study_name} --plot")
+
+
+@app.command()
+def frontier(
+    study: Optional[str] = typer.Option(None, "--study", help="Study name [default: the latest under --results-dir]."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL [default: the study's SQLite file]."),
+    results_dir: str = typer.Option("results", "--results-dir", help="Where studies and their files live."),
+    plot: bool = typer.Option(False, "--plot", help="Also draw frontier.png."),
+) -> None:
+    """Write frontier.csv and trials.csv (and frontier.png with --plot) for a study."""
+    from hgsearch.display import frontier_table
+    from hgsearch.frontier import load_frontier, write_tables
+    from hgsearch.search import default_study_dir
+
+    name = study or default_study_dir(results_dir)
+    out_dir = Path(results_dir) / name
+    url = storage or f"sqlite:///{out_dir / 'study.db'}"
+    if storage is None and not (out_dir / "study.db").is_file():
+        raise HgsearchError(f"no study {name!r} under {results_dir}/: check --study or --results-dir")
+    fr = load_frontier(name, url)
+    paths = write_tables(fr, out_dir)
+    if plot:
+        from hgsearch.plots import plot_frontier
+
+        paths.append(plot_frontier(fr, out_dir / "frontier.png"))
+    out.print(frontier_table(fr))
+    for p in paths:
+        out.print(f"wrote {p}")
+
+
+@app.command()
+def train(
+    family: str = typer.Option(..., "--family", help="hourglass | conventional"),
+    depth: int = typer.Option(..., "--depth", help="Number of residual blocks L."),
+    bottleneck: int = typer.Option(..., "--bottleneck", help="Inner width d_h of each block."),
+    lr: float = typer.Option(..., "--lr", help="Peak learning rate (decayed linearly to zero)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Stream width d_z [default for conventional: the image size]."),
+    task: Optional[str] = TaskOpt,
+    dataset: Optional[str] = DatasetOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    epochs: Optional[int] = EpochsOpt,
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    fixed_win: Optional[bool] = WinOpt,
+    config: Optional[Path] = ConfigOpt,
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the trained weights (state_dict) here."),
+) -> None:
+    """Train one configuration with the same code a trial uses; print its size, PSNRs and wall time."""
+    from hgsearch.search import train_single
+
+    cfg = load_config(config, task=task, dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed,
+                      device=device, fixed_win=fixed_win)
+    spec, res = train_single(cfg, family=family, width=width, bottleneck=bottleneck, depth=depth, lr=lr, save=save)
+    out.print(f"{spec.family}: width {spec.width}, bottleneck {spec.bottleneck}, depth {spec.depth}, "
+              f"{spec.params:,} parameters ({spec.trainable_params:,} trainable)")
+    out.print(f"validation PSNR {res.psnr_val:.2f} dB, test PSNR {res.psnr_test:.2f} dB, "
+              f"{res.epochs} epochs in {res.seconds:.1f} s")
+    if save:
+        out.print(f"wrote {save}")
+
+
+def main() -> None:
+    """Console entry point: every expected failure is one line on stderr and an exit code."""
+    args = sys.argv[1:] or ["--help"]
+    try:
+        code = app(args=args, prog_name="hgsearch", standalone_mode=False)
+    except HgsearchError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except Abort:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except TyperException as e:  # option parsing: unknown option, missing value, wrong type
+        err.print(f"error: {e.format_message()} (see hgsearch --help)", highlight=False, markup=False,
+                  soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(code or 0)

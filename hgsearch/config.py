@@ -1,0 +1,154 @@
+"""Run settings: budget parsing, TOML config files and the frozen RunConfig every command uses."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from hgsearch.errors import UsageError
+from hgsearch.models import FAMILIES
+from hgsearch.space import SpaceConfig
+from hgsearch.tasks import TASKS
+
+FAMILY_CHOICES = (*FAMILIES, "both")
+DEVICES = ("auto", "cpu", "cuda")
+
+_BUDGET = re.compile(r"^\s*(\d[\d_,]*(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+_BUDGET_HINT = "write it like 500K, 5M, 1.5M or 2500000"
+
+
+def parse_budget(text: str | int) -> int:
+    """'500K', '5M', '1.5M', '2500000' -> parameter count; anything else is a UsageError."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    m = _BUDGET.match(str(text))
+    if not m:
+        raise UsageError(f"invalid budget {text!r}: {_BUDGET_HINT}")
+    try:
+        value = Decimal(m.group(1).replace("_", "").replace(",", "")) * _SCALE[m.group(2).lower()]
+    except InvalidOperation:
+        raise UsageError(f"invalid budget {text!r}: {_BUDGET_HINT}") from None
+    if value != value.to_integral_value():
+        raise UsageError(f"invalid budget {text!r}: it is not a whole number of parameters")
+    if value <= 0:
+        raise UsageError(f"invalid budget {text!r}: it must be a positive parameter count")
+    if value > 10**12:
+        raise UsageError(f"invalid budget {text!r}: over 10^12 parameters is not an MLP search")
+    return int(value)
+
+
+def format_budget(n: int) -> str:
+    """Shortest exact label for a budget, for study names: 5000000 -> '5M', 1500000 -> '1.5M'."""
+    for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            text = f"{Decimal(n) / scale:f}"
+            if "." in text:
+                text = text.rstrip("0").rstrip(".")
+            if len(text) <= 6:  # keep labels short; otherwise the plain number reads better
+                return text + suffix
+    return str(n)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a search or a single training run needs; built from defaults, TOML and options."""
+
+    budget: int = 0  # parameter budget; 0 only for `train`, which needs none
+    task: str = "superres"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    family: str = "both"
+    trials: int = 20  # completed trials per family the study should end with
+    epochs: int = 2  # per trial; small enough for a CPU search, 50 is the paper protocol
+    study: str | None = None  # default derived from task, dataset and budget
+    storage: str | None = None  # default sqlite:///<results_dir>/<study>/study.db
+    results_dir: str = "results"
+    seed: int = 0
+    device: str = "auto"
+    fixed_win: bool = False
+    batch_size: int = 128
+    val_size: int = 10_000  # carved from the training set with a fixed seed (50k/10k on MNIST)
+    noise_sigma: float = 0.25
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
+        if self.family not in FAMILY_CHOICES:
+            raise UsageError(f"unknown family {self.family!r}: use one of {', '.join(FAMILY_CHOICES)}")
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
+        for name in ("trials", "epochs", "batch_size", "val_size"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.noise_sigma < 10:
+            raise UsageError(f"noise_sigma must be in [0, 10), got {self.noise_sigma}")
+        if self.budget < 0:
+            raise UsageError("the budget must be a positive parameter count")
+        if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.study):
+            raise UsageError(
+                f"invalid study name {self.study!r}: use letters, digits, '.', '_' and '-' (max 100)"
+            )
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return FAMILIES if self.family == "both" else (self.family,)
+
+    @property
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        name = f"{self.task}-{self.dataset}-{format_budget(self.budget)}"
+        return name + ("-fixedwin" if self.fixed_win else "")
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.results_dir) / self.study_name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.study_dir / 'study.db'}"
+
+
+def _from_table(cls: type, table: dict[str, Any], where: str) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise UsageError(f"unknown key(s) {', '.join(unknown)} in {where}: allowed are {', '.join(sorted(names))}")
+    return dict(table)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """Defaults, then the TOML file's [run] and [space] tables, then explicit overrides (CLI options)."""
+    run: dict[str, Any] = {}
+    space: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            doc = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"config file {p} does not exist: check the --config path") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"config file {p} is not valid TOML ({e}): fix the file") from None
+        unknown = sorted(set(doc) - {"run", "space"})
+        if unknown:
+            raise UsageError(f"unknown table(s) {', '.join(unknown)} in {p}: use [run] and [space]")
+        run = _from_table(RunConfig, doc.get("run", {}), f"{p} [run]")
+        run.pop("space", None)
+        space = _from_table(SpaceConfig, doc.get("space", {}), f"{p} [space]")
+    if "budget" in run:
+        run["budget"] = parse_budget(run["budget"])
+    run.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RunConfig(**run, space=SpaceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()}))
+    except TypeError as e:
+        raise UsageError(f"bad value in config: {e}") from None
+
+
+def with_overrides(cfg: RunConfig, **changes: Any) -> RunConfig:
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

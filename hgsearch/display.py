@@ -1,0 +1,84 @@
+"""Live terminal display of a running search (rich), fed by search.run_search's reporter events."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from hgsearch.frontier import Frontier
+
+
+class LiveDisplay:
+    """Trials done/total per family, the current trial's epoch and loss, elapsed time and ETA."""
+
+    def __init__(self, console: Console, target: int) -> None:
+        self.console = console
+        self.target = target
+        self.done: dict[str, int] = {}
+        self.start_done: dict[str, int] = {}
+        self.current = ""
+        self.status = ""
+        self.t0 = time.monotonic()
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> "LiveDisplay":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "note":
+            self.console.print(f"[yellow]note:[/] {info['message']}")
+        elif event == "start":
+            self.done = dict(info["done"])
+            self.start_done = dict(info["done"])
+            self.target = info["target"]
+            self.console.print(f"study [bold]{info['study']}[/] in {info['storage']}")
+        elif event == "trial_start":
+            s = info["spec"]
+            self.current = (f"{info['family']} #{info['number']}: width {s.width}, bottleneck {s.bottleneck}, "
+                            f"depth {s.depth}, {s.params / 1e6:.3f}M params, lr {info['lr']:.2e}")
+            self.status = "starting"
+        elif event == "progress":
+            self.status = (f"epoch {info['epoch'] + 1}/{info['epochs']}, step {info['step']}/{info['steps']}, "
+                           f"loss {info['loss']:.5f}")
+        elif event == "trial_end":
+            t = info["trial"]
+            if info["reason"] is None:
+                self.done[info["family"]] = self.done.get(info["family"], 0) + 1
+                a = t.user_attrs
+                self.console.print(f"  {info['family']} #{t.number}: {a['params'] / 1e6:.3f}M params, "
+                                   f"val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, {a['seconds']:.1f} s")
+            else:
+                self.console.print(f"  [red]{info['family']} #{t.number} failed:[/] {info['reason']}")
+        self.live.update(self._render())
+
+    def _render(self) -> Group:
+        elapsed = time.monotonic() - self.t0
+        new = sum(self.done.values()) - sum(self.start_done.values())
+        left = sum(max(0, self.target - d) for d in self.done.values())
+        eta = f"{elapsed / new * left / 60:.1f} min" if new else "estimating"
+        table = Table.grid(padding=(0, 2))
+        for fam, d in self.done.items():
+            table.add_row(Text(fam, style="bold"), f"{d}/{self.target} trials")
+        return Group(table, Text(self.current), Text(self.status, style="dim"),
+                     Text(f"elapsed {elapsed / 60:.1f} min, ETA {eta}", style="dim"))
+
+
+def frontier_table(fr: Frontier) -> Table:
+    """Each family's frontier as one table, smallest model first."""
+    table = Table(title=f"Pareto frontiers of {fr.study} (selected on validation PSNR)")
+    for col in ("family", "params", "val dB", "test dB", "depth", "width", "bottleneck", "lr", "trial"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for _, r in fr.frontier.iterrows():
+        table.add_row(r["family"], f"{int(r['params']):,}", f"{r['psnr_val']:.2f}", f"{r['psnr']:.2f}",
+                      str(int(r["depth"])), str(int(r["width"])), str(int(r["bottleneck"])), f"{r['lr']:.2e}",
+                      str(int(r["trial"])))
+    return table

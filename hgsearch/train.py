@@ -1,0 +1,119 @@
+"""One plain training function: AdamW, linear decay to zero, MSE on the sigmoid output, PSNR eval."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hgsearch.errors import TrialFailed, UsageError
+from hgsearch.models import ArchSpec, build
+from hgsearch.tasks import Split, TaskData, add_noise
+
+# Called as progress(epoch, step, steps_per_epoch, loss) at each epoch end (loss = epoch mean) and
+# every `report_every` steps (loss = last batch); the live display and checkpointing hang off it.
+Progress = Callable[[int, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one training run produced; search stores all of it as trial attributes."""
+
+    psnr_val: float  # validation PSNR in dB: the only quality number used for selection
+    psnr_test: float  # test PSNR in dB: reported, never used to select anything
+    train_loss: float  # mean training MSE of the last epoch
+    seconds: float  # wall time of training plus evaluation
+    epochs: int
+    steps: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without it is a usage error, not a crash."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA device: use --device cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 128) -> float:
+    """PSNR in dB (data range 1) the paper's way: per batch of 128 on the pooled MSE, size-weighted."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in zip(split.inputs.split(batch_size), split.targets.split(batch_size)):
+        mse = F.mse_loss(model(x), y).item()
+        total += x.shape[0] * 10.0 * math.log10(1.0 / max(mse, 1e-20))
+        n += x.shape[0]
+    model.train(was_training)
+    return total / n
+
+
+def train(
+    spec: ArchSpec,
+    data: TaskData,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int = 128,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    report_every: int = 50,
+) -> tuple[torch.nn.Module, TrainResult]:
+    """Train one configuration and evaluate it; raises TrialFailed on a non-finite loss or OOM."""
+    if (spec.d_in, spec.d_out) != (data.d_in, data.d_out):
+        raise UsageError(f"model is {spec.d_in}->{spec.d_out} but the task is {data.d_in}->{data.d_out}")
+    device = torch.device(device) if device is not None else data.train.inputs.device
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)  # same seed, same initial weights: a frontier row can be retrained
+    gen = torch.Generator(device=device).manual_seed(seed)
+    try:
+        model = build(spec).to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+        X, Y = data.train.inputs, data.train.targets
+        n = X.shape[0]
+        steps_per_epoch = math.ceil(n / batch_size)
+        total_steps = epochs * steps_per_epoch
+        step = 0
+        loss_mean = float("nan")
+        for epoch in range(epochs):
+            perm = torch.randperm(n, generator=gen, device=device)
+            loss_sum = torch.zeros((), device=device)
+            for i, idx in enumerate(perm.split(batch_size)):
+                # Linear decay to zero, no warmup (the paper's schedule), set per step.
+                for group in opt.param_groups:
+                    group["lr"] = lr * (1.0 - step / total_steps)
+                x, y = X[idx], Y[idx]
+                if data.train_noise:
+                    x = add_noise(x, data.train_noise, gen)
+                loss = F.mse_loss(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                # Accumulate on the device: reading .item() every step would sync a GPU.
+                loss_sum += loss.detach() * idx.shape[0]
+                step += 1
+                if progress is not None and (i + 1) % report_every == 0:
+                    progress(epoch, i + 1, steps_per_epoch, loss.item())
+            loss_mean = loss_sum.item() / n
+            # A NaN/inf loss poisons the weights for good, so one check per epoch is enough.
+            if not math.isfinite(loss_mean):
+                raise TrialFailed(f"non-finite training loss in epoch {epoch + 1} at lr={lr:.3g}")
+            if progress is not None:
+                progress(epoch, steps_per_epoch, steps_per_epoch, loss_mean)
+        psnr_val = evaluate(model, data.val, batch_size)
+        psnr_test = evaluate(model, data.test, batch_size)
+    except torch.OutOfMemoryError:
+        raise TrialFailed(f"out of memory on {device} for {spec.params:,} parameters") from None
+    if not (math.isfinite(psnr_val) and math.isfinite(psnr_test)):
+        raise TrialFailed(f"non-finite evaluation PSNR (val {psnr_val}, test {psnr_test})")
+    seconds = time.perf_counter() - t0
+    return model, TrainResult(psnr_val, psnr_test, loss_mean, seconds, epochs, step)

@@ -1,0 +1,70 @@
+"""Budget parsing and TOML configuration."""
+
+import tomllib
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from hgsearch.config import RunConfig, format_budget, load_config, parse_budget
+from hgsearch.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("text,value", [("500K", 500_000), ("5M", 5_000_000), ("1.5M", 1_500_000),
+                                        ("2500000", 2_500_000), ("2_500_000", 2_500_000), (" 3m ", 3_000_000),
+                                        ("1G", 10**9), ("750k", 750_000)])
+def test_budget_parsing(text, value):
+    assert parse_budget(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-5M", "5X", "", "1e400", "abc", "1.2345678M", "0K", "5 M M", "nan", "inf"])
+def test_bad_budgets(text):
+    with pytest.raises(UsageError, match="budget"):
+        parse_budget(text)
+
+
+@pytest.mark.parametrize("n,label", [(5_000_000, "5M"), (1_500_000, "1.5M"), (500_000, "500K"), (999, "999"),
+                                     (1_234_567, "1234567")])
+def test_format_budget_round_trips(n, label):
+    assert format_budget(n) == label
+    assert parse_budget(label) == n
+
+
+def test_default_toml_matches_embedded_defaults():
+    doc = tomllib.loads((REPO / "configs" / "default.toml").read_text())
+    cfg = load_config(REPO / "configs" / "default.toml")
+    assert cfg == RunConfig()
+    # Every field of the dataclasses is spelled out in the file (so it documents all of them).
+    assert set(doc["run"]) == set(asdict(RunConfig())) - {"budget", "data_dir", "study", "storage", "space"}
+    assert set(doc["space"]) == set(asdict(RunConfig().space))
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[run]\ntask = 'superres'\nepochz = 3\n")
+    with pytest.raises(UsageError, match="epochz"):
+        load_config(p)
+    p.write_text("[spaec]\n")
+    with pytest.raises(UsageError, match="spaec"):
+        load_config(p)
+    p.write_text("[space]\nratio = [0.5, 1.5]\n")
+    with pytest.raises(UsageError, match="ratio"):
+        load_config(p)
+
+
+def test_overrides_beat_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[run]\nbudget = '3M'\nepochs = 7\n")
+    cfg = load_config(p, epochs=1)
+    assert (cfg.budget, cfg.epochs) == (3_000_000, 1)
+    assert cfg.study_name == "superres-fashion-mnist-3M"
+    assert cfg.storage_url == "sqlite:///results/superres-fashion-mnist-3M/study.db"
+
+
+@pytest.mark.parametrize("field,value", [("trials", 0), ("trials", -3), ("epochs", 0), ("task", "segment"),
+                                         ("family", "mlp"), ("device", "tpu"), ("study", "../x")])
+def test_bad_values(field, value):
+    with pytest.raises(UsageError):
+        RunConfig(**{field: value})
