@@ -1,0 +1,1 @@
+"""File-format readers and the verified downloader behind hgsearch.data (the public entry point)."""
