@@ -72,7 +72,7 @@ class RunConfig:
     device: str = "auto"
     fixed_win: bool = False
     batch_size: int = 128
-    val_size: int = 10_000  # carved from the training set with a fixed seed (50k/10k on MNIST)
+    val_size: int = 10_000  # carved from the training set with a fixed seed, at most a sixth of it
     noise_sigma: float = 0.25
     space: SpaceConfig = field(default_factory=SpaceConfig)
 

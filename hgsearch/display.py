@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -24,14 +25,17 @@ class LiveDisplay:
         self.current = ""
         self.status = ""
         self.t0 = time.monotonic()
+        # Started at the "start" event, once data and storage are ready, so that an early error
+        # is not preceded by an empty live panel.
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+        self.started = False
 
     def __enter__(self) -> "LiveDisplay":
-        self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)
+        if self.started:
+            self.live.__exit__(*exc)
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == "note":
@@ -41,6 +45,8 @@ class LiveDisplay:
             self.start_done = dict(info["done"])
             self.target = info["target"]
             self.console.print(f"study [bold]{info['study']}[/] in {info['storage']}")
+            self.live.__enter__()
+            self.started = True
         elif event == "trial_start":
             s = info["spec"]
             self.current = (f"{info['family']} #{info['number']}: width {s.width}, bottleneck {s.bottleneck}, "
@@ -74,9 +80,9 @@ class LiveDisplay:
 
 def frontier_table(fr: Frontier) -> Table:
     """Each family's frontier as one table, smallest model first."""
-    table = Table(title=f"Pareto frontiers of {fr.study} (selected on validation PSNR)")
-    for col in ("family", "params", "val dB", "test dB", "depth", "width", "bottleneck", "lr", "trial"):
-        table.add_column(col, justify="left" if col == "family" else "right")
+    table = Table(title=f"Pareto frontiers of {fr.study} (selected on validation PSNR)", box=box.SIMPLE_HEAD)
+    for col in ("family", "params", "val dB", "test dB", "depth", "width", "d_h", "lr", "trial"):
+        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
     for _, r in fr.frontier.iterrows():
         table.add_row(r["family"], f"{int(r['params']):,}", f"{r['psnr_val']:.2f}", f"{r['psnr']:.2f}",
                       str(int(r["depth"])), str(int(r["width"])), str(int(r["bottleneck"])), f"{r['lr']:.2e}",

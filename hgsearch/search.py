@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,10 @@ from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, Tri
 from hgsearch.models import FAMILIES, ArchSpec
 from hgsearch.tasks import TaskData, prepare
 from hgsearch.train import TrainResult, resolve_device, train
+
+# hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DIRECTIONS = ["minimize", "maximize"]  # (parameter count, validation PSNR)
 METRIC_NAMES = ["params", "psnr_val"]

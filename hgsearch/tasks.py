@@ -55,7 +55,8 @@ class TaskData:
 
 def to_float(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32 (N, C*H*W) in [0, 1] on the device."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    # np.require copies only read-only or strided arrays (memory-mapped files), which torch can't wrap.
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device)
     return x.reshape(x.shape[0], -1).float().div_(255.0)
 
 
@@ -95,7 +96,10 @@ def prepare(
     noise_sigma: float = 0.25,
     device: torch.device | str = "cpu",
 ) -> TaskData:
-    """Build a task's three splits: validation carved from the training set by a seeded permutation."""
+    """Build a task's three splits: validation carved from the training set by a seeded permutation.
+
+    The validation split has val_size images, at most a sixth of the training set.
+    """
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     device = torch.device(device)
@@ -103,8 +107,10 @@ def prepare(
     if task == "superres" and (h % 2 or w % 2):
         raise UsageError(f"superres needs even image sides, {dataset.name} has {h}x{w}: use another task")
     n_train = len(dataset.train.images)
-    if not 0 < val_size < n_train:
-        raise UsageError(f"--val-size {val_size} must be between 1 and {n_train - 1} for {dataset.name}")
+    # 10k of 60k on (Fashion-)MNIST as in the paper; small datasets keep five sixths for training.
+    val_size = min(val_size, n_train // 6)
+    if val_size < 1:
+        raise DataError(f"{dataset.name} has only {n_train} training images: at least 6 are needed")
 
     train_all = to_float(dataset.train.images, device)
     test_x = to_float(dataset.test.images, device)

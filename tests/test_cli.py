@@ -1,0 +1,105 @@
+"""The real CLI in subprocesses: an end-to-end search, frontier files, help, and one-line errors."""
+
+import re
+
+import pandas as pd
+import pytest
+
+from hgsearch.frontier import COLUMNS, spec_from_row
+from hgsearch.models import build, count_module_params
+from tests.conftest import hgsearch
+
+BUDGET = 100_000
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_idx, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("run")
+    args = ("--budget", "100K", "--dataset", "idx", "--data-dir", str(tiny_idx), "--trials", "3", "--epochs", "1")
+    first = hgsearch("run", *args, cwd=cwd)
+    assert first.returncode == 0, first.stderr
+    plot = hgsearch("frontier", "--plot", cwd=cwd)
+    assert plot.returncode == 0, plot.stderr
+    return cwd, args, first, plot
+
+
+@pytest.mark.slow
+def test_run_then_frontier_end_to_end(tiny_run):
+    cwd, _, first, plot = tiny_run
+    study_dir = cwd / "results" / "superres-idx-100K"
+    assert {p.name for p in study_dir.iterdir()} >= {"study.db", "frontier.csv", "trials.csv", "frontier.png"}
+    assert (study_dir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = pd.read_csv(study_dir / "frontier.csv")
+    trials = pd.read_csv(study_dir / "trials.csv")
+    assert list(front.columns) == COLUMNS
+    assert set(front["family"]) == {"hourglass", "conventional"}
+    assert (trials["state"] == "COMPLETE").groupby(trials["family"]).sum().to_dict() == {
+        "hourglass": 3, "conventional": 3}
+    assert (trials["params"] <= BUDGET).all()
+    for _, row in front.iterrows():
+        spec = spec_from_row(row)  # a frontier row alone rebuilds the model
+        assert spec.params == row["params"] == count_module_params(build(spec))[0]
+    for fam, rows in front.groupby("family"):  # each family's rows are mutually non-dominated
+        for _, a in rows.iterrows():
+            for _, b in rows.iterrows():
+                assert not (b["params"] <= a["params"] and b["psnr_val"] >= a["psnr_val"]
+                            and (b["params"] < a["params"] or b["psnr_val"] > a["psnr_val"]))
+    assert "Pareto frontiers" in first.stdout and "wrote" in plot.stdout
+
+
+@pytest.mark.slow
+def test_same_command_resumes_without_retraining(tiny_run):
+    cwd, args, _, _ = tiny_run
+    again = hgsearch("run", *args, cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert "#" not in again.stdout.split("study superres-idx-100K")[1].split("Pareto")[0]  # no trial ran
+    more = hgsearch("run", *args[:-4], "--trials", "4", "--epochs", "1", cwd=cwd)
+    trials = pd.read_csv(cwd / "results" / "superres-idx-100K" / "trials.csv")  # before frontier rewrite
+    assert more.returncode == 0, more.stderr
+    finished = re.findall(r"^\s+(hourglass|conventional) #\d+: [\d.]+M params, val", more.stdout, re.M)
+    assert sorted(finished) == ["conventional", "hourglass"]  # exactly one more per family
+    assert len(trials) == 6
+
+
+@pytest.mark.slow
+def test_train_command(tiny_idx, tmp_path):
+    res = hgsearch("train", "--family", "hourglass", "--width", "150", "--bottleneck", "12", "--depth", "2",
+                   "--lr", "1e-3", "--dataset", "idx", "--data-dir", str(tiny_idx), "--epochs", "1",
+                   "--save", str(tmp_path / "m.pt"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "27,000 parameters" in res.stdout or "parameters" in res.stdout
+    assert re.search(r"validation PSNR \d+\.\d+ dB, test PSNR \d+\.\d+ dB", res.stdout)
+    assert (tmp_path / "m.pt").stat().st_size > 0
+
+
+def test_help_documents_every_command():
+    top = hgsearch("--help")
+    assert top.returncode == 0
+    for cmd in ("run", "frontier", "train"):
+        assert cmd in top.stdout
+        sub = hgsearch(cmd, "--help")
+        assert sub.returncode == 0 and "Usage" in sub.stdout
+
+
+@pytest.mark.parametrize("args,code,pattern", [
+    (("run", "--budget", "5X"), 2, "invalid budget '5X'"),
+    (("run", "--budget", "0"), 2, "positive"),
+    (("run", "--budget", "-5M"), 2, "invalid budget"),
+    (("run", "--budget", "3M", "--trials", "0"), 2, "--trials must be at least 1"),
+    (("run", "--budget", "3M", "--task", "segment"), 2, "unknown task 'segment'"),
+    (("run", "--budget", "3M", "--family", "mlp"), 2, "unknown family 'mlp'"),
+    (("run", "--budget", "3M", "--bogus"), 2, "bogus"),
+    (("frontier", "--study", "nope"), 1, "no study 'nope'"),
+])
+def test_bad_input_is_one_line(args, code, pattern, tmp_path):
+    res = hgsearch(*args, cwd=tmp_path)
+    assert res.returncode == code, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and pattern in lines[0] and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_budget_below_smallest_model(tiny_idx, tmp_path):
+    res = hgsearch("run", "--budget", "20K", "--dataset", "idx", "--data-dir", str(tiny_idx), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "use --budget 26,390 or more" in res.stderr  # smallest Hourglass on 36 -> 144: 145*180 + 2*145

@@ -1,0 +1,71 @@
+"""Training: the loss goes down, PSNR is the paper's, failures are reported, seeds reproduce."""
+
+import math
+
+import pytest
+import torch
+
+from hgsearch.errors import TrialFailed, UsageError
+from hgsearch.models import ArchSpec, build
+from hgsearch.tasks import Split, prepare
+from hgsearch.train import evaluate, train
+from tests.test_tasks import dataset
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare(dataset(n_train=600, n_test=100, side=12), "superres", val_size=100)
+
+
+def test_a_few_steps_lower_the_loss(data):
+    spec = ArchSpec("hourglass", data.d_in, data.d_out, 200, 20, 2)
+    model = build(spec)
+    before = evaluate(model, data.val)
+    losses = []
+    model, res = train(spec, data, lr=3e-3, epochs=3, progress=lambda e, s, n, loss: losses.append(loss))
+    assert res.psnr_val > before + 3  # from an untrained sigmoid(~0) = 0.5 output to the images
+    assert losses[-1] < losses[0]
+    assert res.steps == 3 * math.ceil(500 / 128)
+
+
+def test_same_seed_same_result(data):
+    spec = ArchSpec("conventional", data.d_in, data.d_out, 144, 200, 1)
+    r1 = train(spec, data, lr=1e-3, epochs=1, seed=3)[1]
+    r2 = train(spec, data, lr=1e-3, epochs=1, seed=3)[1]
+    r3 = train(spec, data, lr=1e-3, epochs=1, seed=4)[1]
+    assert r1.psnr_val == r2.psnr_val and r1.psnr_test == r2.psnr_test
+    assert r3.psnr_val != r1.psnr_val
+
+
+def test_psnr_is_pooled_per_batch_of_128():
+    class Half(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x, 0.5)
+
+    targets = torch.cat([torch.full((128, 4), 0.5), torch.full((72, 4), 0.6)])  # batch MSEs 0 -> clipped, 0.01
+    split = Split(targets.clone(), targets)
+    got = evaluate(Half(), split)
+    expected = (128 * 10 * math.log10(1 / 1e-20) + 72 * 20.0) / 200
+    assert got == pytest.approx(expected)
+    targets = torch.cat([torch.full((128, 4), 0.4), torch.full((128, 4), 0.7)])
+    # Batch MSEs 0.01 and 0.04 -> 20 dB and 13.98 dB, averaged (not the PSNR of the pooled MSE).
+    assert evaluate(Half(), Split(targets, targets)) == pytest.approx((20 + 10 * math.log10(25)) / 2)
+
+
+def test_non_finite_loss_fails_the_trial(data):
+    spec = ArchSpec("hourglass", data.d_in, data.d_out, 200, 20, 2)
+    with pytest.raises(TrialFailed, match="non-finite"):
+        train(spec, data, lr=float("inf"), epochs=1)
+
+
+def test_shape_mismatch(data):
+    with pytest.raises(UsageError):
+        train(ArchSpec("hourglass", 196, 784, 800, 20, 1), data, lr=1e-3, epochs=1)
+
+
+def test_fixed_win_stays_fixed(data):
+    spec = ArchSpec("hourglass", data.d_in, data.d_out, 200, 20, 1, fixed_win=True)
+    torch.manual_seed(0)
+    w0 = build(spec).w_in.weight.clone()
+    model, _ = train(spec, data, lr=3e-3, epochs=1, seed=0)
+    assert torch.equal(model.w_in.weight, w0)
