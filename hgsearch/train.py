@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,9 @@ import torch.nn.functional as F
 from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.models import ArchSpec, build
 from hgsearch.tasks import Split, TaskData, add_noise
+
+# Called at each epoch end with everything needed to continue exactly from there (see `train`).
+EpochEnd = Callable[[dict[str, Any]], None]
 
 # Called as progress(epoch, step, steps_per_epoch, loss) at each epoch end (loss = epoch mean) and
 # every `report_every` steps (loss = last batch); the live display and checkpointing hang off it.
@@ -40,6 +44,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def as_float(t: torch.Tensor) -> torch.Tensor:
+    """Splits may hold uint8 images to save memory (large datasets); the model sees [0, 1] floats."""
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 128) -> float:
     """PSNR in dB (data range 1) the paper's way: per batch of 128 on the pooled MSE, size-weighted."""
@@ -47,7 +56,7 @@ def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 128) -> flo
     model.eval()
     total, n = 0.0, 0
     for x, y in zip(split.inputs.split(batch_size), split.targets.split(batch_size)):
-        mse = F.mse_loss(model(x), y).item()
+        mse = F.mse_loss(model(as_float(x)), as_float(y)).item()
         total += x.shape[0] * 10.0 * math.log10(1.0 / max(mse, 1e-20))
         n += x.shape[0]
     model.train(was_training)
@@ -66,8 +75,16 @@ def train(
     device: torch.device | str | None = None,
     progress: Progress | None = None,
     report_every: int = 50,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: EpochEnd | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
-    """Train one configuration and evaluate it; raises TrialFailed on a non-finite loss or OOM."""
+    """Train one configuration and evaluate it; raises TrialFailed on a non-finite loss or OOM.
+
+    on_epoch_end(state) receives, after each finished epoch, a dict of tensors and numbers
+    (model, optimizer and RNG state, epoch, step, loss) that `resume=state` continues from, giving the
+    same result as an uninterrupted run: it is what per-epoch checkpoints save. Its tensors are the
+    live ones (no copy on the hot path), so write or copy them before returning.
+    """
     if (spec.d_in, spec.d_out) != (data.d_in, data.d_out):
         raise UsageError(f"model is {spec.d_in}->{spec.d_out} but the task is {data.d_in}->{data.d_out}")
     device = torch.device(device) if device is not None else data.train.inputs.device
@@ -82,16 +99,21 @@ def train(
         n = X.shape[0]
         steps_per_epoch = math.ceil(n / batch_size)
         total_steps = epochs * steps_per_epoch
-        step = 0
-        loss_mean = float("nan")
-        for epoch in range(epochs):
+        step, start_epoch, loss_mean = 0, 0, float("nan")
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
+            gen.set_state(resume["generator"])
+            start_epoch, step, loss_mean = int(resume["epoch"]), int(resume["step"]), float(resume["loss"])
+            t0 -= float(resume["seconds"])  # wall time counts the interrupted run's finished epochs
+        for epoch in range(start_epoch, epochs):
             perm = torch.randperm(n, generator=gen, device=device)
             loss_sum = torch.zeros((), device=device)
             for i, idx in enumerate(perm.split(batch_size)):
                 # Linear decay to zero, no warmup (the paper's schedule), set per step.
                 for group in opt.param_groups:
                     group["lr"] = lr * (1.0 - step / total_steps)
-                x, y = X[idx], Y[idx]
+                x, y = as_float(X[idx]), as_float(Y[idx])
                 if data.train_noise:
                     x = add_noise(x, data.train_noise, gen)
                 loss = F.mse_loss(model(x), y)
@@ -109,6 +131,10 @@ def train(
                 raise TrialFailed(f"non-finite training loss in epoch {epoch + 1} at lr={lr:.3g}")
             if progress is not None:
                 progress(epoch, steps_per_epoch, steps_per_epoch, loss_mean)
+            if on_epoch_end is not None:
+                on_epoch_end({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "generator": gen.get_state(), "epoch": epoch + 1, "step": step,
+                              "loss": loss_mean, "seconds": time.perf_counter() - t0})
         psnr_val = evaluate(model, data.val, batch_size)
         psnr_test = evaluate(model, data.test, batch_size)
     except torch.OutOfMemoryError:
