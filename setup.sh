@@ -17,5 +17,6 @@ fi
 # Install torch first and on its own: a bare `torch` requirement with nothing installed would pull a
 # CUDA build of several GB; with this version present, pyproject's `torch>=2.4` installs nothing more.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[test]"
+# postgres: the driver for --storage postgresql://... (many workers, many hosts; the tests use it too).
+.venv/bin/python -m pip install -q -e ".[test,postgres]"
 echo "set-up done: .venv/bin/hgsearch --help"
