@@ -1,10 +1,12 @@
-"""Live terminal display of a running search (rich), fed by search.run_search's reporter events."""
+"""Terminal display (rich): the live view of a running search (fed by run_search's reporter events)
+and the result tables of `frontier` and `show`."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -12,6 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from hgsearch.frontier import Frontier
+
+if TYPE_CHECKING:
+    from hgsearch.report import Analysis
 
 
 class LiveDisplay:
@@ -22,8 +27,9 @@ class LiveDisplay:
         self.target = target
         self.done: dict[str, int] = {}
         self.start_done: dict[str, int] = {}
-        self.current = ""
-        self.status = ""
+        # Per worker (None: the run's only process); `run --workers N` tags each event with its worker.
+        self.current: dict[Any, str] = {}
+        self.status: dict[Any, str] = {}
         self.t0 = time.monotonic()
         # Started at the "start" event, once data and storage are ready, so that an early error
         # is not preceded by an empty live panel.
@@ -44,17 +50,19 @@ class LiveDisplay:
             self.done = dict(info["done"])
             self.start_done = dict(info["done"])
             self.target = info["target"]
-            self.console.print(f"study [bold]{info['study']}[/] in {info['storage']}")
+            workers = f", {info['workers']} workers" if info.get("workers", 1) > 1 else ""
+            self.console.print(f"study [bold]{info['study']}[/] in {info['storage']}{workers}")
             self.live.__enter__()
             self.started = True
         elif event == "trial_start":
-            s = info["spec"]
-            self.current = (f"{info['family']} #{info['number']}: width {s.width}, bottleneck {s.bottleneck}, "
-                            f"depth {s.depth}, {s.params / 1e6:.3f}M params, lr {info['lr']:.2e}")
-            self.status = "starting"
+            s, w = info["spec"], info.get("worker")
+            self.current[w] = ("" if w is None else f"[{w}] ") + (
+                f"{info['family']} #{info['number']}: width {s.width}, bottleneck {s.bottleneck}, "
+                f"depth {s.depth}, {s.params / 1e6:.3f}M params, lr {info['lr']:.2e}")
+            self.status[w] = "starting"
         elif event == "progress":
-            self.status = (f"epoch {info['epoch'] + 1}/{info['epochs']}, step {info['step']}/{info['steps']}, "
-                           f"loss {info['loss']:.5f}")
+            self.status[info.get("worker")] = (f"epoch {info['epoch'] + 1}/{info['epochs']}, "
+                                               f"step {info['step']}/{info['steps']}, loss {info['loss']:.5f}")
         elif event == "trial_end":
             t = info["trial"]
             if info["reason"] is None:
@@ -74,7 +82,10 @@ class LiveDisplay:
         table = Table.grid(padding=(0, 2))
         for fam, d in self.done.items():
             table.add_row(Text(fam, style="bold"), f"{d}/{self.target} trials")
-        return Group(table, Text(self.current), Text(self.status, style="dim"),
+        lines = []
+        for w, current in self.current.items():
+            lines += [Text(current), Text(self.status.get(w, ""), style="dim")]
+        return Group(table, *lines,
                      Text(f"elapsed {elapsed / 60:.1f} min, ETA {eta}", style="dim"))
 
 
@@ -87,4 +98,46 @@ def frontier_table(fr: Frontier) -> Table:
         table.add_row(r["family"], f"{int(r['params']):,}", f"{r['psnr_val']:.2f}", f"{r['psnr']:.2f}",
                       str(int(r["depth"])), str(int(r["width"])), str(int(r["bottleneck"])), f"{r['lr']:.2e}",
                       str(int(r["trial"])))
+    return table
+
+
+def df_table(df: pd.DataFrame, title: str = "") -> Table:
+    """A display DataFrame (already formatted strings) as a rich table; first column left-aligned."""
+    table = Table(title=title or None, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for i, col in enumerate(df.columns):
+        table.add_column(str(col), justify="left" if i == 0 or col == "note" else "right", no_wrap=col != "note")
+    for r in df.itertuples(index=False):
+        table.add_row(*(str(v) for v in r))
+    return table
+
+
+def analysis_tables(an: "Analysis") -> list[Table]:
+    """What `frontier` prints: the frontier on seed means, the comparison, the gap per budget, the shapes."""
+    from hgsearch.report import comparison_view, front_view, scaling_view
+
+    base = (f", baseline {an.baseline.psnr_val:.2f} dB val / {an.baseline.psnr_test:.2f} dB test"
+            if an.baseline else "")
+    tables = [df_table(front_view(an), f"Pareto frontiers of {an.fr.study} ({an.seeds} seed(s) per point{base})")]
+    if an.comparison:
+        head, bins = comparison_view(an.comparison)
+        tables += [df_table(head, "Hourglass vs conventional (validation PSNR)"),
+                   df_table(bins, "PSNR gap at each budget (best model within it)")]
+    if len(an.scaling):
+        tables.append(df_table(scaling_view(an.scaling), "Best shape per budget"))
+    return tables
+
+
+def state_table(study: str, state: pd.DataFrame) -> Table:
+    """`show`: trials per state, best PSNRs and hours per family (and confirm's seed runs)."""
+    table = Table(title=f"study {study}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("family", "complete", "running", "failed", "best val dB", "best test dB", "its params", "hours"):
+        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None or pd.isna(v) else fmt.format(v)
+
+    for _, r in state.iterrows():
+        failed = str(r["failed"]) + (f" (+{r['other']} other)" if r["other"] else "")
+        table.add_row(r["family"], str(r["complete"]), str(r["running"]), failed, num(r["best_val"], "{:.2f}"),
+                      num(r["best_test"], "{:.2f}"), num(r["best_params"], "{:,.0f}"), f"{r['hours']:.2f}")
     return table

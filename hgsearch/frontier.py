@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 from dataclasses import dataclass
@@ -49,10 +50,7 @@ def _row(family: str, t: FrozenTrial) -> dict[str, Any]:
 
 def load_frontier(study: str, storage: str) -> Frontier:
     """Read both families' studies; an absent study or one with no completed trial is an error."""
-    try:
-        names = set(optuna.get_all_study_names(storage=storage))
-    except Exception as e:
-        raise StorageError(f"cannot read storage {safe_url(storage)}: {_first_line(e)}") from None
+    names = _names(storage)
     rows, front, settings = [], [], {}
     for fam in FAMILIES:
         name = family_study_name(study, fam)
@@ -73,10 +71,120 @@ def load_frontier(study: str, storage: str) -> Frontier:
     return Frontier(study, settings, trials, frontier)
 
 
+SEEDS = "seeds"  # <study>.seeds holds `hgsearch confirm`'s retrainings of fixed configurations
+
+
+def seeds_study_name(study: str) -> str:
+    return f"{study}.{SEEDS}"
+
+
+def _names(storage: str) -> set[str]:
+    try:
+        return set(optuna.get_all_study_names(storage=storage))
+    except Exception as e:
+        raise StorageError(f"cannot read storage {safe_url(storage)}: {_first_line(e)}") from None
+
+
+def load_seed_rows(study: str, storage: str) -> pd.DataFrame:
+    """Every trial of <study>.seeds (TRIAL_COLUMNS + source_trial); empty when confirm never ran."""
+    cols = [*TRIAL_COLUMNS, "source_trial"]
+    name = seeds_study_name(study)
+    if name not in _names(storage):
+        return pd.DataFrame(columns=cols)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    rows = [{**_row(t.user_attrs.get("family"), t), "source_trial": t.user_attrs.get("source_trial")}
+            for t in trials]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def seed_rows(fr: Frontier, seeds: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs, one row per (configuration, seed): the search's trials plus confirm's seeds.
+
+    A search trial is its configuration's first seed; confirm adds the others. Should a seed appear
+    twice (e.g. two identical search trials), the first run counts once.
+    """
+    done = [df[df["state"] == "COMPLETE"] for df in (fr.trials, seeds) if len(df)]
+    rows = pd.concat(done, ignore_index=True) if done else fr.trials.iloc[:0]
+    keys = ["family", "depth", "width", "bottleneck", "lr", "fixed_win", "seed"]
+    return rows.drop_duplicates(subset=keys, keep="first").reset_index(drop=True)
+
+
+STATE_COLUMNS = ["family", "complete", "running", "failed", "other", "best_val", "best_test",
+                 "best_params", "hours"]
+
+
+def study_state(study: str, storage: str) -> pd.DataFrame:
+    """Per family (and confirm's seeds): trial counts by state, best PSNRs and hours spent.
+
+    One get_trials(deepcopy=False) per study and a single pass over it, so thousands of trials read
+    in about a second. Hours are trial wall time (start to end, or to now while running).
+    """
+    names = _names(storage)
+    now = datetime.datetime.now()
+    rows = []
+    for fam in (*FAMILIES, SEEDS):
+        name = seeds_study_name(study) if fam == SEEDS else family_study_name(study, fam)
+        if name not in names:
+            continue
+        counts = {"COMPLETE": 0, "RUNNING": 0, "FAIL": 0}
+        other, seconds, best = 0, 0.0, None
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            if t.state.name in counts:
+                counts[t.state.name] += 1
+            else:
+                other += 1
+            if t.datetime_start is not None:
+                seconds += ((t.datetime_complete or now) - t.datetime_start).total_seconds()
+            if t.state == TrialState.COMPLETE and (best is None or t.values[1] > best.values[1]):
+                best = t
+        a = best.user_attrs if best is not None else {}
+        rows.append({"family": fam, "complete": counts["COMPLETE"], "running": counts["RUNNING"],
+                     "failed": counts["FAIL"], "other": other,
+                     "best_val": best.values[1] if best is not None else None,
+                     "best_test": a.get("psnr_test"), "best_params": a.get("params"), "hours": seconds / 3600})
+    if not rows:
+        raise UsageError(f"no study named {study!r} in {safe_url(storage)}: check --study (or run it first)")
+    return pd.DataFrame(rows, columns=STATE_COLUMNS)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions that decide a result's numbers, for summary.json and the report."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("hgsearch", "torch", "optuna", "numpy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def locate_study(study: str | None, storage: str | None, results_dir: str | Path) -> tuple[str, Path, str]:
+    """(study name, its results directory, storage URL) for the commands that read a finished study."""
+    from hgsearch.search import default_study_dir
+
+    name = study or default_study_dir(results_dir)
+    out_dir = Path(results_dir) / name
+    if storage is None and not (out_dir / "study.db").is_file():
+        raise StorageError(f"no study {name!r} under {results_dir}/: check --study or --results-dir")
+    return name, out_dir, storage or f"sqlite:///{out_dir / 'study.db'}"
+
+
 def spec_from_row(row: pd.Series | dict[str, Any]) -> ArchSpec:
     """Rebuild the ArchSpec of a frontier or trials CSV row."""
     return ArchSpec(str(row["family"]), int(row["d_in"]), int(row["d_out"]), int(row["width"]),
                     int(row["bottleneck"]), int(row["depth"]), bool(row["fixed_win"]))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -86,6 +194,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result file reads like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,32 +8,143 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from hgsearch.frontier import Frontier, atomic_write  # noqa: E402
 
 STYLE = {"hourglass": {"color": "tab:blue", "marker": "o"}, "conventional": {"color": "tab:orange", "marker": "s"}}
+FORMATS = ("png", "svg")  # PNG for screens and the report, SVG for papers
+LOG_X_SPAN = 8.0  # a parameter axis spanning more than this factor is drawn on a log scale
 
 
-def plot_frontier(fr: Frontier, path: str | Path) -> Path:
-    """Both families' frontiers overlaid: x = parameters (millions), y = test PSNR (dB)."""
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda p: fig.savefig(p, format=path.suffix.lstrip(".") or "png"))
+    return path
+
+
+def save_all(fig, stem: str | Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write the figure as stem.png and stem.svg (atomically) and close it."""
+    try:
+        return [_save(fig, Path(f"{stem}.{fmt}")) for fmt in formats]
+    finally:
+        plt.close(fig)
+
+
+def _title(fr: Frontier) -> str:
+    s = next(iter(fr.settings.values()), {})
+    win = "fixed W_in (counted)" if s.get("fixed_win") else "trained W_in"
+    return f"{fr.study}: {s.get('task', '?')} on {s.get('dataset', '?')}, {s.get('epochs', '?')} epochs, {win}"
+
+
+def _params_axis(ax, values) -> None:
+    v = np.asarray([x for x in values if x and x > 0], float)
+    if len(v) and v.max() / v.min() > LOG_X_SPAN:
+        ax.set_xscale("log")
+    ax.set_xlabel("parameters (millions)")
+
+
+def frontier_figure(
+    fr: Frontier,
+    *,
+    means: pd.DataFrame | None = None,
+    baseline: tuple[str, float] | None = None,
+    published: pd.DataFrame | None = None,
+    flagged: set[tuple[str, int]] | None = None,
+):
+    """Both families' frontiers: x = parameters (millions), y = test PSNR (dB) of the points chosen on
+    validation PSNR. means (the paper's frontier on seed means, with psnr_std and n_seeds) replaces
+    the single-seed frontier and adds a +-1 std band; baseline = (label, test dB) is a horizontal
+    line; published adds the paper's MNIST frontiers, dashed."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+    xs = []
     for fam, style in STYLE.items():
         pts = fr.trials[(fr.trials["family"] == fam) & (fr.trials["state"] == "COMPLETE")]
         if pts.empty:
             continue
-        ax.scatter(pts["params"] / 1e6, pts["psnr"], s=12, alpha=0.25, color=style["color"])
-        f = fr.family(fam)
-        ax.plot(f["params"] / 1e6, f["psnr"], drawstyle="steps-post", label=f"{fam} frontier ({len(f)})", **style)
-    s = next(iter(fr.settings.values()), {})
-    win = "fixed W_in (counted)" if s.get("fixed_win") else "trained W_in"
-    ax.set_title(f"{fr.study}: {s.get('task', '?')} on {s.get('dataset', '?')}, {s.get('epochs', '?')} epochs, {win}",
-                 fontsize=9)
-    ax.set_xlabel("parameters (millions)")
+        ax.scatter(pts["params"] / 1e6, pts["psnr"], s=12, alpha=0.25, color=style["color"],
+                   label=f"{fam} trials ({len(pts)})")
+        xs += list(pts["params"] / 1e6)
+        f = fr.family(fam) if means is None else means[means["family"] == fam]
+        if f.empty:
+            continue
+        x, y = f["params"].to_numpy(float) / 1e6, f["psnr"].to_numpy(float)
+        k = int(f["n_seeds"].min()) if means is not None else 1
+        label = f"{fam} frontier ({len(f)} pts" + (f", mean of {k}+ seeds)" if k > 1 else ")")
+        ax.plot(x, y, drawstyle="steps-post", label=label, **style)
+        if means is not None and k > 1:
+            sd = f["psnr_std"].fillna(0).to_numpy(float)
+            ax.fill_between(x, y - sd, y + sd, step="post", color=style["color"], alpha=0.2, linewidth=0)
+        for _, r in f.iterrows():
+            if flagged and (fam, int(r["trial"])) in flagged:
+                ax.annotate("learned nothing", (r["params"] / 1e6, r["psnr"]), fontsize=6, color="red")
+    if published is not None and len(published):
+        for fam, part in published.groupby("family"):
+            ax.plot(part["params"] / 1e6, part["psnr"], linestyle="--", marker=STYLE[fam]["marker"], markersize=3,
+                    color=STYLE[fam]["color"], alpha=0.6, drawstyle="steps-post",
+                    label=f"{fam}, published (Chen et al. 2025)")
+            xs += list(part["params"] / 1e6)
+    if baseline is not None:
+        ax.axhline(baseline[1], color="gray", linestyle=":", linewidth=1.2,
+                   label=f"baseline: {baseline[0]} ({baseline[1]:.2f} dB)")
+    ax.set_title(_title(fr), fontsize=9)
+    _params_axis(ax, xs)
     ax.set_ylabel("test PSNR (dB)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    out = Path(path)
-    atomic_write(out, lambda p: fig.savefig(p, format=out.suffix.lstrip(".") or "png"))
-    plt.close(fig)
-    return out
+    return fig
+
+
+def plot_frontier(fr: Frontier, path: str | Path, **kw) -> Path:
+    """The frontier figure (see frontier_figure) in the format of path's suffix."""
+    fig = frontier_figure(fr, **kw)
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def scaling_figure(scaling: pd.DataFrame, title: str = ""):
+    """Per budget bin, the best configuration's depth, width, bottleneck and ratio, one line per family."""
+    fig, axes = plt.subplots(2, 2, figsize=(7.2, 5.2), dpi=150, sharex=True)
+    panels = [("depth", "depth L (blocks)"), ("width", "stream width d_z or d_x (units)"),
+              ("bottleneck", "bottleneck d_h (units)"), ("ratio", "ratio d_h / d_z")]
+    for ax, (col, label) in zip(axes.flat, panels):
+        for fam, part in scaling.groupby("family"):
+            ax.plot(part["hi"] / 1e6, part[col], label=fam, **STYLE.get(fam, {}))
+        ax.set_ylabel(label, fontsize=8)
+        if col == "ratio" and len(scaling) and scaling["ratio"].max() / max(scaling["ratio"].min(), 1e-12) > 10:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3, which="both")
+    for ax in axes[1]:
+        _params_axis(ax, list(scaling["hi"] / 1e6) if len(scaling) else [])
+        ax.set_xlabel("budget: bin top (millions of parameters)", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title or "best configuration per budget", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _image(flat: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    c, h, w = shape
+    img = np.clip(flat.reshape(c, h, w), 0, 1)
+    return img[0] if c == 1 else img.transpose(1, 2, 0)
+
+
+def samples_figure(inputs: np.ndarray, outputs: np.ndarray, targets: np.ndarray,
+                   in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], title: str):
+    """Rows input / output / target for a few fixed test images (flattened, values in [0, 1])."""
+    n = len(inputs)
+    fig, axes = plt.subplots(3, n, figsize=(1.1 * n + 0.9, 3.7), dpi=150, squeeze=False)
+    for row, (name, arr, shape) in enumerate((("input", inputs, in_shape), ("output", outputs, out_shape),
+                                               ("target", targets, out_shape))):
+        for j in range(n):
+            ax = axes[row, j]
+            ax.imshow(_image(arr[j], shape), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
