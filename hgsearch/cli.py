@@ -72,32 +72,95 @@ def run(
     out.print(f"next: hgsearch frontier --study {cfg.study_name} --plot")
 
 
+StudyOpt = typer.Option(None, "--study", help="Study name [default: the latest under --results-dir].")
+StorageOpt = typer.Option(None, "--storage", help="Optuna RDB URL [default: the study's SQLite file].")
+ResultsDirOpt = typer.Option("results", "--results-dir", help="Where studies and their files live.")
+StudyDataDirOpt = typer.Option(None, "--data-dir", help="The study's dataset directory, if not where `run` found it.")
+
+
 @app.command()
 def frontier(
-    study: Optional[str] = typer.Option(None, "--study", help="Study name [default: the latest under --results-dir]."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL [default: the study's SQLite file]."),
-    results_dir: str = typer.Option("results", "--results-dir", help="Where studies and their files live."),
-    plot: bool = typer.Option(False, "--plot", help="Also draw frontier.png."),
+    study: Optional[str] = StudyOpt,
+    storage: Optional[str] = StorageOpt,
+    results_dir: str = ResultsDirOpt,
+    plot: bool = typer.Option(False, "--plot", help="Also draw frontier and scaling figures (PNG and SVG)."),
+    data_dir: Optional[str] = StudyDataDirOpt,
 ) -> None:
-    """Write frontier.csv and trials.csv (and frontier.png with --plot) for a study."""
-    from hgsearch.display import frontier_table
-    from hgsearch.frontier import load_frontier, write_tables
-    from hgsearch.search import default_study_dir
+    """Compare the families (hypervolume, domination, gap per budget) and write frontier.csv, trials.csv
+    and summary.json (and figures with --plot) for a study."""
+    from hgsearch.display import analysis_tables
+    from hgsearch.frontier import locate_study
+    from hgsearch.report import analyze, write_outputs
 
-    name = study or default_study_dir(results_dir)
-    out_dir = Path(results_dir) / name
-    url = storage or f"sqlite:///{out_dir / 'study.db'}"
-    if storage is None and not (out_dir / "study.db").is_file():
-        raise HgsearchError(f"no study {name!r} under {results_dir}/: check --study or --results-dir")
-    fr = load_frontier(name, url)
-    paths = write_tables(fr, out_dir)
-    if plot:
-        from hgsearch.plots import plot_frontier
-
-        paths.append(plot_frontier(fr, out_dir / "frontier.png"))
-    out.print(frontier_table(fr))
+    name, out_dir, url = locate_study(study, storage, results_dir)
+    an = analyze(name, url, data_dir=data_dir)
+    paths = write_outputs(an, out_dir, plot=plot)
+    for table in analysis_tables(an):
+        out.print(table)
+    if an.baseline_note:
+        out.print(f"[yellow]note:[/] {an.baseline_note}")
     for p in paths:
         out.print(f"wrote {p}")
+
+
+@app.command()
+def show(study: Optional[str] = StudyOpt, storage: Optional[str] = StorageOpt,
+         results_dir: str = ResultsDirOpt) -> None:
+    """A study's state: completed, running and failed trials per family, best PSNR, hours spent."""
+    from hgsearch.display import state_table
+    from hgsearch.frontier import locate_study, study_state
+
+    name, _, url = locate_study(study, storage, results_dir)
+    out.print(state_table(name, study_state(name, url)))
+
+
+@app.command()
+def confirm(
+    seeds: int = typer.Option(..., "--seeds", help="Seeds per frontier point (the search's run is the first)."),
+    study: Optional[str] = StudyOpt,
+    storage: Optional[str] = StorageOpt,
+    results_dir: str = ResultsDirOpt,
+    data_dir: Optional[str] = StudyDataDirOpt,
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+) -> None:
+    """Retrain each frontier configuration with K seeds (kept in the storage; re-running is free) and
+    print the frontier on seed means."""
+    from hgsearch.confirm import confirm_seeds
+    from hgsearch.frontier import locate_study
+
+    def say(event: str, info: dict) -> None:
+        if event == "start":
+            out.print(f"seed runs go to study {info['study']} in {info['storage']}")
+        elif event == "run_start":
+            r = info["row"]
+            out.print(f"  [{info['index'] + 1}/{info['total']}] {r['family']} #{int(r['trial'])} "
+                      f"({int(r['params']):,} params) seed {info['seed']} ...", end=" ")
+        elif event == "run_end":
+            out.print(f"failed: {info['reason']}" if info["reason"] else
+                      f"val {info['psnr_val']:.2f} dB, test {info['psnr_test']:.2f} dB, {info['seconds']:.1f} s")
+
+    name, _, url = locate_study(study, storage, results_dir)
+    front = confirm_seeds(name, url, seeds, data_dir=data_dir, device=device, reporter=say)
+    out.print(f"frontier on seed means: {len(front)} points with {int(front['n_seeds'].min())}+ seeds each")
+    out.print(f"next: hgsearch frontier --study {name} --plot, or hgsearch report --study {name}")
+
+
+@app.command()
+def report(
+    study: Optional[str] = StudyOpt,
+    storage: Optional[str] = StorageOpt,
+    results_dir: str = ResultsDirOpt,
+    data_dir: Optional[str] = StudyDataDirOpt,
+    samples: bool = typer.Option(True, "--samples/--no-samples",
+                                 help="Sample grids per frontier point (retrains points without saved weights)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+) -> None:
+    """Write results/<study>/report.html: one self-contained offline page with every figure and table."""
+    from hgsearch.frontier import locate_study
+    from hgsearch.report import analyze, write_report
+
+    name, out_dir, url = locate_study(study, storage, results_dir)
+    out.print(f"wrote {write_report(analyze(name, url, data_dir=data_dir, device=device), out_dir, samples=samples)}")
 
 
 @app.command()
