@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.models import ArchSpec, build
-from hgsearch.tasks import Split, TaskData, add_noise
+from hgsearch.tasks import Split, TaskData, add_noise, as_float  # as_float: re-exported for callers
 
 # Called at each epoch end with everything needed to continue exactly from there (see `train`).
 EpochEnd = Callable[[dict[str, Any]], None]
@@ -42,11 +42,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but PyTorch sees no CUDA device: use --device cpu")
     return torch.device(name)
-
-
-def as_float(t: torch.Tensor) -> torch.Tensor:
-    """Splits may hold uint8 images to save memory (large datasets); the model sees [0, 1] floats."""
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t
 
 
 @torch.no_grad()
@@ -95,8 +90,7 @@ def train(
         model = build(spec).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
-        X, Y = data.train.inputs, data.train.targets
-        n = X.shape[0]
+        n = len(data.train)  # examples per epoch: 4x the images under flip augmentation
         steps_per_epoch = math.ceil(n / batch_size)
         total_steps = epochs * steps_per_epoch
         step, start_epoch, loss_mean = 0, 0, float("nan")
@@ -113,7 +107,7 @@ def train(
                 # Linear decay to zero, no warmup (the paper's schedule), set per step.
                 for group in opt.param_groups:
                     group["lr"] = lr * (1.0 - step / total_steps)
-                x, y = as_float(X[idx]), as_float(Y[idx])
+                x, y = data.train.batch(idx)  # float32; uint8 images converted per batch
                 if data.train_noise:
                     x = add_noise(x, data.train_noise, gen)
                 loss = F.mse_loss(model(x), y)

@@ -7,13 +7,15 @@ import torch.nn.functional as F
 
 from hgsearch.data import Dataset, ImageSet
 from hgsearch.errors import UsageError
-from hgsearch.tasks import add_noise, prepare
+from hgsearch.space import smallest
+from hgsearch.tasks import Split, add_noise, as_float, prepare
 from tests.conftest import smooth_images
 
 
 def dataset(n_train=120, n_test=30, side=28, channels=1):
     imgs, labels = smooth_images(n_train + n_test, side, 0)
-    imgs = np.repeat(imgs[:, None], channels, axis=1)
+    # Colour channels differ (the image, its mirror, its negative), so a channel mix-up shows.
+    imgs = np.stack([imgs, imgs[:, :, ::-1], 255 - imgs][:channels], axis=1)
     labels = labels.astype(np.int64)
     return Dataset("synthetic", ImageSet(imgs[:n_train], labels[:n_train]),
                    ImageSet(imgs[n_train:], labels[n_train:]), "0" * 64, "memory")
@@ -24,17 +26,22 @@ def test_shapes_and_ranges(task, d_in):
     data = prepare(dataset(), task, val_size=20)
     assert (data.d_in, data.d_out) == (d_in, 784)
     assert (len(data.train), len(data.val), len(data.test)) == (100, 20, 30)
+    # Images stay uint8 on the device; the derived inputs (bicubic, noisy) are float32.
+    assert data.train.targets.dtype == torch.uint8
+    assert data.train.inputs.dtype == (torch.float32 if task == "superres" else torch.uint8)
+    assert data.val.inputs.dtype == (torch.uint8 if task == "classify" else torch.float32)
     for split in (data.train, data.val, data.test):
-        assert split.inputs.dtype == split.targets.dtype == torch.float32
-        assert split.targets.min() >= 0 and split.targets.max() <= 1
+        x, y = split.batch(torch.arange(len(split)))
+        assert x.dtype == y.dtype == torch.float32 and x.shape == (len(split), d_in)
+        assert y.min() >= 0 and y.max() <= 1 and y.max() > 0.5
         if task != "superres":  # bicubic may overshoot slightly; the other inputs are images
-            assert split.inputs.min() >= 0 and split.inputs.max() <= 1
+            assert x.min() >= 0 and x.max() <= 1
 
 
 def test_validation_split_is_fixed_and_disjoint():
     ds = dataset()
     a, b = prepare(ds, "superres", val_size=20), prepare(ds, "superres", val_size=20)
-    assert torch.equal(a.val.targets, b.val.targets)
+    assert torch.equal(a.val.targets, b.val.targets) and torch.equal(a.train.inputs, b.train.inputs)
     train_rows = {tuple(r.tolist()) for r in a.train.targets}
     assert not any(tuple(r.tolist()) in train_rows for r in a.val.targets)
     assert len(a.val) == 20 and len(prepare(ds, "superres", val_size=10_000).val) == 120 // 6
@@ -61,9 +68,61 @@ def test_superres_is_bicubic_without_antialias():
     assert data.d_in == 16 and data.d_out == 64
 
 
-def test_colour_images_downsample_per_channel():
-    data = prepare(dataset(side=8, channels=3), "superres", val_size=20)
+def test_colour_images_flatten_to_channels_and_downsample_per_channel():
+    ds = dataset(side=8, channels=3)
+    data = prepare(ds, "superres", val_size=20)
     assert (data.d_in, data.d_out) == (3 * 16, 3 * 64)
+    img = torch.from_numpy(ds.test.images).float() / 255
+    assert torch.equal(as_float(data.test.targets), img.reshape(len(img), -1))  # channel-major rows
+    for ch in range(3):  # each channel downsampled on its own, in its own slot
+        one = F.interpolate(img[:, ch:ch + 1], size=(4, 4), mode="bicubic", align_corners=False, antialias=False)
+        assert torch.allclose(data.test.inputs[:, ch * 16:(ch + 1) * 16], one.reshape(len(img), -1), atol=1e-6)
+
+
+def test_conventional_width_follows_the_image_size():
+    """The conventional stream is d_x = the (colour) image size; Hourglass streams are wider."""
+    data = prepare(dataset(side=32, channels=3), "superres", val_size=20)
+    assert (data.d_in, data.d_out) == (768, 3072)
+    assert smallest("conventional", data.d_in, data.d_out).width == 3072
+    assert smallest("hourglass", data.d_in, data.d_out).width == 3073
+
+
+def test_uint8_rows_give_exactly_the_float_values():
+    ds = dataset()
+    for task in ("denoise", "superres", "classify"):
+        data = prepare(ds, task, val_size=20)
+        idx = torch.tensor([5, 0, 99, 5])
+        x, y = data.train.batch(idx)
+        assert torch.equal(x, as_float(data.train.inputs)[idx]) and torch.equal(y, as_float(data.train.targets)[idx])
+    x = torch.from_numpy(ds.train.images[:3].reshape(3, -1))
+    assert torch.equal(as_float(x), x.float() / 255)
+
+
+@pytest.mark.parametrize("task", ["denoise", "superres", "classify"])
+def test_flip_augmentation_is_the_four_flips_per_batch(task):
+    ds = dataset(side=8, channels=3)
+    plain, aug = prepare(ds, task, val_size=20), prepare(ds, task, val_size=20, augment="flips")
+    n = len(plain.train)
+    assert len(aug.train) == 4 * n and (len(aug.val), len(aug.test)) == (len(plain.val), len(plain.test))
+    assert aug.train.inputs.shape == plain.train.inputs.shape  # the flips are made per batch, not stored
+    r = 7
+    x, y = aug.train.batch(torch.tensor([r, n + r, 2 * n + r, 3 * n + r]))
+    img = as_float(plain.train.targets[r]).view(3, 8, 8)
+    flips = [img, img.flip(-1), img.flip(-2), img.flip(-1).flip(-2)]  # none, left-right, up-down, both
+    for k, flipped in enumerate(flips):
+        if task == "classify":  # the input is flipped; the class prototype is not
+            assert torch.equal(x[k], as_float(plain.train.inputs[r]).view(3, 8, 8).flip(
+                [d for d, on in ((-1, k in (1, 3)), (-2, k >= 2)) if on]).reshape(-1))
+            assert torch.equal(y[k], as_float(plain.train.targets[r]))
+            continue
+        assert torch.equal(y[k], flipped.reshape(-1))
+        if task == "denoise":
+            assert torch.equal(x[k], y[k])  # training noise is added by train() afterwards
+        else:  # the input is the downsampled flipped image (bicubic commutes with flips to rounding)
+            small = F.interpolate(flipped[None], size=(4, 4), mode="bicubic", align_corners=False, antialias=False)
+            assert torch.allclose(x[k], small.reshape(-1), atol=1e-6)
+    with pytest.raises(UsageError, match="augmentation"):
+        prepare(ds, task, augment="rotate")
 
 
 def test_classify_targets_are_first_training_image_of_each_class():
@@ -71,9 +130,10 @@ def test_classify_targets_are_first_training_image_of_each_class():
     data = prepare(ds, "classify", val_size=20)
     protos = {}
     for img, lab in zip(ds.train.images, ds.train.labels):
-        protos.setdefault(int(lab), torch.from_numpy(img.reshape(-1)).float() / 255)
+        protos.setdefault(int(lab), torch.from_numpy(img.reshape(-1).copy()))
     for target, lab in zip(data.test.targets, ds.test.labels):
         assert torch.equal(target, protos[int(lab)])
+    assert len(protos) > 3
 
 
 def test_bad_task_and_odd_sides():
