@@ -1,0 +1,273 @@
+"""Several worker processes on this machine for one study: a device or CPU-thread share each, one event stream, one stop."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from hgsearch.config import RunConfig
+from hgsearch.errors import HgsearchError, UsageError
+
+Reporter = Any  # search.Reporter; not imported here so that a worker sets its devices before torch loads
+STOP_GRACE_S = 60.0  # after Ctrl-C, how long workers get to close their trials before they are killed
+PROGRESS_EVERY_S = 0.5  # progress events are per step; the parent's display needs a few per second at most
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one worker process gets: environment overrides (CUDA_VISIBLE_DEVICES) and its CPU threads."""
+
+    index: int
+    env: dict[str, str]
+    threads: int
+
+    @property
+    def label(self) -> str:
+        gpu = self.env.get("CUDA_VISIBLE_DEVICES")
+        where = f"GPU {gpu}" if gpu is not None else "CPU"
+        return f"worker {self.index}: {where}, {self.threads} thread" + ("s" if self.threads > 1 else "")
+
+
+def visible_gpus(device: str, environ: dict[str, str] | None = None) -> list[str]:
+    """GPU ids the workers may use: CUDA_VISIBLE_DEVICES when set, else every device PyTorch counts."""
+    environ = os.environ if environ is None else environ
+    if device == "cpu":
+        return []
+    if "CUDA_VISIBLE_DEVICES" in environ:  # honoured as given, ids or UUIDs; "" means no GPU at all
+        return [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def plan_workers(n: int, gpus: list[str], cores: int) -> list[WorkerPlan]:
+    """GPUs round-robin (one CUDA_VISIBLE_DEVICES entry per worker); the CPU cores split evenly."""
+    threads = max(1, cores // n)
+    return [WorkerPlan(i, {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}, threads) for i in range(n)]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class _QueueReporter:
+    """A worker's reporter: every event goes to the parent, tagged with the worker's index."""
+
+    def __init__(self, events: Any, index: int) -> None:
+        self.events = events
+        self.index = index
+        self.last_progress = 0.0
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "progress":
+            now = time.monotonic()
+            if now - self.last_progress < PROGRESS_EVERY_S and info.get("step") != info.get("steps"):
+                return
+            self.last_progress = now
+        self.put(event, info)
+
+    def put(self, event: str, info: dict[str, Any]) -> None:
+        # Pickled here rather than in the queue's feeder thread, where a failure would only print:
+        # values that cannot cross a process boundary (the "done" event's open studies) are dropped.
+        try:
+            blob = pickle.dumps(info)
+        except Exception:
+            blob = pickle.dumps({k: v for k, v in info.items() if _picklable(v)})
+        self.events.put((self.index, event, blob))
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:
+        return False
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the parent dies, so a killed `run` leaves no orphan workers."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
+    """Body of one worker process: set its device and threads, run the shared search, report how it ended."""
+    os.environ.update(plan.env)  # before anything touches CUDA
+    # Its own process group: a Ctrl-C at the terminal reaches the parent only, which forwards it once,
+    # so a worker never sees two interrupts for one key press.
+    os.setpgrp()
+    _die_with_parent()
+    reporter = _QueueReporter(events, plan.index)
+    try:
+        import torch
+
+        torch.set_num_threads(plan.threads)
+        from hgsearch.search import run_search, stop_on_signals
+
+        # The same stop as a single `run`: the first signal stops after the current step (the trial is
+        # queued to continue from its checkpoint), a second one at once.
+        with stop_on_signals():
+            run_search(cfg, reporter=reporter)
+    except KeyboardInterrupt:
+        reporter.put("exit", {"code": 130})
+    except HgsearchError as e:
+        reporter.put("error", {"message": str(e), "exit_code": e.exit_code})
+    except BaseException as e:  # a bug: the parent reports it in one line, the traceback goes with it
+        reporter.put("crash", {"message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+    else:
+        reporter.put("exit", {"code": 0})
+
+
+class _Stop:
+    """Parent-side signal state: the first SIGINT/SIGTERM asks workers to stop, the next ones insist."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.signum = signal.SIGINT
+        self.since = 0.0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.signum = signal.Signals(signum)
+        self.since = self.since or time.monotonic()
+
+
+def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
+    """Run `n` worker processes on cfg's study until it is complete; one event stream into `reporter`.
+
+    Worker 0 starts first and opens (or creates) the studies, so that settings checks, data errors and
+    table creation happen once; the others join when it reports "start". Ctrl-C or SIGTERM is
+    forwarded once to every worker (a second one is forwarded again, which the search treats as "now");
+    the parent returns when all workers have ended and raises search.Stopped if it was stopped.
+    """
+    if n < 1:
+        raise UsageError(f"--workers must be at least 1, got {n}")
+    plans = plan_workers(n, visible_gpus(cfg.device), _cores())
+    ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and any CUDA state
+    events = ctx.Queue()
+    procs: dict[int, Any] = {}
+    ended: dict[int, tuple[str, dict[str, Any]]] = {}
+    stop = _Stop()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    forwarded = 0
+    started = False
+    notes: set[str] = set()
+    t0 = time.perf_counter()
+
+    def start(plan: WorkerPlan) -> None:
+        p = ctx.Process(target=_worker_main, args=(cfg, plan, events), name=f"hgsearch-worker-{plan.index}")
+        p.start()
+        procs[plan.index] = p
+
+    def signal_all(signum: int) -> None:
+        for i, p in procs.items():
+            if i not in ended and p.is_alive():
+                try:
+                    os.kill(p.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    try:
+        start(plans[0])
+        while len(ended) < len(procs):
+            if stop.count > forwarded:
+                if not forwarded:
+                    reporter("note", {"message": f"{stop.signum.name}: stopping every worker after its current "
+                                                 "step; press Ctrl-C again to stop them at once"})
+                forwarded = stop.count
+                signal_all(stop.signum)
+            if stop.since and time.monotonic() - stop.since > STOP_GRACE_S:
+                signal_all(signal.SIGKILL)  # their trials are left to the heartbeat check, like a kill -9
+            try:
+                index, event, blob = events.get(timeout=0.2)
+            except queue.Empty:
+                _note_dead(procs, ended, events, reporter)
+                continue
+            info = pickle.loads(blob)
+            if event in ("exit", "error", "crash"):
+                ended[index] = (event, info)
+                if event != "exit" and not stop.since:
+                    # One worker's error stops the rest (they would hit it too), as a Ctrl-C would.
+                    stop.since = time.monotonic()
+                    signal_all(signal.SIGINT)
+                continue
+            if event == "start":
+                if started:
+                    continue  # the display shows the study once
+                started = True
+                reporter(event, {**info, "workers": n})
+                reporter("note", {"message": "; ".join(p.label for p in plans)})
+                if not stop.since:
+                    for plan in plans[1:]:
+                        start(plan)
+                continue
+            if event == "note":
+                if info.get("message") in notes:
+                    continue
+                notes.add(info.get("message"))
+            if event == "done":
+                continue  # one "done" for all workers, below
+            reporter(event, {**info, "worker": index})
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for p in procs.values():
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        events.close()
+    _outcome(ended, stop, reporter, time.perf_counter() - t0)
+
+
+def _note_dead(procs: dict[int, Any], ended: dict[int, tuple[str, dict[str, Any]]], events: Any,
+          reporter: Reporter) -> None:
+    """Workers that died without a word (kill -9, out of memory): note it; the others carry on."""
+    for i, p in procs.items():
+        if i in ended or p.is_alive() or p.exitcode is None:
+            continue
+        try:
+            # Its last messages may still be in the pipe; they are handled before judging it dead.
+            time.sleep(0.1)
+            if not events.empty():
+                return
+        except OSError:
+            pass
+        how = f"signal {signal.Signals(-p.exitcode).name}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+        ended[i] = ("died", {"message": f"worker {i} died ({how})"})
+        reporter("note", {"message": f"worker {i} died ({how}); the other workers retry the trial it was running"})
+
+
+def _outcome(ended: dict[int, tuple[str, dict[str, Any]]], stop: _Stop, reporter: Reporter, seconds: float) -> None:
+    """Turn the workers' endings into the parent's: an error, an interrupt, or done."""
+    for kind, info in ended.values():
+        if kind == "error":
+            err = HgsearchError(info["message"])
+            err.exit_code = info["exit_code"]  # usage errors stay exit code 2
+            raise err
+    for kind, info in ended.values():
+        if kind == "crash":
+            raise HgsearchError(f"a worker crashed: {info['message']} (please report this with the traceback:\n"
+                                f"{info['traceback'].rstrip()})")
+    if stop.count:
+        from hgsearch.search import Stopped
+
+        raise Stopped(stop.signum.name)
+    if not any(kind == "exit" and info["code"] == 0 for kind, info in ended.values()):
+        raise HgsearchError("every worker died before the study was complete: run the same command again to "
+                            "finish it (trials they left running are retried)")
+    reporter("done", {"seconds": seconds})
