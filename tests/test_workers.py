@@ -1,0 +1,115 @@
+"""`run --workers N`: device/thread plans, N real processes on one SQLite study, and Ctrl-C stopping them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hgsearch.workers import plan_workers, visible_gpus
+
+FAMILIES = ("hourglass", "conventional")
+
+
+def test_gpus_round_robin_and_cpu_threads_shared():
+    plans = plan_workers(3, ["0", "1"], cores=16)
+    assert [p.env for p in plans] == [{"CUDA_VISIBLE_DEVICES": d} for d in ("0", "1", "0")]
+    assert [p.threads for p in plans] == [5, 5, 5]
+    cpu = plan_workers(4, [], cores=2)
+    assert [p.env for p in cpu] == [{}] * 4 and [p.threads for p in cpu] == [1] * 4
+    assert "GPU 1, 5 threads" in plans[1].label and "CPU, 1 thread" in cpu[0].label
+
+
+def test_cuda_visible_devices_is_honoured():
+    assert visible_gpus("auto", {"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+    assert visible_gpus("cuda", {"CUDA_VISIBLE_DEVICES": "GPU-8c1a"}) == ["GPU-8c1a"]
+    assert visible_gpus("auto", {"CUDA_VISIBLE_DEVICES": ""}) == []  # "" hides every GPU
+    assert visible_gpus("cpu", {"CUDA_VISIBLE_DEVICES": "0"}) == []
+
+
+def states(url: str, study: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    return {f: optuna.load_study(study_name=f"{study}.{f}", storage=url).get_trials() for f in FAMILIES}
+
+
+def assert_exactly(trials: dict[str, list[optuna.trial.FrozenTrial]], n: int) -> None:
+    """n COMPLETE per family, nothing left RUNNING or WAITING, no configuration completed twice."""
+    for fam, ts in trials.items():
+        count = Counter(t.state.name for t in ts)
+        assert count["COMPLETE"] == n, (fam, count)
+        assert count["RUNNING"] == count["WAITING"] == 0, (fam, count)
+        done = [tuple(sorted(t.params.items())) for t in ts if t.state.name == "COMPLETE"]
+        assert len(set(done)) == len(done), f"{fam}: a configuration completed twice"
+
+
+def run_args(data: Path, trials: int, epochs: int) -> list[str]:
+    return ["run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(data), "--trials", str(trials),
+            "--epochs", str(epochs), "--study", "w", "--workers", "2"]
+
+
+def popen(args: list[str], cwd: Path, stderr: Path, **env: str) -> subprocess.Popen:
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **env}
+    return subprocess.Popen([sys.executable, "-m", "hgsearch", *args], cwd=cwd, env=full,
+                            stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True)
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_two_workers_reach_exactly_n_without_lock_errors(tiny_idx, tmp_path):
+    from tests.conftest import hgsearch
+
+    res = hgsearch(*run_args(tiny_idx, 4, 2), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "2 workers" in res.stdout and "worker 1: CPU" in res.stdout
+    assert "locked" not in res.stdout + res.stderr
+    url = f"sqlite:///{tmp_path / 'results' / 'w' / 'study.db'}"
+    trials = states(url, "w")
+    assert_exactly(trials, 4)
+    for ts in trials.values():  # the only failures allowed are lost claim races, never errors
+        assert all("surplus" in t.user_attrs.get("fail_reason", "") for t in ts if t.state.name == "FAIL")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_then_the_same_command_finishes(tiny_idx, tmp_path):
+    args = run_args(tiny_idx, 3, 3)
+    err = tmp_path / "stderr.txt"
+    # Each worker process pauses once mid-epoch (search's test hook): both then hold a RUNNING trial.
+    p = popen(args, tmp_path, err, HGSEARCH_TEST_PAUSE_AT="epoch")
+    wait_for(lambda: err.read_text().count("HGSEARCH_PAUSED epoch") == 2 or p.poll() is not None, 180,
+             "both workers to be mid-trial")
+    assert p.poll() is None, err.read_text()
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    stopped_in = time.monotonic() - t0
+    text = err.read_text()
+    assert p.returncode == 130, text
+    assert stopped_in < 30, f"took {stopped_in:.0f} s to stop"
+    assert text.count("Resume with") == 1, text  # one resume line, from the parent only
+    assert "stopping every worker" in out
+    url = f"sqlite:///{tmp_path / 'results' / 'w' / 'study.db'}"
+    trials = [t for ts in states(url, "w").values() for t in ts]
+    assert not [t for t in trials if t.state.name == "RUNNING"]  # both cut-off trials were closed
+    assert sum(t.state.name == "WAITING" for t in trials) == 2  # ... and queued to continue
+    assert sum("interrupted by SIGINT" in t.user_attrs.get("fail_reason", "") for t in trials) == 2
+
+    from tests.conftest import hgsearch
+
+    again = hgsearch(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    final = states(url, "w")
+    assert_exactly(final, 3)
+    retried = [t for ts in final.values() for t in ts if t.state.name == "COMPLETE" and t.user_attrs.get("retry_of")]
+    assert len(retried) == 2
