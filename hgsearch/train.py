@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,18 +46,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Evaluation forwards this many 128-image batches at once: big matmuls run near the machine's peak,
+# and PSNR is still computed per batch of batch_size rows (BatchNorm in eval mode is per-row).
+# Evaluation always runs in float32 on every device: the stored PSNRs never depend on the fast path.
+EVAL_BATCHES = 16
+
+# bf16 autocast for the training step on CUDA only (tensor cores; on CPU bf16 is ~30x slower, never
+# used there). Weights, optimizer state, BatchNorm, the loss and evaluation stay float32.
+# HGSEARCH_CUDA_BF16=0 trains in plain float32 on CUDA too.
+CUDA_BF16 = os.environ.get("HGSEARCH_CUDA_BF16", "1") != "0"
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and CUDA_BF16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.AdamW:
+    """The paper's AdamW; the fused kernel (one pass over all weights, same update) on CPU and CUDA."""
+    # Measured on 2 CPU cores for a 5.8M model: fused ~1.4x the foreach kernel's step rate (bench/).
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay,
+                             fused=True if fused else None)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 128) -> float:
     """PSNR in dB (data range 1) the paper's way: per batch of 128 on the pooled MSE, size-weighted."""
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
-    for x, y in zip(split.inputs.split(batch_size), split.targets.split(batch_size)):
-        mse = F.mse_loss(model(as_float(x)), as_float(y)).item()
-        total += x.shape[0] * 10.0 * math.log10(1.0 / max(mse, 1e-20))
-        n += x.shape[0]
+    rows = batch_size * EVAL_BATCHES  # a multiple of batch_size: chunks never straddle a batch
+    total = torch.zeros((), dtype=torch.float64, device=split.inputs.device)
+    for x, y in zip(split.inputs.split(rows), split.targets.split(rows)):
+        row_mse = (model(as_float(x)) - as_float(y)).pow_(2).mean(1)  # equal-size rows: batch MSE = mean row MSE
+        full = row_mse.shape[0] // batch_size * batch_size  # rows in full batches of this chunk
+        if full:
+            total += batch_size * _db(row_mse[:full].view(-1, batch_size).mean(1)).sum()
+        if full < row_mse.shape[0]:  # only the split's last chunk can end in a partial batch
+            total += (row_mse.shape[0] - full) * _db(row_mse[full:].mean())
     model.train(was_training)
-    return total / n
+    return total.item() / len(split.inputs)  # one device sync per split, not one per batch
+
+
+def _db(mse: torch.Tensor) -> torch.Tensor:
+    """10 log10(1 / mse) in float64, with the MSE floored at 1e-20 (a perfect batch stays finite)."""
+    return -10.0 * torch.log10(mse.double().clamp_min(1e-20))
 
 
 def train(
@@ -89,10 +126,12 @@ def train(
     try:
         model = build(spec).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+        opt = make_optimizer(params, lr, weight_decay, device)
         n = len(data.train)  # examples per epoch: 4x the images under flip augmentation
         steps_per_epoch = math.ceil(n / batch_size)
         total_steps = epochs * steps_per_epoch
+        # Linear decay to zero, no warmup (the paper's schedule): one precomputed value per step.
+        lrs = [lr * (1.0 - s / total_steps) for s in range(total_steps)]
         step, start_epoch, loss_mean = 0, 0, float("nan")
         if resume is not None:
             model.load_state_dict(resume["model"])
@@ -100,17 +139,20 @@ def train(
             gen.set_state(resume["generator"])
             start_epoch, step, loss_mean = int(resume["epoch"]), int(resume["step"]), float(resume["loss"])
             t0 -= float(resume["seconds"])  # wall time counts the interrupted run's finished epochs
+        # A single group (every trainable weight shares lr and decay), taken after load_state_dict,
+        # which replaces the group dicts.
+        group = opt.param_groups[0]
         for epoch in range(start_epoch, epochs):
             perm = torch.randperm(n, generator=gen, device=device)
             loss_sum = torch.zeros((), device=device)
             for i, idx in enumerate(perm.split(batch_size)):
-                # Linear decay to zero, no warmup (the paper's schedule), set per step.
-                for group in opt.param_groups:
-                    group["lr"] = lr * (1.0 - step / total_steps)
+                group["lr"] = lrs[step]
                 x, y = data.train.batch(idx)  # float32; uint8 images converted per batch
                 if data.train_noise:
                     x = add_noise(x, data.train_noise, gen)
-                loss = F.mse_loss(model(x), y)
+                with _autocast(device):
+                    out = model(x)
+                loss = F.mse_loss(out.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
