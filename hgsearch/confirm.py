@@ -3,6 +3,7 @@ rebuild a frontier point's trained model for its sample pictures (cached under w
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,9 @@ def _open_seeds(study: str, storage: str) -> optuna.Study:
                             sampler=optuna.samplers.RandomSampler(seed=0), load_if_exists=True)
     if "of_study" not in s.user_attrs:
         s.set_user_attr("of_study", study)
-        s.set_metric_names(METRIC_NAMES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            s.set_metric_names(METRIC_NAMES)
     return s
 
 

@@ -1,0 +1,73 @@
+"""Seed confirmation and the report end to end on a tiny real search (real training, tiny IDX data)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from hgsearch.confirm import confirm_seeds, weights_path
+from hgsearch.frontier import load_seed_rows
+from hgsearch.report import analyze, write_report
+from tests.conftest import hgsearch
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_idx, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("confirm")
+    res = hgsearch("run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(tiny_idx), "--trials", "2",
+                   "--epochs", "1", cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    return cwd, cwd / "results" / "superres-idx-100K"
+
+
+@pytest.mark.slow
+def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
+    cwd, study_dir = tiny_study
+    url = f"sqlite:///{study_dir / 'study.db'}"
+    seen = []
+    front = confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx),
+                          reporter=lambda e, i: seen.append((e, i.get("seed"))))
+    runs = [s for e, s in seen if e == "run_end"]
+    assert runs and set(runs) == {1}  # the search's run is seed 0; one more seed per point
+    assert (front["n_seeds"] == 2).all() and set(front["family"]) == {"hourglass", "conventional"}
+    seeds = load_seed_rows("superres-idx-100K", url)
+    assert (seeds["state"] == "COMPLETE").all() and len(seeds) == len(runs)
+
+    # Re-running trains nothing: every (configuration, seed) is already in the storage.
+    again = []
+    confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx), reporter=lambda e, i: again.append(e))
+    assert "run_start" not in again
+
+    res = hgsearch("frontier", "--plot", "--data-dir", str(tiny_idx), cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    assert "Hourglass vs conventional" in res.stdout and "95% CI" in res.stdout
+    doc = json.loads((study_dir / "summary.json").read_text())
+    assert doc["seeds_per_point"] == 2 and doc["baseline"]["task"] == "superres"
+    assert any(b["ci"] is not None for b in doc["comparison"]["bins"])
+    # One epoch on 500 blob images does not beat bicubic upsampling: the report must say so.
+    assert all(p["learned_nothing"] == (p["psnr_val"] <= doc["baseline"]["psnr_val"]) for p in doc["frontier"])
+    assert all(p["psnr_val_std"] is not None for p in doc["frontier"])
+    for name in ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "frontier_means.csv"):
+        assert (study_dir / name).is_file(), name
+
+    res = hgsearch("report", "--data-dir", str(tiny_idx), cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    page = (study_dir / "report.html").read_text()
+    assert not re.search(r"https?://", page)
+    assert page.count("data:image/png;base64,") == 2 + len(doc["frontier"])  # + one sample grid per point
+    assert "weights retrained" in page
+    for p in doc["frontier"]:
+        assert weights_path(study_dir, p["family"], p["trial"]).is_file()
+    # The retrained model is the search's model: same seed, same code, same validation PSNR.
+    for p in doc["frontier"]:
+        m = re.search(rf"{p['family']} trial {p['trial']}\"[^>]*>\s*<p>weights retrained; validation PSNR of "
+                      rf"this model ([\d.]+) dB", page)
+        trials = pd.read_csv(study_dir / "trials.csv")
+        stored = trials[(trials["family"] == p["family"]) & (trials["trial"] == p["trial"])]["psnr_val"].iloc[0]
+        assert m and float(m.group(1)) == pytest.approx(stored, abs=0.01)
+    # Second time (in-process, to spare a torch import): the cached weights are used.
+    an = analyze("superres-idx-100K", url, data_dir=str(tiny_idx))
+    assert "weights cached" in (write_report(an, study_dir)).read_text()
