@@ -12,7 +12,7 @@ from typing import Any
 from hgsearch.errors import UsageError
 from hgsearch.models import FAMILIES
 from hgsearch.space import SpaceConfig
-from hgsearch.tasks import TASKS
+from hgsearch.tasks import AUGMENTS, TASKS
 
 FAMILY_CHOICES = (*FAMILIES, "both")
 DEVICES = ("auto", "cpu", "cuda")
@@ -62,6 +62,8 @@ class RunConfig:
     task: str = "superres"
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    download: bool = False  # fetch a missing dataset from its canonical source (md5-verified)
+    augment: str = "none"  # "flips": the paper's ImageNet-32 flip augmentation x4 (4x steps per epoch)
     family: str = "both"
     trials: int = 20  # completed trials per family the study should end with
     epochs: int = 2  # per trial; small enough for a CPU search, 50 is the paper protocol
@@ -81,6 +83,8 @@ class RunConfig:
             raise UsageError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
         if self.family not in FAMILY_CHOICES:
             raise UsageError(f"unknown family {self.family!r}: use one of {', '.join(FAMILY_CHOICES)}")
+        if self.augment not in AUGMENTS:
+            raise UsageError(f"unknown augmentation {self.augment!r}: use one of {', '.join(AUGMENTS)}")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
         for name in ("trials", "epochs", "batch_size", "val_size"):

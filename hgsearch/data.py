@@ -172,7 +172,9 @@ def _download(name: str, spec: _Spec, target: Path) -> None:
             except DataError as e:
                 errors.append(str(e))
         else:
-            raise DataError(" | ".join(errors))
+            # One line that still says how to proceed offline: which files, into which directory.
+            raise DataError(f"{name}: download failed ({' | '.join(errors)}); to proceed without the network "
+                            f"put {spec.wanted} in {target}")
         if spec.archive_dir:
             extract(dest, {f"{spec.archive_dir}/{f}": target / spec.archive_dir / f for f in spec.files})
             dest.unlink()  # the extracted files are what the loader reads; no need to keep 170 MB twice

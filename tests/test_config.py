@@ -64,7 +64,8 @@ def test_overrides_beat_file(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("trials", 0), ("trials", -3), ("epochs", 0), ("task", "segment"),
-                                         ("family", "mlp"), ("device", "tpu"), ("study", "../x")])
+                                         ("family", "mlp"), ("device", "tpu"), ("study", "../x"),
+                                         ("augment", "rotate")])
 def test_bad_values(field, value):
     with pytest.raises(UsageError):
         RunConfig(**{field: value})
