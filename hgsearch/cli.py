@@ -24,8 +24,12 @@ err = Console(stderr=True)
 
 # Options shared by `run` and `train`; None means "take the config file's or the default value".
 TaskOpt = typer.Option(None, "--task", help="denoise | superres | classify [default: superres]")
-DatasetOpt = typer.Option(None, "--dataset", help="fashion-mnist | mnist | idx ... [default: fashion-mnist]")
+DatasetOpt = typer.Option(None, "--dataset", help="fashion-mnist | mnist | cifar10 | imagenet32 | idx [default: fashion-mnist]")
 DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the dataset's files.")
+DownloadOpt = typer.Option(None, "--download/--no-download", help="Fetch a dataset found nowhere locally from its "
+                           "canonical source, md5-verified, into --data-dir or the cache [default: no].")
+AugmentOpt = typer.Option(None, "--augment", help="none | flips: the paper's flip augmentation x4 (each image also "
+                          "flipped left-right, up-down and both; 4x the steps per epoch) [default: none].")
 EpochsOpt = typer.Option(None, "--epochs", help="Epochs per trial [default: 2; the paper uses 50].")
 SeedOpt = typer.Option(None, "--seed", help="Seed of the sampler and of each trial's initialisation [default: 0].")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto].")
@@ -40,6 +44,8 @@ def run(
     task: Optional[str] = TaskOpt,
     dataset: Optional[str] = DatasetOpt,
     data_dir: Optional[str] = DataDirOpt,
+    download: Optional[bool] = DownloadOpt,
+    augment: Optional[str] = AugmentOpt,
     family: Optional[str] = typer.Option(None, "--family", help="hourglass | conventional | both [default: both]"),
     trials: Optional[int] = typer.Option(None, "--trials", help="Completed trials per family, across restarts [default: 20]."),
     epochs: Optional[int] = EpochsOpt,
@@ -57,8 +63,8 @@ def run(
     from hgsearch.search import run_search
 
     cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
-                      family=family, trials=trials, epochs=epochs, study=study, storage=storage, seed=seed,
-                      device=device, fixed_win=fixed_win, results_dir=results_dir)
+                      download=download, augment=augment, family=family, trials=trials, epochs=epochs, study=study,
+                      storage=storage, seed=seed, device=device, fixed_win=fixed_win, results_dir=results_dir)
     out.print(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
               f"({cfg.budget:,}), {cfg.trials} trials per family, {cfg.epochs} epochs each")
     try:
@@ -173,6 +179,8 @@ def train(
     task: Optional[str] = TaskOpt,
     dataset: Optional[str] = DatasetOpt,
     data_dir: Optional[str] = DataDirOpt,
+    download: Optional[bool] = DownloadOpt,
+    augment: Optional[str] = AugmentOpt,
     epochs: Optional[int] = EpochsOpt,
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
@@ -183,8 +191,8 @@ def train(
     """Train one configuration with the same code a trial uses; print its size, PSNRs and wall time."""
     from hgsearch.search import train_single
 
-    cfg = load_config(config, task=task, dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed,
-                      device=device, fixed_win=fixed_win)
+    cfg = load_config(config, task=task, dataset=dataset, data_dir=data_dir, download=download, augment=augment,
+                      epochs=epochs, seed=seed, device=device, fixed_win=fixed_win)
     spec, res = train_single(cfg, family=family, width=width, bottleneck=bottleneck, depth=depth, lr=lr, save=save)
     out.print(f"{spec.family}: width {spec.width}, bottleneck {spec.bottleneck}, depth {spec.depth}, "
               f"{spec.params:,} parameters ({spec.trainable_params:,} trainable)")

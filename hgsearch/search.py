@@ -70,6 +70,8 @@ def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
         "protocol": "AdamW(wd=0.01), linear decay to 0, MSE on sigmoid, PSNR per batch of 128",
         "d_in": data.d_in,
         "d_out": data.d_out,
+        # Only when on, so studies made before the option existed still resume.
+        **({"augment": cfg.augment} if cfg.augment != "none" else {}),
     }
 
 
@@ -191,8 +193,9 @@ def feasible_families(cfg: RunConfig, d_in: int, d_out: int) -> tuple[list[str],
 def load_task(cfg: RunConfig) -> TaskData:
     """Read the dataset and build the task's splits on the run's device (once per process)."""
     device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.dataset, cfg.data_dir)
-    return prepare(dataset, cfg.task, val_size=cfg.val_size, noise_sigma=cfg.noise_sigma, device=device)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    return prepare(dataset, cfg.task, val_size=cfg.val_size, noise_sigma=cfg.noise_sigma, augment=cfg.augment,
+                   device=device)
 
 
 def run_search(cfg: RunConfig, reporter: Reporter = _quiet) -> dict[str, optuna.Study]:
