@@ -307,9 +307,10 @@ def render_html(an: Analysis, study_dir: str | Path, *, samples: bool = True) ->
             parts.append(f"<p class=warn>no samples: {e(an.baseline_note or 'data unavailable')}</p>")
         for row, fig, info in grids:
             parts.append(_img(fig, f"{row['family']} trial {int(row['trial'])}"))
-            parts.append(f"<p>weights {e(info['source'])}; validation PSNR of this model "
-                         f"{info['psnr_val']:.2f} dB (search: {row['psnr_val']:.2f} dB for seed {int(row['seed'])}"
-                         f"{', mean over seeds' if row['n_seeds'] > 1 else ''}).</p>")
+            own = "?" if info["psnr_val"] is None else f"{info['psnr_val']:.2f}"
+            mean = f", mean of {int(row['n_seeds'])} seeds" if row["n_seeds"] > 1 else ""
+            parts.append(f"<p>weights {e(info['source'])}; validation PSNR of this model {own} dB "
+                         f"(seed {int(row['seed'])}); frontier value {row['psnr_val']:.2f} dB{mean}.</p>")
     parts += ["<h2>Settings and versions</h2>",
               f"<pre>{e(json.dumps(_json_ready({'settings': an.fr.settings, 'versions': package_versions()}), indent=2))}</pre>"]
     body = "\n".join(parts)
