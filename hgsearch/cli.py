@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -60,7 +63,7 @@ def run(
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
     from hgsearch.display import LiveDisplay, frontier_table
     from hgsearch.frontier import load_frontier
-    from hgsearch.search import run_search
+    from hgsearch.search import run_search, stop_on_signals
 
     cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
                       download=download, augment=augment, family=family, trials=trials, epochs=epochs, study=study,
@@ -69,11 +72,14 @@ def run(
               f"({cfg.budget:,}), {cfg.trials} trials per family, {cfg.epochs} epochs each")
     try:
         with LiveDisplay(out, cfg.trials) as live:
-            run_search(cfg, reporter=live)
-    except KeyboardInterrupt:
-        err.print(f"interrupted; finished trials are saved. Resume with the same command "
-                  f"(study {cfg.study_name}).", highlight=False)
-        raise typer.Exit(130)
+            with stop_on_signals(_stopping):
+                run_search(cfg, reporter=live)
+    except KeyboardInterrupt as e:
+        name = getattr(e, "signame", "SIGINT")
+        err.print(f"stopped by {name}; the study is consistent and an unfinished trial is queued to continue "
+                  f"from its last epoch. Resume with: {_resume_command()}", highlight=False, markup=False,
+                  soft_wrap=True)
+        raise typer.Exit(128 + signal.Signals[name].value)
     out.print(frontier_table(load_frontier(cfg.study_name, cfg.storage_url)))
     out.print(f"next: hgsearch frontier --study {cfg.study_name} --plot")
 
@@ -82,6 +88,26 @@ StudyOpt = typer.Option(None, "--study", help="Study name [default: the latest u
 StorageOpt = typer.Option(None, "--storage", help="Optuna RDB URL [default: the study's SQLite file].")
 ResultsDirOpt = typer.Option("results", "--results-dir", help="Where studies and their files live.")
 StudyDataDirOpt = typer.Option(None, "--data-dir", help="The study's dataset directory, if not where `run` found it.")
+
+
+def _stopping(signame: str) -> None:
+    """Called from the signal handler: say at once that the first signal was heard (no rich: re-entrancy)."""
+    os.write(2, f"{signame}: stopping after the current step; press Ctrl-C again to stop at once\n".encode())
+
+
+def _resume_command() -> str:
+    """The command line that resumes this run, with any storage password masked."""
+    from hgsearch.search import safe_url
+
+    def masked(arg: str) -> str:
+        if "://" not in arg:
+            return arg
+        if arg.startswith("--") and "=" in arg:
+            opt, _, url = arg.partition("=")
+            return f"{opt}={safe_url(url)}"
+        return safe_url(arg)
+
+    return shlex.join(["hgsearch", *map(masked, sys.argv[1:])])
 
 
 @app.command()
