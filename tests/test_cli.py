@@ -1,4 +1,4 @@
-"""The real CLI in subprocesses: an end-to-end search, frontier files, help, and one-line errors."""
+"""The real CLI in subprocesses: an end-to-end search, frontier files and help (bad input: test_bad_input.py)."""
 
 import re
 
@@ -79,27 +79,3 @@ def test_help_documents_every_command():
         assert cmd in top.stdout
         sub = hgsearch(cmd, "--help")
         assert sub.returncode == 0 and "Usage" in sub.stdout
-
-
-@pytest.mark.parametrize("args,code,pattern", [
-    (("run", "--budget", "5X"), 2, "invalid budget '5X'"),
-    (("run", "--budget", "0"), 2, "positive"),
-    (("run", "--budget", "-5M"), 2, "invalid budget"),
-    (("run", "--budget", "3M", "--trials", "0"), 2, "--trials must be at least 1"),
-    (("run", "--budget", "3M", "--task", "segment"), 2, "unknown task 'segment'"),
-    (("run", "--budget", "3M", "--family", "mlp"), 2, "unknown family 'mlp'"),
-    (("run", "--budget", "3M", "--bogus"), 2, "bogus"),
-    (("frontier", "--study", "nope"), 1, "no study 'nope'"),
-])
-def test_bad_input_is_one_line(args, code, pattern, tmp_path):
-    res = hgsearch(*args, cwd=tmp_path)
-    assert res.returncode == code, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and pattern in lines[0] and "Traceback" not in res.stderr
-    assert list(tmp_path.iterdir()) == []  # nothing written
-
-
-def test_budget_below_smallest_model(tiny_idx, tmp_path):
-    res = hgsearch("run", "--budget", "20K", "--dataset", "idx", "--data-dir", str(tiny_idx), cwd=tmp_path)
-    assert res.returncode == 2
-    assert "use --budget 26,390 or more" in res.stderr  # smallest Hourglass on 36 -> 144: 145*180 + 2*145

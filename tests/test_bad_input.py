@@ -1,0 +1,124 @@
+"""Bad input: one line on stderr naming the problem and the fix, exit 2 (usage) or 1 (runtime), nothing written."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hgsearch.cli import main
+from tests.conftest import hgsearch
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in sorted(root.rglob("*"))}
+
+
+def cli(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """The CLI's entry point in this process (fast), exactly as the console script calls it."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["hgsearch", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+@pytest.fixture
+def inputs(tiny_idx, tmp_path) -> dict[str, Path]:
+    """Broken inputs outside the working directory, so 'nothing written' is checked on a clean tree."""
+    d = tmp_path / "in"
+    (d / "empty").mkdir(parents=True)
+    for name, damage in (("trunc", lambda b: b[: len(b) // 2]), ("magic", lambda b: b"\x12\x34" + b[2:])):
+        shutil.copytree(tiny_idx, d / name)
+        f = d / name / "train-images-idx3-ubyte.gz"
+        f.write_bytes(gzip.compress(damage(gzip.decompress(f.read_bytes()))))
+    (d / "corrupt.db").write_bytes(b"SQLite format 3\x00" + b"garbage" * 500)
+    (d / "a-file").write_text("not a directory")
+    return {"tiny": tiny_idx, "empty": d / "empty", "trunc": d / "trunc", "magic": d / "magic",
+            "corrupt": d / "corrupt.db", "file": d / "a-file"}
+
+
+CASES = [
+    # (arguments, exit code, text the one line must contain); {name} is an `inputs` path
+    (["--budget", "0"], 2, "invalid budget '0': it must be a positive parameter count"),
+    (["--budget", "-5M"], 2, "invalid budget '-5M'"),
+    (["--budget", "5X"], 2, "invalid budget '5X': write it like 500K, 5M"),
+    (["--budget", ""], 2, "invalid budget '': write it like"),
+    (["--budget", "1e400"], 2, "invalid budget '1e400': write it like"),
+    (["--budget", "abc"], 2, "invalid budget 'abc': write it like"),
+    (["--budget", "20K", "--data-dir", "{tiny}"], 2, "is below the smallest hourglass/conventional model on this "
+                                                    "task (36->144): use --budget 26,390 or more"),
+    (["--budget", "3M", "--task", "segment"], 2, "unknown task 'segment': use one of"),
+    (["--budget", "3M", "--dataset", "nope"], 2, "unknown dataset 'nope'; choose one of"),
+    (["--budget", "3M", "--family", "mlp"], 2, "unknown family 'mlp': use one of"),
+    (["--budget", "3M", "--trials", "0"], 2, "--trials must be at least 1, got 0"),
+    (["--budget", "3M", "--trials", "-3"], 2, "--trials must be at least 1, got -3"),
+    (["--budget", "3M", "--epochs", "0"], 2, "--epochs must be at least 1, got 0"),
+    (["--budget", "3M", "--bogus"], 2, "No such option: --bogus"),
+    (["--budget", "100K", "--data-dir", "{empty}/missing"], 1, "missing does not exist; put train-images"),
+    (["--budget", "100K", "--data-dir", "{empty}"], 1, "empty lacks train-images-idx3-ubyte.gz"),
+    (["--budget", "100K", "--data-dir", "{trunc}"], 1, "train-images-idx3-ubyte.gz: truncated"),
+    (["--budget", "100K", "--data-dir", "{magic}"], 1, "train-images-idx3-ubyte.gz: not an IDX file"),
+    (["--budget", "100K", "--data-dir", "{tiny}", "--storage", "notaurl"], 1, "invalid --storage URL: give an"),
+    (["--budget", "100K", "--data-dir", "{tiny}", "--storage", "postgresql://u:secret@127.0.0.1:1/db"], 1,
+     "cannot open storage postgresql://u:***@127.0.0.1:1/db: "),
+    (["--budget", "100K", "--data-dir", "{tiny}", "--storage", "sqlite:///{corrupt}"], 1,
+     "corrupt.db: file is not a database (corrupted or not a SQLite file); move it away"),
+    (["--budget", "100K", "--data-dir", "{tiny}", "--results-dir", "{file}/results"], 1,
+     "(Not a directory): pass a writable --results-dir"),
+]
+
+
+@pytest.mark.parametrize("args,code,text", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_run_bad_input(args, code, text, inputs, tmp_path, monkeypatch, capsys):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [a.format(**inputs) for a in ["run", *args, *([] if "--dataset" in args else ["--dataset", "idx"])]]
+    before = tree(tmp_path)
+    rc, out, err = cli(args, cwd, monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert rc == code, err
+    assert len(lines) == 1 and text.format(**inputs) in lines[0] and lines[0].startswith("error: ")
+    assert "Traceback" not in out + err and "secret" not in out + err
+    assert tree(tmp_path) == before  # nothing written: no results dir, no database, no checkpoint
+
+
+def test_frontier_of_a_missing_study(tmp_path, monkeypatch, capsys):
+    rc, _, err = cli(["frontier", "--study", "nope"], tmp_path, monkeypatch, capsys)
+    assert rc == 1 and err.strip() == "error: no study 'nope' under results/: check --study or --results-dir"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frontier_of_a_study_without_completed_trials(tmp_path, monkeypatch, capsys):
+    (tmp_path / "results" / "s").mkdir(parents=True)
+    study = optuna.create_study(study_name="s.hourglass", storage=f"sqlite:///{tmp_path}/results/s/study.db",
+                                directions=["minimize", "maximize"])
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    before = tree(tmp_path)
+    rc, _, err = cli(["frontier", "--study", "s"], tmp_path, monkeypatch, capsys)
+    assert rc == 2 and "study 's' has no completed trial yet" in err and len(err.strip().splitlines()) == 1
+    assert tree(tmp_path) == before
+
+
+def test_frontier_of_a_corrupted_database(tmp_path, monkeypatch, capsys):
+    (tmp_path / "results" / "s").mkdir(parents=True)
+    (tmp_path / "results" / "s" / "study.db").write_bytes(b"\x00" * 4096)
+    before = tree(tmp_path)
+    rc, _, err = cli(["frontier", "--study", "s"], tmp_path, monkeypatch, capsys)
+    assert rc == 1 and "cannot read storage sqlite:///results/s/study.db" in err
+    assert len(err.strip().splitlines()) == 1 and tree(tmp_path) == before
+
+
+def test_real_process_bad_budget_and_password(tiny_idx, tmp_path):
+    """Two of the above through the console entry in a real process: same line, same code, no traceback."""
+    res = hgsearch("run", "--budget", "5X", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: invalid budget '5X': write it like 500K, 5M, 1.5M or 2500000"]
+    res = hgsearch("run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(tiny_idx),
+                   "--storage", "postgresql://u:secret@127.0.0.1:1/db", cwd=tmp_path)
+    assert res.returncode == 1 and "secret" not in res.stdout + res.stderr and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,334 @@
+"""Kill it any time, lose nothing: SIGKILL/SIGINT of a real `hgsearch run`, stale trials, retries, checkpoints."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import selectors
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from hgsearch import checkpoint, search
+from hgsearch.config import RunConfig
+from hgsearch.errors import StudyMismatchError
+from hgsearch.models import ArchSpec
+from hgsearch.train import train
+
+ARGS = ("--budget", "100K", "--dataset", "idx", "--epochs", "2")
+STUDY = "superres-idx-100K"
+# One thread per process: these runs share 2 busy cores, where spinning OpenMP threads cost seconds.
+ENV = {"PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+
+def start(cwd: Path, data: Path, *extra: str, pause: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, **ENV}
+    env.pop(search.PAUSE_ENV, None)
+    if pause:
+        env[search.PAUSE_ENV] = pause
+    return subprocess.Popen([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
+    """Read the process's stderr until a line contains marker; return what was read."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    seen, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sel.select(timeout=0.5):
+            line = proc.stderr.readline()
+            seen += line
+            if marker in line:
+                return seen
+            if not line and proc.poll() is not None:
+                break
+    proc.kill()
+    raise AssertionError(f"no {marker!r} from hgsearch (rc {proc.poll()}): {seen}")
+
+
+def finish(cwd: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != search.PAUSE_ENV}
+    res = subprocess.run([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
+                         cwd=cwd, env={**env, **ENV}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def study_trials(cwd: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    url = f"sqlite:///{cwd / 'results' / STUDY / 'study.db'}"
+    names = optuna.get_all_study_names(storage=url)
+    return {n.rsplit(".", 1)[1]: optuna.load_study(study_name=n, storage=url).get_trials() for n in names}
+
+
+def states(trials: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def complete_values(by_family: dict) -> dict[tuple[str, int], list[float]]:
+    return {(f, t.number): t.values for f, ts in by_family.items() for t in ts if t.state == TrialState.COMPLETE}
+
+
+def checkpoints(cwd: Path) -> list[str]:
+    d = cwd / "results" / STUDY / "checkpoints"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def retrain(t: optuna.trial.FrozenTrial, data_dir: Path) -> float:
+    """The validation PSNR an uninterrupted run of this trial's configuration gives."""
+    cfg = RunConfig(budget=100_000, dataset="idx", data_dir=str(data_dir), epochs=2)
+    data = search.load_task(cfg)
+    a = t.user_attrs
+    spec = ArchSpec(a["family"], a["d_in"], a["d_out"], a["width"], a["bottleneck"], a["depth"], a["fixed_win"])
+    return train(spec, data, lr=a["lr"], epochs=2, seed=a["seed"])[1].psnr_val
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,family", [("epoch:3", "both"), ("eval:2", "hourglass"),
+                                          ("complete:1", "hourglass"), ("claimed:2", "hourglass")])
+def test_sigkill_then_same_command_loses_nothing(point, family, tiny_idx, tmp_path):
+    n = 2
+    proc = start(tmp_path, tiny_idx, "--trials", str(n), "--family", family, pause=point)
+    point = point.split(":")[0]
+    wait_for(proc, f"HGSEARCH_PAUSED {point}")
+    before = study_trials(tmp_path)
+    proc.kill()
+    proc.wait()
+    running = [(f, t) for f, ts in before.items() for t in ts if t.state == TrialState.RUNNING]
+    if point == "complete":
+        assert not running and checkpoints(tmp_path)  # completed, its checkpoint not yet removed
+    else:
+        assert len(running) == 1
+        assert bool(checkpoints(tmp_path)) == (point in ("epoch", "eval"))
+
+    finish(tmp_path, tiny_idx, "--trials", str(n), "--family", family)
+    after = study_trials(tmp_path)
+    for fam, ts in after.items():
+        assert states(ts).get("COMPLETE") == n and "RUNNING" not in states(ts) and "WAITING" not in states(ts)
+    old = complete_values(before)
+    assert old and {k: v for k, v in complete_values(after).items() if k in old} == old  # kept their values
+    assert checkpoints(tmp_path) == []
+    if point == "complete":
+        assert all(t.state == TrialState.COMPLETE for ts in after.values() for t in ts)  # not trained twice
+        return
+    fam, killed = running[0]
+    dead = next(t for t in after[fam] if t.number == killed.number)
+    assert dead.state == TrialState.FAIL and "is gone" in dead.user_attrs["fail_reason"]
+    retries = [t for t in after[fam] if t.user_attrs.get("retry_of")]
+    if point == "claimed":  # killed before its configuration was stored: nothing to retry
+        assert not retries and "new one is sampled" in dead.user_attrs["fail_reason"]
+        return
+    (retry,) = retries
+    assert retry.user_attrs["retry_of"] == [killed.number] and retry.state == TrialState.COMPLETE
+    assert retry.params == killed.params
+    # Continued from the checkpoint, it gives what an uninterrupted run of the configuration gives.
+    assert retry.values[1] == pytest.approx(retrain(retry, tiny_idx), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_resumes(tiny_idx, tmp_path):
+    proc = start(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass", pause="epoch")
+    wait_for(proc, "HGSEARCH_PAUSED epoch")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130 and time.monotonic() - t0 < 10
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGINT; the study is consistent")
+    assert "Resume with: hgsearch run --budget 100K" in err
+    ts = study_trials(tmp_path)["hourglass"]
+    assert states(ts) == {"FAIL": 1, "WAITING": 1}  # nothing left RUNNING; the retry is queued
+    assert "interrupted by SIGINT" in ts[0].user_attrs["fail_reason"]
+    assert checkpoints(tmp_path) == ["hourglass-0.pt"]  # kept for the retry
+    finish(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass")
+    ts = study_trials(tmp_path)["hourglass"]
+    assert states(ts) == {"FAIL": 1, "COMPLETE": 1} and ts[1].params == ts[0].params
+    assert checkpoints(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_second_sigint_exits_at_once_and_stays_consistent(tiny_idx, tmp_path):
+    proc = start(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass", pause="epoch")
+    wait_for(proc, "HGSEARCH_PAUSED epoch")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(proc, "stopping after the current step")
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=10) in (130, 143) and "Traceback" not in err
+    finish(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass")
+    assert states(study_trials(tmp_path)["hourglass"]).get("COMPLETE") == 1
+    assert "RUNNING" not in states(study_trials(tmp_path)["hourglass"])
+
+
+# ---------------------------------------------------------------- in-process: stale trials, claims, checkpoints
+
+def _cfg(tiny_idx: Path, tmp_path: Path, **kw) -> RunConfig:
+    base = dict(budget=100_000, dataset="idx", data_dir=str(tiny_idx), family="hourglass", trials=1, epochs=1,
+                results_dir=str(tmp_path / "results"), study="s")
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
+    cfg = _cfg(tiny_idx, tmp_path)
+    study = search.run_search(cfg)["hourglass"]
+    # A worker on another machine claimed a configuration, beat once, then its host vanished.
+    orphan = study.ask()
+    study._storage.set_trial_user_attr(orphan._trial_id, search.WORKER_ATTR, {"host": "gone-host", "pid": 1})
+    search.space_mod.sample(orphan, "hourglass", cfg.budget, 36, 144, cfg.space, False)
+    study._storage.record_heartbeat(orphan._trial_id)
+    db = sqlite3.connect(tmp_path / "results" / "s" / "study.db")
+    with db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')")
+    db.close()
+    notes = []
+    search.run_search(_cfg(tiny_idx, tmp_path, trials=2), reporter=lambda e, i: notes.append(i) if e == "note" else None)
+    ts = study.get_trials()
+    assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
+    assert "no heartbeat for over 60 s from its worker gone-host:1" in ts[1].user_attrs["fail_reason"]
+    assert ts[2].user_attrs["retry_of"] == [1] and ts[2].params == ts[1].params
+    assert any("trial #1" in n["message"] for n in notes)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
+    cfg = _cfg(tiny_idx, tmp_path)
+    study = search.run_search(cfg)["hourglass"]
+    other = study.ask()  # another live worker (this process, so never "gone") holds the 2nd trial
+    study._storage.set_trial_user_attr(other._trial_id, search.WORKER_ATTR, search._this_worker())
+    study._storage.record_heartbeat(other._trial_id)
+    assert search._claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", search._quiet) is search.WAIT
+    claimed = search._claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", search._quiet)
+    assert claimed.number == 2
+
+
+def _race(url: str, target: int, seed: int) -> None:
+    import random as _random
+
+    _random.seed(seed)
+    cfg = RunConfig(budget=100_000, trials=target, study="race")
+    study = optuna.load_study(study_name="race.hourglass", storage=search.make_storage(url))
+    while True:
+        trial = search._claim(study, cfg, "hourglass", search._quiet)
+        if trial is None:
+            return
+        if trial is search.WAIT:
+            time.sleep(0.05)
+            continue
+        trial.suggest_float("x", 0, 1)
+        time.sleep(_random.uniform(0, 0.02))
+        study.tell(trial, [1.0, 1.0])
+
+
+@pytest.mark.slow
+def test_concurrent_workers_reach_exactly_the_target(tmp_path):
+    """Three processes claim and finish trials as fast as they can on one SQLite file: no overshoot, no lock errors."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    optuna.create_study(study_name="race.hourglass", storage=search.make_storage(url), directions=search.DIRECTIONS)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_race, args=(url, 20, i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    ts = optuna.load_study(study_name="race.hourglass", storage=url).get_trials()
+    assert states(ts).get("COMPLETE") == 20 and "RUNNING" not in states(ts)
+    assert all("surplus" in t.user_attrs["fail_reason"] for t in ts if t.state == TrialState.FAIL)
+
+
+def test_resume_with_other_settings_names_each_field(tiny_idx, tmp_path):
+    search.run_search(_cfg(tiny_idx, tmp_path))
+    with pytest.raises(StudyMismatchError) as e:
+        search.run_search(_cfg(tiny_idx, tmp_path, epochs=2, fixed_win=True, trials=2))
+    msg = str(e.value)
+    assert "epochs (study: 1, now: 2)" in msg and "fixed_win (study: False, now: True)" in msg
+    assert "--study s-2" in msg and "\n" not in msg
+    # Harmless differences (device, more trials, another copy of the same data) resume fine.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in tiny_idx.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    search.run_search(_cfg(tiny_idx, tmp_path, trials=2, device="cpu", data_dir=str(copy)))
+
+
+def test_failed_trials_record_their_reason_and_the_study_goes_on(tiny_idx, tmp_path, monkeypatch):
+    import hgsearch.train as train_mod
+    from hgsearch.frontier import load_frontier, write_tables
+
+    real_build, calls = train_mod.build, []
+
+    class Broken(torch.nn.Module):
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.kind, self.w = kind, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            if self.kind == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return torch.full((x.shape[0], 144), float("nan")) * self.w
+
+    def build(spec):
+        calls.append(spec)
+        return Broken(["oom", "nan"][len(calls) - 1]) if len(calls) <= 2 else real_build(spec)
+
+    monkeypatch.setattr(train_mod, "build", build)
+    search.run_search(_cfg(tiny_idx, tmp_path))
+    fr = load_frontier("s", f"sqlite:///{tmp_path / 'results' / 's' / 'study.db'}")
+    write_tables(fr, tmp_path / "out")
+    rows = (tmp_path / "out" / "trials.csv").read_text()
+    assert "out of memory on cpu" in rows and "non-finite training loss in epoch 1" in rows
+    assert list(fr.trials["state"]) == ["FAIL", "FAIL", "COMPLETE"]
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_result(tiny_idx, tmp_path):
+    data = search.load_task(_cfg(tiny_idx, tmp_path))
+    spec = ArchSpec("hourglass", 36, 144, 150, 12, 2, False)
+    path, meta = tmp_path / "c" / "t.pt", {"trial": 0}
+    saved = []
+
+    def keep_first(state):
+        if state["epoch"] == 1:
+            checkpoint.save(path, state, meta)
+            saved.append(True)
+
+    full = train(spec, data, lr=1e-3, epochs=3, on_epoch_end=keep_first)[1]
+    state, why = checkpoint.load(path, meta)  # weights_only=True inside
+    assert saved and why is None and state["epoch"] == 1
+    resumed = train(spec, data, lr=1e-3, epochs=3, resume=state)[1]
+    assert resumed.psnr_val == pytest.approx(full.psnr_val, abs=1e-6)
+    assert [p.name for p in path.parent.iterdir()] == ["t.pt"]  # no temporary file left
+    assert checkpoint.load(path, {"trial": 1}) == (None, f"checkpoint {path} belongs to another configuration; "
+                                                   "starting the trial from epoch 0")
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoint_never_unpickles_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"meta": {}, "state": {"x": Evil()}}, path, pickle_protocol=2)
+    state, why = checkpoint.load(path, {})
+    assert state is None and "unreadable" in why and not (tmp_path / "pwned").exists()
+    path.write_bytes(b"\x80\x04truncated")
+    assert checkpoint.load(path, {})[0] is None
+
+
+def test_pause_hook_is_inert_without_its_variable(monkeypatch):
+    monkeypatch.delenv(search.PAUSE_ENV, raising=False)
+    t0 = time.monotonic()
+    search._pause_at("epoch")
+    assert time.monotonic() - t0 < 0.1
