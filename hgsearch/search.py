@@ -255,8 +255,6 @@ def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
         "protocol": "AdamW(wd=0.01), linear decay to 0, MSE on sigmoid, PSNR per batch of 128",
         "d_in": data.d_in,
         "d_out": data.d_out,
-        # Only when on, so studies made before the option existed still resume.
-        **({"augment": cfg.augment} if cfg.augment != "none" else {}),
     }
 
 
