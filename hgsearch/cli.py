@@ -31,6 +31,8 @@ DatasetOpt = typer.Option(None, "--dataset", help="fashion-mnist | mnist | cifar
 DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the dataset's files.")
 DownloadOpt = typer.Option(None, "--download/--no-download", help="Fetch a dataset found nowhere locally from its "
                            "canonical source, md5-verified, into --data-dir or the cache [default: no].")
+TrainSizeOpt = typer.Option(None, "--train-size", help="Train on only N images (validation is unchanged), e.g. "
+                            "for a quick look at a large dataset; part of the study [default: 0 = all].")
 AugmentOpt = typer.Option(None, "--augment", help="none | flips: the paper's flip augmentation x4 (each image also "
                           "flipped left-right, up-down and both; 4x the steps per epoch) [default: none].")
 EpochsOpt = typer.Option(None, "--epochs", help="Epochs per trial [default: 2; the paper uses 50].")
@@ -49,6 +51,7 @@ def run(
     data_dir: Optional[str] = DataDirOpt,
     download: Optional[bool] = DownloadOpt,
     augment: Optional[str] = AugmentOpt,
+    train_size: Optional[int] = TrainSizeOpt,
     family: Optional[str] = typer.Option(None, "--family", help="hourglass | conventional | both [default: both]"),
     trials: Optional[int] = typer.Option(None, "--trials", help="Completed trials per family, across restarts [default: 20]."),
     epochs: Optional[int] = EpochsOpt,
@@ -66,8 +69,9 @@ def run(
     from hgsearch.search import run_search, stop_on_signals
 
     cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
-                      download=download, augment=augment, family=family, trials=trials, epochs=epochs, study=study,
-                      storage=storage, seed=seed, device=device, fixed_win=fixed_win, results_dir=results_dir)
+                      download=download, augment=augment, train_size=train_size, family=family, trials=trials,
+                      epochs=epochs, study=study, storage=storage, seed=seed, device=device, fixed_win=fixed_win,
+                      results_dir=results_dir)
     out.print(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
               f"({cfg.budget:,}), {cfg.trials} trials per family, {cfg.epochs} epochs each")
     try:
@@ -207,6 +211,7 @@ def train(
     data_dir: Optional[str] = DataDirOpt,
     download: Optional[bool] = DownloadOpt,
     augment: Optional[str] = AugmentOpt,
+    train_size: Optional[int] = TrainSizeOpt,
     epochs: Optional[int] = EpochsOpt,
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
@@ -218,7 +223,7 @@ def train(
     from hgsearch.search import train_single
 
     cfg = load_config(config, task=task, dataset=dataset, data_dir=data_dir, download=download, augment=augment,
-                      epochs=epochs, seed=seed, device=device, fixed_win=fixed_win)
+                      train_size=train_size, epochs=epochs, seed=seed, device=device, fixed_win=fixed_win)
     spec, res = train_single(cfg, family=family, width=width, bottleneck=bottleneck, depth=depth, lr=lr, save=save)
     out.print(f"{spec.family}: width {spec.width}, bottleneck {spec.bottleneck}, depth {spec.depth}, "
               f"{spec.params:,} parameters ({spec.trainable_params:,} trainable)")

@@ -43,8 +43,6 @@ from hgsearch.train import TrainResult, resolve_device, train
 # hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# We run the heartbeat ourselves around ask/tell (see _Heartbeat), which Optuna warns about.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 DIRECTIONS = ["minimize", "maximize"]  # (parameter count, validation PSNR)
 METRIC_NAMES = ["params", "psnr_val"]
@@ -229,7 +227,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 # Settings added after studies already existed, with the value those studies implicitly used.
-ADDED_SETTINGS = {"augment": "none"}
+ADDED_SETTINGS = {"augment": "none", "train_size": 0}
 
 
 def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
@@ -247,6 +245,7 @@ def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
         "family": family,
         "fixed_win": cfg.fixed_win,
         "augment": cfg.augment,
+        "train_size": cfg.train_size,
         "batch_size": cfg.batch_size,
         "val_size": cfg.val_size,
         "noise_sigma": cfg.noise_sigma if cfg.task == "denoise" else None,
@@ -458,6 +457,23 @@ def _who(worker: Any) -> str:
     return f"{worker.get('host')}:{worker.get('pid')}" if isinstance(worker, dict) else "(unknown)"
 
 
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """study.ask() (a queued retry first, else a new trial) that records this worker on the trial.
+
+    A new trial is created with its worker attribute in the same transaction (Optuna's own
+    create_new_trial with a template), so no kill can leave a RUNNING trial that nobody can tell
+    dead or alive; a popped retry gets it one write later (a kill in between costs a 60 s wait).
+    """
+    trial_id = study._pop_waiting_trial_id()
+    if trial_id is None:
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={WORKER_ATTR: _this_worker()})
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    else:
+        study._storage.set_trial_user_attr(trial_id, WORKER_ATTR, _this_worker())
+    study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see the latest trials
+    return optuna.Trial(study, trial_id)
+
+
 WAIT = object()  # _claim's answer while other workers hold the last trials of a family
 
 
@@ -483,12 +499,8 @@ def _claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter)
         if active >= cfg.trials and not waiting:
             return WAIT
         study.sampler = _sampler(cfg, family, len(trials))
-        with warnings.catch_warnings():  # the heartbeat warning (module top) also under pytest's filters
-            warnings.simplefilter("ignore", UserWarning)
-            trial = study.ask()  # pops a queued retry first
-        storage = study._storage
+        trial = _ask(study)
         try:
-            storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, _this_worker())
             trials = study.get_trials(deepcopy=False)
             active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials)
             if active <= cfg.trials:
@@ -512,8 +524,7 @@ def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, 
     Any other exception (Ctrl-C, a storage error) closes the trial, queues it for retry and propagates.
     """
     if trial is None:
-        trial = study.ask()
-        study._storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, _this_worker())
+        trial = _ask(study)
     heartbeat = _Heartbeat(study._storage, trial._trial_id)
     ckpt: Path | None = None
     _trials_run[0] += 1
@@ -617,7 +628,7 @@ def load_task(cfg: RunConfig) -> TaskData:
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     return prepare(dataset, cfg.task, val_size=cfg.val_size, noise_sigma=cfg.noise_sigma, augment=cfg.augment,
-                   device=device)
+                   train_size=cfg.train_size, device=device)
 
 
 def _sweep(study: optuna.Study, cfg: RunConfig, family: str) -> None:
