@@ -64,6 +64,7 @@ class RunConfig:
     data_dir: str | None = None
     download: bool = False  # fetch a missing dataset from its canonical source (md5-verified)
     augment: str = "none"  # "flips": the paper's ImageNet-32 flip augmentation x4 (4x steps per epoch)
+    train_size: int = 0  # train on only this many images (after validation is carved out); 0 = all
     family: str = "both"
     trials: int = 20  # completed trials per family the study should end with
     epochs: int = 2  # per trial; small enough for a CPU search, 50 is the paper protocol
@@ -83,6 +84,8 @@ class RunConfig:
             raise UsageError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
         if self.family not in FAMILY_CHOICES:
             raise UsageError(f"unknown family {self.family!r}: use one of {', '.join(FAMILY_CHOICES)}")
+        if self.train_size < 0:
+            raise UsageError(f"--train-size must be 0 (all images) or positive, got {self.train_size}")
         if self.augment not in AUGMENTS:
             raise UsageError(f"unknown augmentation {self.augment!r}: use one of {', '.join(AUGMENTS)}")
         if self.device not in DEVICES:

@@ -141,12 +141,15 @@ def prepare(
     val_size: int = 10_000,
     noise_sigma: float = 0.25,
     augment: str = "none",
+    train_size: int = 0,
     device: torch.device | str = "cpu",
 ) -> TaskData:
     """Build a task's three splits: validation carved from the training set by a seeded permutation.
 
-    The validation split has val_size images, at most a sixth of the training set. augment="flips"
-    makes the training split the paper's ImageNet-32 flip augmentation x4 (see Split).
+    The validation split has val_size images, at most a sixth of the training set. train_size > 0
+    trains on only that many of the remaining images (the first ones of the same seeded permutation,
+    so the validation split does not change). augment="flips" makes the training split the paper's
+    ImageNet-32 flip augmentation x4 (see Split).
     """
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
@@ -162,8 +165,12 @@ def prepare(
     if val_size < 1:
         raise DataError(f"{dataset.name} has only {n_train} training images: at least 6 are needed")
 
+    if train_size < 0 or train_size > n_train - val_size:
+        raise UsageError(f"--train-size must be between 1 and the {n_train - val_size:,} training images left "
+                         f"after validation (or 0 for all of them), got {train_size:,}")
     perm = np.random.default_rng(SPLIT_SEED).permutation(n_train)
-    x_tr = rows(dataset.train.images, perm[val_size:], device)
+    train_end = val_size + train_size if train_size else n_train
+    x_tr = rows(dataset.train.images, perm[val_size:train_end], device)
     x_va = rows(dataset.train.images, perm[:val_size], device)
     x_te = rows(dataset.test.images, slice(None), device)
     folds = FLIPS if augment == "flips" else 1
@@ -190,7 +197,7 @@ def prepare(
     lab_te = torch.tensor(dataset.test.labels, device=device)
     perm_t = torch.from_numpy(perm).to(device)
     # Inputs are flipped, targets are not: a flipped image still belongs to its class.
-    train = Split(x_tr, protos[lab_tr[perm_t[val_size:]]], folds, shape, None)
+    train = Split(x_tr, protos[lab_tr[perm_t[val_size:train_end]]], folds, shape, None)
     val = Split(x_va, protos[lab_tr[perm_t[:val_size]]])
     test = Split(x_te, protos[lab_te])
     return TaskData(task, dataset.name, dataset.checksum, shape, train, val, test, 0.0)

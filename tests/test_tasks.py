@@ -141,3 +141,15 @@ def test_bad_task_and_odd_sides():
         prepare(dataset(), "segment")
     with pytest.raises(UsageError, match="even"):
         prepare(dataset(side=7), "superres")
+
+
+def test_train_size_keeps_validation_and_takes_the_first_training_images():
+    ds = dataset()
+    full, part = prepare(ds, "superres", val_size=20), prepare(ds, "superres", val_size=20, train_size=30)
+    assert (len(full.train), len(part.train)) == (100, 30)
+    assert torch.equal(part.val.targets, full.val.targets) and torch.equal(part.test.inputs, full.test.inputs)
+    assert torch.equal(part.train.targets, full.train.targets[:30])
+    cls = prepare(ds, "classify", val_size=20, train_size=30)
+    assert torch.equal(cls.train.targets, prepare(ds, "classify", val_size=20).train.targets[:30])
+    with pytest.raises(UsageError, match="between 1 and the 100 training images"):
+        prepare(ds, "superres", val_size=20, train_size=101)
