@@ -170,6 +170,7 @@ def _pause_at(point: str) -> None:
 # ---------------------------------------------------------------- storage and studies
 
 _storages: dict[str, optuna.storages.RDBStorage] = {}
+_CREATE_RACE = re.compile(r"UniqueViolation|DuplicateTable|already exists|duplicate key", re.I)
 
 
 def _prepare_sqlite(url: str) -> None:
@@ -209,11 +210,20 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
         if url.startswith("sqlite"):
             _prepare_sqlite(url)
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
-        with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since Optuna 2.9)
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
-            )
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(
+                        url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
+                    )
+                break
+            except Exception as e:
+                # Optuna creates its tables without a lock: hosts starting at once on an empty
+                # server database can collide (UniqueViolation, DuplicateTable). The loser retries.
+                if attempt == 4 or not _CREATE_RACE.search(repr(e) + repr(e.__cause__)):
+                    raise
+                time.sleep(random.uniform(0.2, 1.0))
     except HgsearchError:
         raise
     except Exception as e:  # SQLAlchemy, driver import and URL errors all land here
