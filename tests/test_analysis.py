@@ -110,7 +110,8 @@ def test_shared_reference_floor_and_baseline():
     cv = rows("conventional", [(200, 24.3), (400, 28.0)])
     assert shared_reference([hg, cv], 1000) == (1000.0, 24.0)
     assert shared_reference([hg, cv], 1000, baseline_psnr=22.5) == (1000.0, 22.5)
-    assert shared_reference([hg, cv], 1000, baseline_psnr=26.0) == (1000.0, 24.0)
+    # A baseline above the frontier floor wins: points under it earn nothing.
+    assert shared_reference([hg, cv], 1000, baseline_psnr=26.0) == (1000.0, 26.0)
     with pytest.raises(UsageError):
         shared_reference([hg, cv], 50)
 
