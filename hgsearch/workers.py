@@ -225,10 +225,13 @@ def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if any(p.is_alive() for p in procs.values()):  # the parent itself failed: stop them as a Ctrl-C would
+            signal_all(signal.SIGINT)
+        deadline = time.monotonic() + 10
         for p in procs.values():
-            p.join(timeout=5)
+            p.join(timeout=max(0.1, deadline - time.monotonic()))
             if p.is_alive():
-                p.kill()
+                p.kill()  # what it was running is retried, as after kill -9
                 p.join()
         events.close()
     _outcome(ended, stop, reporter, time.perf_counter() - t0)
