@@ -62,6 +62,8 @@ def run(
     fixed_win: Optional[bool] = WinOpt,
     results_dir: Optional[str] = ResultsOpt,
     config: Optional[Path] = ConfigOpt,
+    workers: int = typer.Option(1, "--workers", help="Worker processes on this machine for this one study "
+                                "(GPUs round-robin, else the CPU cores shared)."),
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
     from hgsearch.display import LiveDisplay, frontier_table
@@ -76,8 +78,13 @@ def run(
               f"({cfg.budget:,}), {cfg.trials} trials per family, {cfg.epochs} epochs each")
     try:
         with LiveDisplay(out, cfg.trials) as live:
-            with stop_on_signals(_stopping):
-                run_search(cfg, reporter=live)
+            if workers != 1:
+                from hgsearch.workers import run_parallel
+
+                run_parallel(cfg, workers, live)
+            else:
+                with stop_on_signals(_stopping):
+                    run_search(cfg, reporter=live)
     except KeyboardInterrupt as e:
         name = getattr(e, "signame", "SIGINT")
         err.print(f"stopped by {name}; the study is consistent and an unfinished trial is queued to continue "
