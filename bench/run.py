@@ -13,6 +13,8 @@ the ratios fair), it runs one trial of each path on the same data, seed and epoc
           evaluation); one process with all threads
   ours xW the same in W concurrent worker processes of 1 thread each (what `hgsearch run --workers W`
           does on a CPU), both workers training the configuration at once
+  packed  hgsearch.packed: --pack learning rates of the configuration as one batched computation in
+          one process (the GPU path for many small trials; measured here for what it does on a CPU)
 and checks that every path reaches the same validation and test PSNR within 0.05 dB.
 
 FLOPs: training counts 6 * params per sample (forward 2, backward 4), evaluation 2 * params per sample:
@@ -22,7 +24,8 @@ Peak: the best fp32 rate of a 2048x2048 matmul on all threads, measured here at 
 trials/hour is for a fixed protocol, the cheapest real trial: 1 epoch over the full 50,000-image
 training split at batch 128, evaluation of the full 10,000-image validation and test splits, and one
 Optuna SQLite write (ask, 12 user attributes, tell). Training steps are timed on a subset (--train)
-and scaled to 50,000 samples; start-up, evaluation and the storage write are timed as they are.
+and scaled to 50,000 samples, evaluation on --eval images and scaled to 10,000 + 10,000; start-up
+and the storage write are timed as they are.
 Loading the dataset is once per process (per worker), reported apart.
 """
 
@@ -46,6 +49,7 @@ import torch.nn.functional as F
 
 from hgsearch.data import load_dataset
 from hgsearch.models import ArchSpec, build
+from hgsearch.packed import train_packed
 from hgsearch.tasks import Split, TaskData, as_float, prepare
 from hgsearch.train import make_optimizer, train
 
@@ -224,6 +228,18 @@ def _worker_init(args: argparse.Namespace) -> None:
     _WORKER["data"], _WORKER["load_s"] = load(args, torch.device("cpu"))
 
 
+def packed_trial(spec: ArchSpec, data: TaskData, epochs: int, device: torch.device, k: int) -> dict:
+    """k learning rates of one configuration as one packed computation (hgsearch.packed); slot 0 is LR."""
+    lrs = [LR * 2.0 ** (i // 2 if i % 2 else -(i // 2)) for i in range(k)]  # LR, LR*2, LR/2, LR*4, ...
+    t0 = time.perf_counter()
+    _, res = train_packed([spec] * k, data, lrs=lrs, epochs=epochs, batch_size=BATCH, seed=SEED, device=device)
+    wall = time.perf_counter() - t0
+    # Not split by hooks: the whole pack (start-up + steps + evaluation) counts as training time,
+    # which understates its samples/s slightly.
+    return {"startup_s": 0.0, "train_s": wall, "eval_s": 0.0, "samples": k * epochs * len(data.train),
+            "psnr_val": res[0].psnr_val, "psnr_test": res[0].psnr_test, "k": k}
+
+
 def _worker_ready(seconds: float) -> int:
     time.sleep(seconds)  # long enough that the executor starts every worker (and loads its data)
     warm_up(_WORKER["data"], torch.device("cpu"))
@@ -249,9 +265,12 @@ def _worker_trial(cfg: Config, epochs: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- report
-def fixed_trial_seconds(r: dict, storage_s: float) -> float:
-    """Seconds of one trial of the fixed protocol (1 full epoch), from the measured parts."""
-    return r["startup_s"] + FULL_EPOCH / r["sps"] + r["eval_s"] + storage_s
+FULL_EVAL = 10_000  # validation and test images each in the fixed protocol
+
+
+def fixed_trial_seconds(r: dict, storage_s: float, eval_images: int) -> float:
+    """Seconds of one trial of the fixed protocol (1 full epoch, full evaluation), from the measured parts."""
+    return r["startup_s"] + FULL_EPOCH / r["sps"] + r["eval_s"] * FULL_EVAL / eval_images + storage_s
 
 
 def summarize(runs: list[dict], key: str) -> tuple[float, float, float]:
@@ -270,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", type=int, default=10_000, help="validation and test images evaluated")
     ap.add_argument("--val-size", type=int, default=10_000)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--only", type=int, nargs="+", default=list(range(len(CONFIGS))),
+                    help="indices into CONFIGS to run (0 hg 1.1M, 1 conv 2.0M, 2 hg 5.8M, 3 conv 4.9M)")
+    ap.add_argument("--pack", type=int, default=2, help="models per packed computation in the 'packed' path (0 skips)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="concurrent 1-thread worker processes for the 'ours xW' path (CPU only; 0 skips)")
     args = ap.parse_args(argv)
@@ -286,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     data, load_s = load(args, device)
     d_x = max(data["classify"].d_in, data["classify"].d_out)
-    configs = quick_configs(d_x) if args.quick else CONFIGS
+    configs = quick_configs(d_x) if args.quick else tuple(c for i, c in enumerate(CONFIGS) if i in args.only)
     cpu_floats = {t: as_cpu_floats(d) for t, d in data.items()}
     warm_up(data, device)
     peak0 = matmul_peak(device)
@@ -304,18 +326,23 @@ def main(argv: list[str] | None = None) -> int:
                                       initializer=_worker_init, initargs=(args,))
         pids = set(pool.map(_worker_ready, [0.5] * args.workers))  # W tasks at once start W workers
         assert len(pids) == args.workers, "worker processes did not all start"
-    results: dict[str, dict[str, list[dict]]] = {c.name: {"naive": [], "ours": [], "workers": []} for c in configs}
+    results: dict[str, dict[str, list[dict]]] = {c.name: {"naive": [], "ours": [], "workers": [], "packed": []} for c in configs}
     failures = []
     for rnd in range(args.rounds):
         for cfg in configs:
             d = data[cfg.task]
             spec = cfg.spec(d.d_in, d.d_out)
-            order = ["naive", "ours", "workers"] if rnd % 2 == 0 else ["workers", "ours", "naive"]
+            order = ["naive", "ours", "workers", "packed"]
+            order = order if rnd % 2 == 0 else order[::-1]
             for path in order:
                 if path == "naive":
                     r = naive_trial(spec, cpu_floats[cfg.task], args.epochs, device)
                 elif path == "ours":
                     r = ours_trial(spec, d, args.epochs, device)
+                elif path == "packed":
+                    if not args.pack:
+                        continue
+                    r = packed_trial(spec, d, args.epochs, device, args.pack)
                 elif pool is not None:
                     rs = list(pool.map(_worker_trial, [cfg] * args.workers, [args.epochs] * args.workers))
                     r = {k: statistics.mean(x[k] for x in rs) for k in ("startup_s", "train_s", "eval_s", "load_s")}
@@ -328,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     continue
                 r["sps"] = r["samples"] / r["train_s"]
+                print(f"  round {rnd + 1} {cfg.name} {path}: {r['sps']:.0f} samples/s, PSNR val {r['psnr_val']:.3f}, "
+                      f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
                 results[cfg.name][path].append(r)
             base = results[cfg.name]["naive"][-1]
-            for path in ("ours", "workers"):
+            for path in ("ours", "workers", "packed"):
                 if results[cfg.name][path] and len(results[cfg.name][path]) == rnd + 1:
                     o = results[cfg.name][path][-1]
                     for split in ("psnr_val", "psnr_test"):
@@ -365,18 +394,20 @@ def report(results: dict, configs: tuple[Config, ...], data: dict[str, TaskData]
         d = data[cfg.task]
         params = cfg.spec(d.d_in, d.d_out).params
         row = {}
-        for path in ("naive", "ours", "workers"):
+        for path in ("naive", "ours", "workers", "packed"):
             runs = results[cfg.name][path]
             if not runs:
                 continue
             k = w if path == "workers" else 1  # workers run concurrently: throughput adds up
             sps = [r["sps"] * k for r in runs]
-            trial_s = [fixed_trial_seconds(r, storage_s) for r in runs]
+            trial_s = [fixed_trial_seconds(r, storage_s, args.eval) for r in runs]
             tph = [3600 * k / t for t in trial_s]
-            over = [100 * (r["startup_s"] + r["eval_s"] + storage_s) / t for r, t in zip(runs, trial_s)]
+            over = [100 * (r["startup_s"] + r["eval_s"] * FULL_EVAL / args.eval + storage_s) / t
+                    for r, t in zip(runs, trial_s)]
             med = statistics.median
             row[path] = {"sps": med(sps), "tph": med(tph), "psnr": med(r["psnr_val"] for r in runs)}
-            label = {"naive": "naive", "ours": "ours", "workers": f"ours x{w} procs"}[path]
+            label = {"naive": "naive", "ours": "ours", "workers": f"ours x{w} procs",
+                     "packed": f"packed x{args.pack} (1 proc)"}[path]
             print(f"| {cfg.name} ({params / 1e6:.2f}M) | {label} | {med(sps):.0f} [{min(sps):.0f}-{max(sps):.0f}] "
                   f"| {6 * params * med(sps) / 1e9:.0f} | {100 * 6 * params * med(sps) / peak:.0f} "
                   f"| {med(r['startup_s'] for r in runs):.3f} | {med(r['eval_s'] for r in runs):.2f} "
@@ -386,9 +417,9 @@ def report(results: dict, configs: tuple[Config, ...], data: dict[str, TaskData]
     print("\nratios vs naive (medians): training samples/s, trials/hour of the fixed protocol, PSNR val difference (dB)")
     for name, row in ratios:
         parts = []
-        for path in ("ours", "workers"):
+        for path in ("ours", "workers", "packed"):
             if path in row:
-                label = "ours" if path == "ours" else f"ours x{w}"
+                label = {"ours": "ours", "workers": f"ours x{w}", "packed": f"packed x{args.pack}"}[path]
                 parts.append(f"{label}: sps {row[path]['sps'] / row['naive']['sps']:.2f}x, trials/h "
                              f"{row[path]['tph'] / row['naive']['tph']:.2f}x, dPSNR "
                              f"{row[path]['psnr'] - row['naive']['psnr']:+.4f}")
