@@ -322,7 +322,9 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
                                         sampler=_sampler(cfg, fam, 0), load_if_exists=True)
             if SETTINGS_KEY not in study.user_attrs:
                 study.set_user_attr(SETTINGS_KEY, settings(cfg, data, fam))
-                study.set_metric_names(METRIC_NAMES)
+                with warnings.catch_warnings():  # "experimental" since Optuna 3.2, also under pytest
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(METRIC_NAMES)
             studies[fam] = study
     except HgsearchError:
         raise

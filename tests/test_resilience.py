@@ -95,7 +95,7 @@ def retrain(t: optuna.trial.FrozenTrial, data_dir: Path) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point,family", [("epoch:3", "both"), ("eval:2", "hourglass"),
+@pytest.mark.parametrize("point,family", [("epoch:2", "both"), ("eval:2", "hourglass"),
                                           ("complete:1", "hourglass"), ("claimed:2", "hourglass")])
 def test_sigkill_then_same_command_loses_nothing(point, family, tiny_idx, tmp_path):
     n = 2
