@@ -90,20 +90,20 @@ class LiveDisplay:
 
 
 def frontier_table(fr: Frontier) -> Table:
-    """Each family's frontier as one table, smallest model first."""
-    table = Table(title=f"Pareto frontiers of {fr.study} (selected on validation PSNR)", box=box.SIMPLE_HEAD)
-    for col in ("family", "params", "val dB", "test dB", "depth", "width", "d_h", "lr", "trial"):
-        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
-    for _, r in fr.frontier.iterrows():
-        table.add_row(r["family"], f"{int(r['params']):,}", f"{r['psnr_val']:.2f}", f"{r['psnr']:.2f}",
-                      str(int(r["depth"])), str(int(r["width"])), str(int(r["bottleneck"])), f"{r['lr']:.2e}",
-                      str(int(r["trial"])))
-    return table
+    """Each family's frontier as one table, smallest model first (what `run` prints at the end)."""
+    view = pd.DataFrame([{
+        "family": r["family"], "params": f"{int(r['params']):,}", "val dB": f"{r['psnr_val']:.2f}",
+        "test dB": f"{r['psnr']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
+        "lr": f"{r['lr']:.1e}", "trial": int(r["trial"]),
+    } for _, r in fr.frontier.iterrows()])
+    return df_table(view, f"Pareto frontiers of {fr.study} (selected on validation PSNR)")
 
 
 def df_table(df: pd.DataFrame, title: str = "") -> Table:
     """A display DataFrame (already formatted strings) as a rich table; first column left-aligned."""
-    table = Table(title=title or None, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    # Compact enough for an 80-column terminal: no outer edge, one space of padding shared by neighbours.
+    table = Table(title=title or None, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+                  collapse_padding=True)
     for i, col in enumerate(df.columns):
         table.add_column(str(col), justify="left" if i == 0 or col == "note" else "right", no_wrap=col != "note")
     for r in df.itertuples(index=False):
@@ -118,6 +118,8 @@ def analysis_tables(an: "Analysis") -> list[Table]:
     base = (f", baseline {an.baseline.psnr_val:.2f} dB val / {an.baseline.psnr_test:.2f} dB test"
             if an.baseline else "")
     tables = [df_table(front_view(an), f"Pareto frontiers of {an.fr.study} ({an.seeds} seed(s) per point{base})")]
+    if an.flagged:
+        tables[0].caption = "≤ baseline: no better than the task's trivial baseline, so it learned nothing"
     if an.comparison:
         head, bins = comparison_view(an.comparison)
         tables += [df_table(head, "Hourglass vs conventional (validation PSNR)"),
@@ -129,7 +131,8 @@ def analysis_tables(an: "Analysis") -> list[Table]:
 
 def state_table(study: str, state: pd.DataFrame) -> Table:
     """`show`: trials per state, best PSNRs and hours per family (and confirm's seed runs)."""
-    table = Table(title=f"study {study}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table = Table(title=f"study {study}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+                  collapse_padding=True)
     for col in ("family", "complete", "running", "failed", "best val dB", "best test dB", "its params", "hours"):
         table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
 

@@ -229,10 +229,13 @@ def front_view(an: Analysis) -> pd.DataFrame:
     view = pd.DataFrame([{
         "family": r["family"], "params": f"{int(r['params']):,}", "val dB": _pm(r["psnr_val"], r["psnr_val_std"]),
         "test dB": _pm(r["psnr"], r["psnr_std"]), "seeds": int(r["n_seeds"]),
-        "L x width x d_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}", "lr": f"{r['lr']:.1e}",
-        "trial": int(r["trial"]), "note": "learned nothing (under baseline)" if (r["family"], int(r["trial"])) in flagged else "",
+        "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}", "lr": f"{r['lr']:.1e}",
+        "trial": int(r["trial"]), "note": "≤ baseline" if (r["family"], int(r["trial"])) in flagged else "",
     } for _, r in an.front.iterrows()])
-    return view if flagged else view.drop(columns="note", errors="ignore")
+    # "≤ baseline": the model is no better than the task's trivial baseline, so it learned nothing.
+    if not flagged:
+        view = view.drop(columns="note", errors="ignore")
+    return view if an.seeds > 1 else view.drop(columns="seeds")
 
 
 def comparison_view(comp: Comparison) -> tuple[pd.DataFrame, pd.DataFrame]:
