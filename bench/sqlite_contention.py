@@ -1,7 +1,7 @@
 """Hammer one SQLite study from N processes (ask, 8 user attrs, tell; no training) and count lock errors.
 
 Modes: default (a plain URL: SQLAlchemy's 5 s busy timeout, rollback journal), timeout60 (60 s busy
-timeout), hgsearch (search.make_storage: WAL + 60 s busy timeout + heartbeats). The sampler is TPE,
+timeout), hgsearch (storage.make_storage: WAL + 60 s busy timeout + heartbeats). The sampler is TPE,
 as in a search, so every ask reads the whole study while other processes write.
 Usage: .venv/bin/python bench/sqlite_contention.py --workers 2 4 8 --seconds 30
 """
@@ -26,7 +26,7 @@ def storage(url: str, mode: str) -> optuna.storages.BaseStorage | str:
         return url  # what search.py passes today: SQLAlchemy's default 5 s busy timeout
     if mode == "timeout60":  # busy timeout only, rollback journal
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    if mode == "hgsearch":  # what search.make_storage builds: WAL, 60 s busy timeout, heartbeats
+    if mode == "hgsearch":  # what storage.make_storage builds: WAL, 60 s busy timeout, heartbeats
         from hgsearch.search import make_storage
 
         return make_storage(url)

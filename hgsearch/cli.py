@@ -66,9 +66,10 @@ def run(
                                 "(GPUs round-robin, else the CPU cores shared)."),
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
+    from hgsearch.claims import stop_on_signals
     from hgsearch.display import LiveDisplay, frontier_table
     from hgsearch.frontier import load_frontier
-    from hgsearch.search import run_search, stop_on_signals
+    from hgsearch.search import run_search
 
     cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
                       download=download, augment=augment, train_size=train_size, family=family, trials=trials,
@@ -108,7 +109,7 @@ def _stopping(signame: str) -> None:
 
 def _resume_command() -> str:
     """The command line that resumes this run, with any storage password masked."""
-    from hgsearch.search import safe_url
+    from hgsearch.storage import safe_url
 
     def masked(arg: str) -> str:
         if "://" not in arg:

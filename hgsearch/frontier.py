@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.errors import StorageError, UsageError
 from hgsearch.models import FAMILIES, ArchSpec
-from hgsearch.search import SETTINGS_KEY, _first_line, family_study_name, safe_url
+from hgsearch.storage import SETTINGS_KEY, family_study_name, first_line, safe_url
 
 # The columns of frontier.csv; a row alone is enough to rebuild and retrain its model.
 COLUMNS = ["family", "params", "trainable_params", "psnr", "psnr_val", "depth", "width", "bottleneck",
@@ -82,7 +82,7 @@ def _names(storage: str) -> set[str]:
     try:
         return set(optuna.get_all_study_names(storage=storage))
     except Exception as e:
-        raise StorageError(f"cannot read storage {safe_url(storage)}: {_first_line(e)}") from None
+        raise StorageError(f"cannot read storage {safe_url(storage)}: {first_line(e)}") from None
 
 
 def load_seed_rows(study: str, storage: str) -> pd.DataFrame:
@@ -163,7 +163,7 @@ def package_versions() -> dict[str, str]:
 
 def locate_study(study: str | None, storage: str | None, results_dir: str | Path) -> tuple[str, Path, str]:
     """(study name, its results directory, storage URL) for the commands that read a finished study."""
-    from hgsearch.search import default_study_dir
+    from hgsearch.storage import default_study_dir
 
     name = study or default_study_dir(results_dir)
     out_dir = Path(results_dir) / name

@@ -20,7 +20,7 @@ from hgsearch.confirm import config_from_settings, frontier_model, load_checked_
 from hgsearch.errors import DataError, StorageError
 from hgsearch.frontier import (Frontier, atomic_write, load_frontier, load_seed_rows, package_versions,
                                seed_rows, write_tables)
-from hgsearch.search import DIRECTIONS, METRIC_NAMES, safe_url
+from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
 from hgsearch.tasks import TaskData
 from hgsearch.train import as_float
 

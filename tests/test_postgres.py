@@ -8,15 +8,13 @@ a CI that silently stopped testing PostgreSQL would look green while testing not
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 
-from hgsearch.search import safe_url
+from hgsearch.storage import safe_url
 from tests.conftest import hgsearch
 from tests.test_workers import FAMILIES, assert_exactly, popen, states, wait_for
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from hgsearch.baselines import baseline
 from hgsearch.frontier import seeds_study_name, study_state
 from hgsearch.report import analyze, render_html, summary, write_outputs
-from hgsearch.search import DIRECTIONS, SETTINGS_KEY, family_study_name
+from hgsearch.storage import DIRECTIONS, SETTINGS_KEY, family_study_name
 from hgsearch.tasks import Split, TaskData
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hgsearch import checkpoint, search
+from hgsearch import checkpoint, claims, search, storage
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError
 from hgsearch.models import ArchSpec
@@ -185,7 +185,7 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
     study = search.run_search(cfg)["hourglass"]
     # A worker on another machine claimed a configuration, beat once, then its host vanished.
     orphan = study.ask()
-    study._storage.set_trial_user_attr(orphan._trial_id, search.WORKER_ATTR, {"host": "gone-host", "pid": 1})
+    study._storage.set_trial_user_attr(orphan._trial_id, claims.WORKER_ATTR, {"host": "gone-host", "pid": 1})
     search.space_mod.sample(orphan, "hourglass", cfg.budget, 36, 144, cfg.space, False)
     study._storage.record_heartbeat(orphan._trial_id)
     db = sqlite3.connect(tmp_path / "results" / "s" / "study.db")
@@ -206,10 +206,10 @@ def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path)
     study = search.run_search(cfg)["hourglass"]
     other = study.ask()  # another live worker (this process, so never "gone") holds the 2nd trial
-    study._storage.set_trial_user_attr(other._trial_id, search.WORKER_ATTR, search._this_worker())
+    study._storage.set_trial_user_attr(other._trial_id, claims.WORKER_ATTR, claims.this_worker())
     study._storage.record_heartbeat(other._trial_id)
-    assert search._claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", search._quiet) is search.WAIT
-    claimed = search._claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", search._quiet)
+    assert claims.claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", search._quiet) is claims.WAIT
+    claimed = claims.claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", search._quiet)
     assert claimed.number == 2
 
 
@@ -218,12 +218,12 @@ def _race(url: str, target: int, seed: int) -> None:
 
     _random.seed(seed)
     cfg = RunConfig(budget=100_000, trials=target, study="race")
-    study = optuna.load_study(study_name="race.hourglass", storage=search.make_storage(url))
+    study = optuna.load_study(study_name="race.hourglass", storage=storage.make_storage(url))
     while True:
-        trial = search._claim(study, cfg, "hourglass", search._quiet)
+        trial = claims.claim(study, cfg, "hourglass", search._quiet)
         if trial is None:
             return
-        if trial is search.WAIT:
+        if trial is claims.WAIT:
             time.sleep(0.05)
             continue
         trial.suggest_float("x", 0, 1)
@@ -235,7 +235,7 @@ def _race(url: str, target: int, seed: int) -> None:
 def test_concurrent_workers_reach_exactly_the_target(tmp_path):
     """Three processes claim and finish trials as fast as they can on one SQLite file: no overshoot, no lock errors."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    optuna.create_study(study_name="race.hourglass", storage=search.make_storage(url), directions=search.DIRECTIONS)
+    optuna.create_study(study_name="race.hourglass", storage=storage.make_storage(url), directions=storage.DIRECTIONS)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_race, args=(url, 20, i)) for i in range(3)]
     for p in procs:

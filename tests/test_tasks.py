@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hgsearch.data import Dataset, ImageSet
 from hgsearch.errors import UsageError
 from hgsearch.space import smallest
-from hgsearch.tasks import Split, add_noise, as_float, prepare
+from hgsearch.tasks import add_noise, as_float, prepare
 from tests.conftest import smooth_images
 
 

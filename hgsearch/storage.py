@@ -1,0 +1,268 @@
+"""Study storage: opening one study per family, the settings that define a study, URLs without secrets.
+
+SQLite is the single-machine default (WAL and a busy timeout keep several workers on one file free
+of "database is locked"); any Optuna RDB URL works, PostgreSQL for several hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sqlite3
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hgsearch.config import RunConfig
+from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
+from hgsearch.models import FAMILIES
+from hgsearch.tasks import TaskData
+
+# hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+DIRECTIONS = ["minimize", "maximize"]  # (parameter count, validation PSNR)
+
+
+METRIC_NAMES = ["params", "psnr_val"]
+
+
+SETTINGS_KEY = "hgsearch_settings"
+
+
+HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
+
+
+GRACE_PERIOD = 60  # a RUNNING trial whose last heartbeat is older than this is stale
+
+
+SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for the lock instead of failing "database is locked"
+
+
+def family_study_name(study: str, family: str) -> str:
+    return f"{study}.{family}"
+
+
+def safe_url(url: str) -> str:
+    """The storage URL with any password masked, for messages and files."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable storage URL>"
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def scrubbed(e: BaseException, url: str) -> str:
+    """An error's first line with the storage URL and its password removed (drivers may echo them)."""
+    text = first_line(e).replace(url, safe_url(url))
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        password = re.search(r"://[^:/@]*:([^@]*)@", url)
+        password = password.group(1) if password else None
+    return text.replace(str(password), "***") if password else text
+
+
+_storages: dict[str, optuna.storages.RDBStorage] = {}
+
+
+_CREATE_RACE = re.compile(r"UniqueViolation|DuplicateTable|already exists|duplicate key", re.I)
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Check a SQLite file is a database and switch it to WAL (readers never block the writer).
+
+    WAL plus a 60 s busy timeout is what keeps several workers on one SQLite file free of
+    "database is locked" (measured in notes/search-api.md). WAL needs a local filesystem: use a
+    server database (PostgreSQL) for hosts that share a study.
+    """
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise StorageError(f"cannot open storage {safe_url(url)}: directory {p.parent} does not exist")
+    try:
+        con = sqlite3.connect(p, timeout=SQLITE_TIMEOUT)
+        try:
+            con.execute("PRAGMA journal_mode=WAL").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise StorageError(
+            f"cannot open storage {safe_url(url)}: {e} (corrupted or not a SQLite file); move it away "
+            "or pass a new --study / --storage"
+        ) from None
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    """The run's storage object (one per URL and process), with heartbeats and SQLite tuned for workers."""
+    if url in _storages:
+        return _storages[url]
+    kwargs: dict[str, Any] = {}
+    try:
+        if url.startswith("sqlite"):
+            _prepare_sqlite(url)
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(
+                        url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
+                    )
+                break
+            except Exception as e:
+                # Optuna creates its tables without a lock: hosts starting at once on an empty
+                # server database can collide (UniqueViolation, DuplicateTable). The loser retries.
+                if attempt == 4 or not _CREATE_RACE.search(repr(e) + repr(e.__cause__)):
+                    raise
+                time.sleep(random.uniform(0.2, 1.0))
+    except HgsearchError:
+        raise
+    except Exception as e:  # SQLAlchemy, driver import and URL errors all land here
+        if safe_url(url).startswith("<"):
+            raise StorageError("invalid --storage URL: give an Optuna RDB URL such as "
+                               "sqlite:///results/study.db or postgresql://user@host/db") from None
+        raise StorageError(f"cannot open storage {safe_url(url)}: {scrubbed(e, url)}; check the URL, the "
+                           "server and its driver (pip install hgsearch[postgres])") from None
+    _storages[url] = storage
+    return storage
+
+
+# Settings added after studies already existed, with the value those studies implicitly used.
+ADDED_SETTINGS = {"augment": "none", "train_size": 0}
+
+
+def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
+    """The settings that define a study: resuming with different ones would mix incomparable trials.
+
+    Not here, so free to change between runs: --trials, --device, --results-dir, --data-dir (the
+    data's checksum is here), --storage, the display, and the number of workers.
+    """
+    return {
+        "task": cfg.task,
+        "dataset": cfg.dataset,
+        "dataset_checksum": data.checksum,
+        "budget": cfg.budget,
+        "epochs": cfg.epochs,
+        "family": family,
+        "fixed_win": cfg.fixed_win,
+        "augment": cfg.augment,
+        "train_size": cfg.train_size,
+        "batch_size": cfg.batch_size,
+        "val_size": cfg.val_size,
+        "noise_sigma": cfg.noise_sigma if cfg.task == "denoise" else None,
+        "space": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg.space).items()},
+        "seed": cfg.seed,
+        "protocol": "AdamW(wd=0.01), linear decay to 0, MSE on sigmoid, PSNR per batch of 128",
+        "d_in": data.d_in,
+        "d_out": data.d_out,
+    }
+
+
+def make_study_dir(cfg: RunConfig) -> None:
+    """Create results/<study> (SQLite file, checkpoints); an unwritable place fails early and clearly."""
+    try:
+        cfg.study_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(cfg.study_dir, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise StorageError(f"cannot create {cfg.study_dir} ({e.strerror}): pass a writable --results-dir") from None
+
+
+def make_sampler(cfg: RunConfig, family: str, n_trials: int) -> optuna.samplers.BaseSampler:
+    # Seeded from the run seed and the number of trials already in the study, afresh before each
+    # ask: a resumed run does not replay start-up configurations it already tried, and workers that
+    # ask one after the other get different configurations.
+    return optuna.samplers.TPESampler(
+        seed=(cfg.seed * 1_000_003 + FAMILIES.index(family) * 7919 + n_trials) % 2**32,
+        multivariate=True,
+        n_startup_trials=10,
+    )
+
+
+def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[str, optuna.Study]:
+    """Create or resume each family's study; refuse, before writing anything, to resume with other settings."""
+    url = cfg.storage_url
+    if cfg.storage is None:
+        make_study_dir(cfg)  # holds the SQLite file
+    storage = make_storage(url)
+    try:
+        names = set(optuna.get_all_study_names(storage=storage))
+        diffs: dict[str, str] = {}
+        for fam in families:
+            name = family_study_name(cfg.study_name, fam)
+            if name not in names:
+                continue
+            stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SETTINGS_KEY) or {}
+            wanted = settings(cfg, data, fam)
+            for k in [*wanted, *(k for k in stored if k not in wanted)]:
+                if stored.get(k, ADDED_SETTINGS.get(k)) != wanted.get(k):
+                    diffs.setdefault(k, f"{k} (study: {stored.get(k)!r}, now: {wanted.get(k)!r})")
+        if diffs:
+            new = next(f"{cfg.study_name}-{i}" for i in range(2, 10**6)
+                       if not any(n.startswith(f"{cfg.study_name}-{i}.") for n in names))
+            raise StudyMismatchError(
+                f"study {cfg.study_name!r} was created with other settings: {'; '.join(diffs.values())}; "
+                f"rerun with the original settings to resume it, or start a new study with --study {new}"
+            )
+        if cfg.storage is not None:
+            make_study_dir(cfg)  # holds the checkpoints
+        studies = {}
+        for fam in families:
+            name = family_study_name(cfg.study_name, fam)
+            study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS,
+                                        sampler=make_sampler(cfg, fam, 0), load_if_exists=True)
+            if SETTINGS_KEY not in study.user_attrs:
+                study.set_user_attr(SETTINGS_KEY, settings(cfg, data, fam))
+                with warnings.catch_warnings():  # "experimental" since Optuna 3.2, also under pytest
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(METRIC_NAMES)
+            studies[fam] = study
+    except HgsearchError:
+        raise
+    except Exception as e:
+        raise StorageError(f"cannot use storage {safe_url(url)}: {scrubbed(e, url)}") from None
+    return studies
+
+
+def open_study(cfg: RunConfig, family: str, data: TaskData, *, create: bool = True) -> optuna.Study:
+    """One family's study (see open_studies)."""
+    return open_studies(cfg, [family], data)[family]
+
+
+def completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def study_exists(url: str, name: str) -> bool:
+    try:
+        return name in optuna.get_all_study_names(storage=url)
+    except Exception as e:
+        raise StorageError(f"cannot read storage {safe_url(url)}: {scrubbed(e, url)}") from None
+
+
+def default_study_dir(results_dir: str | Path) -> str:
+    """The most recently used study under results_dir, for `frontier` without --study."""
+    dbs = sorted(Path(results_dir).glob("*/study.db"), key=lambda p: p.stat().st_mtime)
+    if not dbs:
+        raise UsageError(f"no study found under {results_dir}/: run `hgsearch run --budget ...` first, or pass --study")
+    return dbs[-1].parent.name
