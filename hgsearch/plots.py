@@ -34,7 +34,9 @@ def save_all(fig, stem: str | Path, formats: tuple[str, ...] = FORMATS) -> list[
 def _title(fr: Frontier) -> str:
     s = next(iter(fr.settings.values()), {})
     win = "fixed W_in (counted)" if s.get("fixed_win") else "trained W_in"
-    return f"{fr.study}: {s.get('task', '?')} on {s.get('dataset', '?')}, {s.get('epochs', '?')} epochs, {win}"
+    epochs = s.get("epochs", "?")
+    plural = "" if epochs == 1 else "s"
+    return f"{fr.study}: {s.get('task', '?')} on {s.get('dataset', '?')}, {epochs} epoch{plural}, {win}"
 
 
 def _params_axis(ax, values) -> None:
