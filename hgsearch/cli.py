@@ -13,8 +13,10 @@ import typer
 from typer.exceptions import Abort, TyperException
 from rich.console import Console
 
-from hgsearch.config import format_budget, load_config, parse_budget
 from hgsearch.errors import HgsearchError
+
+# Library modules are imported inside the commands: they pull in torch and Optuna (about 2 s), which
+# `--help` and option errors do not need.
 
 app = typer.Typer(
     help="Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget.",
@@ -67,6 +69,7 @@ def run(
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
     from hgsearch.claims import stop_on_signals
+    from hgsearch.config import format_budget, load_config, parse_budget
     from hgsearch.display import LiveDisplay, frontier_table
     from hgsearch.frontier import load_frontier
     from hgsearch.search import run_search
@@ -228,6 +231,7 @@ def train(
     save: Optional[Path] = typer.Option(None, "--save", help="Write the trained weights (state_dict) here."),
 ) -> None:
     """Train one configuration with the same code a trial uses; print its size, PSNRs and wall time."""
+    from hgsearch.config import load_config
     from hgsearch.search import train_single
 
     cfg = load_config(config, task=task, dataset=dataset, data_dir=data_dir, download=download, augment=augment,

@@ -1,6 +1,7 @@
 """The real CLI in subprocesses: an end-to-end search, frontier files and help (bad input: test_bad_input.py)."""
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -72,10 +73,25 @@ def test_train_command(tiny_idx, tmp_path):
     assert (tmp_path / "m.pt").stat().st_size > 0
 
 
+def test_readme_documents_every_command_and_option():
+    # Like sqlite-utils: a command or option nobody can find in the README does not exist for users.
+    import typer.main
+
+    from hgsearch.cli import app
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, command in typer.main.get_command(app).commands.items():
+        assert re.search(rf"`(hgsearch )?{name}\b", readme), f"command {name} is not in README.md"
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("--") and opt != "--help":
+                    assert opt in readme, f"{name} {opt} is not in README.md"
+
+
 def test_help_documents_every_command():
     top = hgsearch("--help")
     assert top.returncode == 0
-    for cmd in ("run", "frontier", "train"):
+    for cmd in ("run", "frontier", "show", "confirm", "report", "train"):
         assert cmd in top.stdout
         sub = hgsearch(cmd, "--help")
-        assert sub.returncode == 0 and "Usage" in sub.stdout
+        assert sub.returncode == 0 and "Usage" in sub.stdout and "--help" in sub.stdout
