@@ -45,6 +45,7 @@ def config_from_settings(fr: Frontier, *, data_dir: str | None = None, device: s
     return RunConfig(budget=int(s["budget"]), task=s["task"], dataset=s["dataset"], data_dir=data_dir,
                      epochs=int(s["epochs"]), seed=int(s["seed"]), device=device, fixed_win=bool(s["fixed_win"]),
                      batch_size=int(s["batch_size"]), val_size=int(s["val_size"]), study=fr.study,
+                     augment=s.get("augment", "none"), train_size=int(s.get("train_size", 0)),
                      space=SpaceConfig(**space), **extra)
 
 

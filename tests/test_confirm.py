@@ -71,3 +71,23 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
     # Second time (in-process, to spare a torch import): the cached weights are used.
     an = analyze("superres-idx-100K", url, data_dir=str(tiny_idx))
     assert "weights cached" in (write_report(an, study_dir)).read_text()
+
+
+def test_config_from_settings_rebuilds_every_defining_setting(tiny_idx, tmp_path):
+    # confirm and report retrain with the study's own settings: each one that defines a study
+    # (storage.settings) must come back, or a retrained point would not be the searched model.
+    from dataclasses import replace
+
+    from hgsearch.config import RunConfig
+    from hgsearch.confirm import config_from_settings
+    from hgsearch.frontier import Frontier
+    from hgsearch.search import load_task
+    from hgsearch.storage import settings
+
+    cfg = RunConfig(budget=100_000, task="denoise", dataset="idx", data_dir=str(tiny_idx), epochs=3, seed=7,
+                    fixed_win=True, augment="flips", train_size=300, val_size=50, noise_sigma=0.1,
+                    results_dir=str(tmp_path), study="s")
+    stored = settings(cfg, load_task(cfg), "hourglass")
+    back = config_from_settings(Frontier("s", {"hourglass": stored}, pd.DataFrame(), pd.DataFrame()),
+                                data_dir=str(tiny_idx))
+    assert settings(replace(back, results_dir=str(tmp_path)), load_task(back), "hourglass") == stored
