@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,3 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
         return RunConfig(**run, space=SpaceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()}))
     except TypeError as e:
         raise UsageError(f"bad value in config: {e}") from None
-
-
-def with_overrides(cfg: RunConfig, **changes: Any) -> RunConfig:
-    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

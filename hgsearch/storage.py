@@ -244,20 +244,8 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
     return studies
 
 
-def open_study(cfg: RunConfig, family: str, data: TaskData, *, create: bool = True) -> optuna.Study:
-    """One family's study (see open_studies)."""
-    return open_studies(cfg, [family], data)[family]
-
-
 def completed(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-
-def study_exists(url: str, name: str) -> bool:
-    try:
-        return name in optuna.get_all_study_names(storage=url)
-    except Exception as e:
-        raise StorageError(f"cannot read storage {safe_url(url)}: {scrubbed(e, url)}") from None
 
 
 def default_study_dir(results_dir: str | Path) -> str:
