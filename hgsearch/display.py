@@ -131,9 +131,10 @@ def analysis_tables(an: "Analysis") -> list[Table]:
 
 def state_table(study: str, state: pd.DataFrame) -> Table:
     """`show`: trials per state, best PSNRs and hours per family (and confirm's seed runs)."""
-    table = Table(title=f"study {study}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+    table = Table(title=f"study {study} (PSNR and size of each family's best model)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
                   collapse_padding=True)
-    for col in ("family", "complete", "running", "failed", "best val dB", "best test dB", "its params", "hours"):
+    # val/test dB and params are those of the family's best model (by validation PSNR).
+    for col in ("family", "complete", "running", "failed", "val dB", "test dB", "params", "hours"):
         table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
 
     def num(v: Any, fmt: str) -> str:
