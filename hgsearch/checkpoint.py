@@ -10,12 +10,12 @@ shared results directory starts again from epoch 0 (same configuration and seed,
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hgsearch.atomic import atomic_open
 
 DIRNAME = "checkpoints"
 
@@ -26,17 +26,8 @@ def path_for(study_dir: str | Path, family: str, origin: int) -> Path:
 
 def save(path: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
     """Write {meta, state} through a temporary file, fsync, then rename: a kill leaves old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"meta": meta, "state": state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save({"meta": meta, "state": state}, f)
 
 
 def load(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:

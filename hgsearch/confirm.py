@@ -14,13 +14,14 @@ import torch
 from optuna.trial import TrialState
 
 from hgsearch.analysis import CONFIG_KEYS, paper_front
+from hgsearch.atomic import atomic_write
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError, TrialFailed, UsageError
-from hgsearch.frontier import (Frontier, atomic_write, load_frontier, load_seed_rows, seed_rows,
-                               seeds_study_name, spec_from_row)
+from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, seed_rows, seeds_study_name,
+                               spec_from_row)
 from hgsearch.search import load_task
-from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
 from hgsearch.space import SpaceConfig
+from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
 from hgsearch.tasks import TaskData
 from hgsearch.train import train
 

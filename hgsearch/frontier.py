@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from hgsearch.atomic import atomic_write
 from hgsearch.errors import StorageError, UsageError
 from hgsearch.models import FAMILIES, ArchSpec
 from hgsearch.storage import SETTINGS_KEY, family_study_name, first_line, safe_url
@@ -176,29 +175,6 @@ def spec_from_row(row: pd.Series | dict[str, Any]) -> ArchSpec:
     """Rebuild the ArchSpec of a frontier or trials CSV row."""
     return ArchSpec(str(row["family"]), int(row["d_in"]), int(row["d_out"]), int(row["width"]),
                     int(row["bottleneck"]), int(row["depth"]), bool(row["fixed_win"]))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result file reads like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_tables(fr: Frontier, out_dir: str | Path) -> list[Path]:

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hgsearch.frontier import Frontier, atomic_write  # noqa: E402
+from hgsearch.atomic import atomic_write  # noqa: E402
+from hgsearch.frontier import Frontier  # noqa: E402
 
 STYLE = {"hourglass": {"color": "tab:blue", "marker": "o"}, "conventional": {"color": "tab:orange", "marker": "s"}}
 FORMATS = ("png", "svg")  # PNG for screens and the report, SVG for papers

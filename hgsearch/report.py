@@ -15,11 +15,12 @@ import pandas as pd
 import torch
 
 from hgsearch.analysis import Comparison, compare, scaling_pattern
+from hgsearch.atomic import atomic_write
 from hgsearch.baselines import Baseline, baseline
 from hgsearch.confirm import config_from_settings, frontier_model, load_checked_task, means_front
 from hgsearch.errors import DataError, StorageError
-from hgsearch.frontier import (Frontier, atomic_write, load_frontier, load_seed_rows, package_versions,
-                               seed_rows, write_tables)
+from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, package_versions, seed_rows,
+                               write_tables)
 from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
 from hgsearch.tasks import TaskData
 from hgsearch.train import as_float

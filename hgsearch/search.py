@@ -261,7 +261,7 @@ def train_single(
         raise UsageError(f"cannot save to {save}: directory {Path(save).parent} does not exist")
     model, res = train(spec, data, lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
     if save is not None:
-        from hgsearch.frontier import atomic_write
+        from hgsearch.atomic import atomic_write
 
         payload = {"spec": spec.to_dict(), "state_dict": model.state_dict(), "lr": lr, "epochs": cfg.epochs,
                    "seed": cfg.seed, "psnr_val": res.psnr_val, "psnr_test": res.psnr_test}

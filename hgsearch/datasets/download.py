@@ -4,45 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from hgsearch.atomic import atomic_open
 from hgsearch.errors import DataError
 
 TIMEOUT_S = 60.0  # per socket operation, so a stalled server fails instead of hanging a search
 _CHUNK = 1 << 16
 
 
-@contextmanager
-def atomic_write(dest: Path) -> Iterator[BinaryIO]:
-    """Yield a temp file beside dest; it replaces dest only if the block ends without an exception."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-        os.replace(tmp, dest)  # atomic on one filesystem: readers never see a half-written file
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def fetch(url: str, dest: Path, md5: str, *, timeout: float = TIMEOUT_S) -> None:
     """Download url to dest with a progress bar on stderr; raise DataError, leaving nothing, unless md5 matches."""
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_write(dest) as out, \
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(dest, ".part") as out, \
                 Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                          TimeRemainingColumn(), console=Console(stderr=True)) as progress:
             task = progress.add_task(dest.name, total=int(response.headers.get("Content-Length") or 0) or None)
@@ -67,7 +50,7 @@ def extract(archive: Path, members: dict[str, Path]) -> None:
                 source = tar.extractfile(tar.getmember(name))
                 if source is None:
                     raise KeyError(f"{name} is not a regular file")
-                with source, atomic_write(dest) as out:
+                with source, atomic_open(dest, ".part") as out:
                     shutil.copyfileobj(source, out)
     except (tarfile.TarError, KeyError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{archive}: cannot extract ({e}); delete it and download it again") from e
