@@ -1,30 +1,40 @@
-"""Packed training: K configurations of one width trained as one batched computation (one GPU, many trials).
+"""Packed training: K configurations of any shape trained as one batched computation (one GPU, many trials).
 
-Every model sees the same batches (one seed, one data order), so a step is one gather and, per layer,
-one batched matmul over the K models instead of K small launches: what fills a GPU with small MLPs.
+A pack shares one seed, so every member sees the batches (and denoising noise) that `train.train` with
+that seed draws: a step is one gather and, per layer, one batched matmul over the K members instead of
+K small launches, which is what fills a GPU with small MLPs. (The search trains every trial with the
+run's one seed, so grouping by seed costs nothing; members of different seeds go to different packs.)
 Results equal K separate `train.train()` runs within float rounding (tests check it on the CPU):
 
-- Same initial weights: model k is built exactly as train() builds it (torch.manual_seed(seed), then
-  models.build) and copied into the packed tensors.
-- Depths may differ: the pack has max(depth) blocks and block l of model k is multiplied by a 0/1
-  mask. A masked block is the identity exactly (z + 0 * branch), its gradients are exactly zero, so
-  AdamW's moments stay zero and its update is zero; weight decay only shrinks weights whose output is
-  multiplied by 0. Widths cannot be padded exactly (a wider BatchNorm or matmul changes the
-  numbers), so all models share width and bottleneck.
-- Learning rates may differ: AdamW is written out below with a per-model learning rate, the same
-  update as torch.optim.AdamW (decoupled decay, bias correction), linear decay to zero per model.
-- BatchNorm (affine=False) normalises each model over the batch separately; running statistics are
-  kept per model and used in evaluation, as nn.BatchNorm1d does.
-- The loss is the sum of the K per-model MSEs: model k's gradient is exactly its own MSE's gradient.
+- Same initial weights: member k is built exactly as train() builds it (torch.manual_seed(seed), then
+  models.build) and copied into the top-left corner of the packed tensors; the rest is zero.
+- Widths and bottlenecks are padded with zeros, exactly: a zero row of W_in makes a stream feature
+  that is 0 for every input; BatchNorm (affine=False) of that constant column is (0 - 0) * rsqrt(0 + eps)
+  = 0 in training and, its running mean staying 0, in evaluation too; a zero row of W_down gives a
+  pre-activation of 0, where ReLU's gradient is 0. So every padded weight gets a gradient of exactly 0
+  (each is multiplied by a 0 feature or a 0 ReLU gradient), AdamW's moments stay 0 and its update,
+  0 / (0 + eps) plus decay of 0, keeps it at 0. Real features are normalised per column, untouched.
+- Depths are padded by masks: the pack has max(depth) blocks and block l of member k is multiplied by
+  a 0/1 mask. A masked block is the identity exactly (z + 0 * branch) and gets zero gradients.
+- Learning rates may differ: AdamW is written out below with a per-member learning rate, the same
+  update as torch.optim.AdamW (decoupled decay, bias correction), linear decay to zero per member.
+  Members with a fixed W_in get a W_in learning rate of 0, which also switches off its weight decay.
+- BatchNorm normalises each member over the batch separately; running statistics are kept per member
+  and used in evaluation, as nn.BatchNorm1d does.
+- The loss is the sum of the K per-member MSEs: member k's gradient is exactly its own MSE's gradient,
+  and no operation mixes members, so a member that diverges cannot disturb the others.
 
-No resume hook here: a pack is a unit of work to retry whole; search trials use train.train().
+The step keeps all its state in tensors (step count, learning rates, which members are still
+training) and never reads a value back, so on CUDA it is captured once in a CUDA graph and replayed;
+the CPU runs the same step function eagerly. Evaluation is always float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -32,54 +42,62 @@ from torch import nn
 from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.models import ArchSpec, ResidualMLP, build
 from hgsearch.tasks import Split, TaskData, add_noise, as_float
-from hgsearch.train import EVAL_BATCHES, TrainResult, _autocast, _db
+from hgsearch.train import EVAL_BATCHES, TrainResult, _db
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's defaults
 BN_MOMENTUM = 0.1
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+GRAPH_WARMUP = 3  # eager steps on a side stream before capture, as torch.cuda.graph's docs prescribe
+
+# Called after each finished epoch with (member, epoch, {"loss": epoch mean}); False retires the member
+# (its weights and statistics freeze; its result is evaluated at the end like the others').
+MemberEpoch = Callable[[int, int, dict], bool]
 
 
 def check_packable(specs: Sequence[ArchSpec]) -> None:
-    """Packable specs differ at most in depth: anything else would change the models' numbers."""
+    """Packable specs share the input and output sizes; widths, bottlenecks, depths and families may differ."""
     if not specs:
         raise UsageError("a pack needs at least one configuration")
-    keys = {(s.family, s.d_in, s.d_out, s.width, s.bottleneck, s.fixed_win) for s in specs}
-    if len(keys) > 1:
-        raise UsageError("packed configurations must share family, d_in, d_out, width, bottleneck and "
-                         f"fixed_win (only depth and lr may differ); got {len(keys)} different shapes")
+    sizes = {(s.d_in, s.d_out) for s in specs}
+    if len(sizes) > 1:
+        raise UsageError(f"packed configurations must share d_in and d_out (one task); got {sorted(sizes)}")
 
 
 class PackedMLP(nn.Module):
-    """K residual MLPs of one width as stacked weights: (K, out, in) per layer, depth padded by masks."""
+    """K residual MLPs as zero-padded stacked weights: (K, out, in) per layer, depth padded by masks."""
 
     def __init__(self, specs: Sequence[ArchSpec], seed: int) -> None:
         super().__init__()
         check_packable(specs)
         self.specs = list(specs)
         k, depth = len(specs), max(s.depth for s in specs)
-        s0 = specs[0]
-        models = []
-        for spec in specs:
+        width, bott = max(s.width for s in specs), max(s.bottleneck for s in specs)
+        d_in, d_out = specs[0].d_in, specs[0].d_out
+        w_in, w_out = torch.zeros(k, width, d_in), torch.zeros(k, d_out, width)
+        down, up = torch.zeros(depth, k, bott, width), torch.zeros(depth, k, width, bott)
+        for i, spec in enumerate(specs):
             torch.manual_seed(seed)  # what train() does before build(): the same initial weights
-            models.append(build(spec))
-        self.w_in = nn.Parameter(torch.stack([m.w_in.weight.detach() for m in models]),
-                                 requires_grad=not s0.fixed_win)
-        self.w_out = nn.Parameter(torch.stack([m.w_out.weight.detach() for m in models]))
-        zeros_down, zeros_up = torch.zeros(s0.bottleneck, s0.width), torch.zeros(s0.width, s0.bottleneck)
-        self.down = nn.ParameterList(
-            nn.Parameter(torch.stack([m.blocks[l].down.weight.detach() if l < len(m.blocks) else zeros_down
-                                      for m in models])) for l in range(depth))
-        self.up = nn.ParameterList(
-            nn.Parameter(torch.stack([m.blocks[l].up.weight.detach() if l < len(m.blocks) else zeros_up
-                                      for m in models])) for l in range(depth))
+            m = build(spec)
+            w, h = spec.width, spec.bottleneck
+            w_in[i, :w] = m.w_in.weight.detach()
+            w_out[i, :, :w] = m.w_out.weight.detach()
+            for l, block in enumerate(m.blocks):
+                down[l, i, :h, :w] = block.down.weight.detach()
+                up[l, i, :w, :h] = block.up.weight.detach()
+        self.w_in = nn.Parameter(w_in, requires_grad=not all(s.fixed_win for s in specs))
+        self.w_out = nn.Parameter(w_out)
+        self.down = nn.ParameterList(nn.Parameter(d.clone()) for d in down)
+        self.up = nn.ParameterList(nn.Parameter(u.clone()) for u in up)
         self.register_buffer("mask", torch.tensor([[1.0 if l < s.depth else 0.0 for l in range(depth)]
                                                    for s in specs]).T.reshape(depth, k, 1, 1).contiguous())
-        self.register_buffer("running_mean", torch.zeros(depth, k, 1, s0.width))
-        self.register_buffer("running_var", torch.ones(depth, k, 1, s0.width))
+        self.register_buffer("running_mean", torch.zeros(depth, k, 1, width))
+        self.register_buffer("running_var", torch.ones(depth, k, 1, width))
+        # Per-member BatchNorm momentum: 0 freezes a retired member's running statistics.
+        self.register_buffer("momentum", torch.full((k, 1, 1), BN_MOMENTUM))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, d_in), shared by all models -> (K, B, d_out)."""
+        """x (B, d_in), shared by all members -> (K, B, d_out)."""
         z = torch.matmul(x, self.w_in.transpose(1, 2))  # (K, B, width)
         n = z.shape[1]
         for l in range(len(self.down)):
@@ -87,8 +105,8 @@ class PackedMLP(nn.Module):
                 mean = z.mean(1, keepdim=True)
                 var = z.var(1, unbiased=False, keepdim=True)
                 with torch.no_grad():  # nn.BatchNorm1d keeps the unbiased variance
-                    self.running_mean[l].lerp_(mean.float(), BN_MOMENTUM)
-                    self.running_var[l].lerp_(var.float() * (n / max(n - 1, 1)), BN_MOMENTUM)
+                    self.running_mean[l].lerp_(mean.float(), self.momentum)
+                    self.running_var[l].lerp_(var.float() * (n / max(n - 1, 1)), self.momentum)
             else:
                 mean, var = self.running_mean[l], self.running_var[l]
             zn = (z - mean) * torch.rsqrt(var + BN_EPS)
@@ -97,57 +115,143 @@ class PackedMLP(nn.Module):
         return torch.sigmoid(torch.bmm(z, self.w_out.transpose(1, 2)))
 
     def unpack(self, k: int) -> ResidualMLP:
-        """Model k as the plain module train() would have returned (weights and running statistics)."""
+        """Member k as the plain module train() would have returned (weights and running statistics)."""
         spec = self.specs[k]
+        w, h = spec.width, spec.bottleneck
         model = build(spec).to(self.w_out.device)
         with torch.no_grad():
-            model.w_in.weight.copy_(self.w_in[k])
-            model.w_out.weight.copy_(self.w_out[k])
+            model.w_in.weight.copy_(self.w_in[k, :w])
+            model.w_out.weight.copy_(self.w_out[k, :, :w])
             for l, block in enumerate(model.blocks):
-                block.down.weight.copy_(self.down[l][k])
-                block.up.weight.copy_(self.up[l][k])
-                block.norm.running_mean.copy_(self.running_mean[l, k, 0])
-                block.norm.running_var.copy_(self.running_var[l, k, 0])
+                block.down.weight.copy_(self.down[l][k, :h, :w])
+                block.up.weight.copy_(self.up[l][k, :w, :h])
+                block.norm.running_mean.copy_(self.running_mean[l, k, 0, :w])
+                block.norm.running_var.copy_(self.running_var[l, k, 0, :w])
         return model
 
 
-class PackedAdamW:
-    """torch.optim.AdamW's update (amsgrad off) for stacked (K, ...) weights, one learning rate per model."""
+class PackStep:
+    """One packed training step (forward, backward, AdamW) whose whole state lives in device tensors.
 
-    def __init__(self, params: Sequence[nn.Parameter], weight_decay: float) -> None:
-        self.params = [p for p in params if p.requires_grad]
-        self.wd = weight_decay
+    `step(x, y)` trains every live member on one batch. With graphs=True (CUDA only) the step for
+    full batches is captured in a CUDA graph on first use and replayed from static input buffers;
+    a batch of another size (an epoch's last) runs the same function eagerly.
+    """
+
+    def __init__(self, model: PackedMLP, lrs: Sequence[float], *, total_steps: int, weight_decay: float,
+                 graphs: bool = False, bf16: bool = False) -> None:
+        device = model.w_out.device
+        if graphs and device.type != "cuda":
+            raise UsageError("CUDA graphs need a CUDA device: train the pack with graphs=False")
+        self.model, self.wd, self.total = model, weight_decay, float(total_steps)
+        self.graphs, self.bf16 = graphs, bf16 and device.type == "cuda"
+        k = len(model.specs)
+        # Retiring a member sets its rate to 0 in place (no update, no decay; a graph sees the change).
+        self.base_lr = torch.tensor(list(lrs), dtype=torch.float32, device=device)
+        self.win_lr = torch.tensor([0.0 if s.fixed_win else 1.0 for s in model.specs], device=device)
+        self.t = torch.zeros((), device=device)  # steps taken, as a tensor so a graph can advance it
+        self.loss_sum = torch.zeros(k, device=device)  # sum over this epoch of batch MSE * batch size
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_rows = 0
+        self._static_x = self._static_y = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        # cache_enabled=False: autocast's weight cast cache must not outlive a graph capture.
+        if self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The step itself: tensor ops only (no .item(), no Python branch on values), so it is capturable."""
+        lr = self.base_lr * (1.0 - self.t / self.total)  # train()'s lr[s] = lr (1 - s / total)
+        with self._autocast():
+            out = self.model(x)
+        per_member = (out.float() - y).pow(2).mean((1, 2))  # (K,): each member's MSE
+        grads = torch.autograd.grad(per_member.sum(), self.params)
+        with torch.no_grad():
+            self.t.add_(1.0)
+            b1, b2 = BETAS
+            bc1 = 1.0 - torch.pow(b1, self.t)
+            bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2, self.t))
+            for p, g, m, v in zip(self.params, grads, self.m, self.v):
+                lr_p = (lr * self.win_lr if p is self.model.w_in else lr).view(-1, *([1] * (p.dim() - 1)))
+                p.mul_(1.0 - lr_p * self.wd)
+                m.lerp_(g, 1.0 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                p.sub_((lr_p / bc1) * m / (v.sqrt() / bc2_sqrt + ADAM_EPS))
+            self.loss_sum.add_(per_member.detach() * x.shape[0])
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Train on one batch (x (B, d_in), y (B, d_out), float32)."""
+        if not self.graphs:
+            self._step(x, y)
+            return
+        if self._graph is None:
+            self._capture(x, y)
+        if x.shape[0] != self._graph_rows:
+            self._step(x, y)
+            return
+        self._static_x.copy_(x)
+        self._static_y.copy_(y)
+        self._graph.replay()
+
+    def _state(self) -> list[torch.Tensor]:
+        model = self.model
+        return [*self.params, *self.m, *self.v, self.t, self.loss_sum, model.running_mean, model.running_var]
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Capture the full-batch step; the warm-up steps capture needs are undone, so results do not change."""
+        self._static_x, self._static_y = x.clone(), y.clone()
+        self._graph_rows = x.shape[0]
+        saved = [s.clone() for s in self._state()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP):
+                self._step(self._static_x, self._static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for live, copy in zip(self._state(), saved):
+                live.copy_(copy)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._step(self._static_x, self._static_y)
 
     @torch.no_grad()
-    def step(self, lr: torch.Tensor) -> None:
-        """lr: (K,) learning rates of this step."""
-        self.t += 1
-        b1, b2 = BETAS
-        bc1, bc2_sqrt = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
-        for p, m, v in zip(self.params, self.m, self.v):
-            g = p.grad
-            lr_k = lr.view(-1, *([1] * (p.dim() - 1)))
-            p.mul_(1 - lr_k * self.wd)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.sub_(lr_k / bc1 * m / (v.sqrt() / bc2_sqrt + ADAM_EPS))
-            p.grad = None
+    def retire(self, k: int, *, failed: bool) -> None:
+        """Stop training member k; a failed one is also zeroed so no inf/NaN stays in the pack."""
+        self.base_lr[k] = 0.0
+        self.model.momentum[k] = 0.0
+        if failed:
+            for tensors in (self.params, self.m, self.v):
+                for p in tensors:
+                    p[k] = 0.0  # every packed weight is (K, out, in)
+            self.model.running_mean[:, k] = 0.0
+            self.model.running_var[:, k] = 1.0
+
+    def take_epoch_losses(self, rows: int) -> list[float]:
+        """Each member's mean training MSE over the epoch's `rows` examples (one device read); resets."""
+        losses = (self.loss_sum / rows).tolist()
+        self.loss_sum.zero_()
+        return losses
 
 
 @torch.no_grad()
 def evaluate_packed(model: PackedMLP, split: Split, batch_size: int = 128) -> list[float]:
-    """Each model's PSNR exactly as train.evaluate defines it (per batch of 128, size-weighted)."""
+    """Each member's PSNR exactly as train.evaluate defines it (per batch of 128, size-weighted), in float32."""
     model.eval()
-    rows = batch_size * EVAL_BATCHES
-    total = torch.zeros(len(model.specs), dtype=torch.float64, device=split.inputs.device)
+    k = len(model.specs)
+    # Rows per forward shrink with the pack so the (K, rows, width) activations stay bounded.
+    rows = batch_size * max(1, EVAL_BATCHES * 8 // k)
+    total = torch.zeros(k, dtype=torch.float64, device=split.inputs.device)
     for x, y in zip(split.inputs.split(rows), split.targets.split(rows)):
         row_mse = (model(as_float(x)) - as_float(y)).pow_(2).mean(2)  # (K, rows)
         full = row_mse.shape[1] // batch_size * batch_size
         if full:
-            total += batch_size * _db(row_mse[:, :full].reshape(len(model.specs), -1, batch_size).mean(2)).sum(1)
+            total += batch_size * _db(row_mse[:, :full].reshape(k, -1, batch_size).mean(2)).sum(1)
         if full < row_mse.shape[1]:
             total += (row_mse.shape[1] - full) * _db(row_mse[:, full:].mean(1))
     model.train()
@@ -164,11 +268,15 @@ def train_packed(
     weight_decay: float = 0.01,
     seed: int = 0,
     device: torch.device | str | None = None,
+    graphs: bool | None = None,
+    bf16: bool = False,
+    on_epoch: MemberEpoch | None = None,
 ) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
     """Train specs[k] at lrs[k] together; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
 
-    A model whose loss turns non-finite gets a TrialFailed in its slot and does not disturb the others
-    (the models share no weights and no statistics); `seconds` is the pack's wall time for each.
+    graphs (default: on CUDA) replays the step as a CUDA graph; bf16 autocasts the training step on
+    CUDA. A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
+    does not disturb the others; `seconds` is the pack's wall time for each member.
     """
     if len(lrs) != len(specs):
         raise UsageError(f"{len(specs)} configurations but {len(lrs)} learning rates")
@@ -176,42 +284,54 @@ def train_packed(
     if (specs[0].d_in, specs[0].d_out) != (data.d_in, data.d_out):
         raise UsageError(f"model is {specs[0].d_in}->{specs[0].d_out} but the task is {data.d_in}->{data.d_out}")
     device = torch.device(device) if device is not None else data.train.inputs.device
+    graphs = device.type == "cuda" if graphs is None else graphs
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(seed)  # the data order (and noise) of train()
     k = len(specs)
+    failed: dict[int, str] = {}
     try:
         model = PackedMLP(specs, seed).to(device)
-        opt = PackedAdamW(list(model.parameters()), weight_decay)
         n = len(data.train)
-        steps_per_epoch = math.ceil(n / batch_size)
-        total_steps = epochs * steps_per_epoch
-        base = torch.tensor(list(lrs), dtype=torch.float32, device=device)
-        losses = torch.zeros(k, device=device)
-        step = 0
-        for _ in range(epochs):
+        total_steps = epochs * math.ceil(n / batch_size)
+        stepper = PackStep(model, lrs, total_steps=total_steps, weight_decay=weight_decay, graphs=graphs, bf16=bf16)
+        losses = [float("nan")] * k
+        epochs_done = [epochs] * k
+        retired: set[int] = set()
+        for epoch in range(epochs):
             perm = torch.randperm(n, generator=gen, device=device)
-            losses.zero_()
             for idx in perm.split(batch_size):
                 x, y = data.train.batch(idx)
                 if data.train_noise:
                     x = add_noise(x, data.train_noise, gen)
-                with _autocast(device):
-                    out = model(x)
-                per_model = (out.float() - y).pow(2).mean((1, 2))  # (K,): each model's MSE
-                per_model.sum().backward()
-                opt.step(base * (1.0 - step / total_steps))
-                losses += per_model.detach() * idx.shape[0]
-                step += 1
-        loss_means = (losses / n).tolist()
+                stepper.step(x, y)
+            epoch_losses = stepper.take_epoch_losses(n)
+            for i in range(k):
+                if i in retired:
+                    continue
+                losses[i] = epoch_losses[i]
+                if not math.isfinite(losses[i]):
+                    failed[i] = f"non-finite training loss in epoch {epoch + 1} at lr={lrs[i]:.3g}"
+                    stepper.retire(i, failed=True)
+                    retired.add(i)
+                elif on_epoch is not None and not on_epoch(i, epoch, {"loss": losses[i]}):
+                    stepper.retire(i, failed=False)
+                    retired.add(i)
+                    epochs_done[i] = epoch + 1
+            if len(retired) == k:
+                break
         psnr_val = evaluate_packed(model, data.val, batch_size)
         psnr_test = evaluate_packed(model, data.test, batch_size)
     except torch.OutOfMemoryError:
         raise TrialFailed(f"out of memory on {device} for a pack of {k} models") from None
     seconds = time.perf_counter() - t0
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
     results: list[TrainResult | TrialFailed] = []
     for i in range(k):
-        if not all(math.isfinite(v) for v in (loss_means[i], psnr_val[i], psnr_test[i])):
-            results.append(TrialFailed(f"non-finite training loss or PSNR at lr={lrs[i]:.3g}"))
+        if i in failed:
+            results.append(TrialFailed(failed[i]))
+        elif not (math.isfinite(psnr_val[i]) and math.isfinite(psnr_test[i])):
+            results.append(TrialFailed(f"non-finite evaluation PSNR (val {psnr_val[i]}, test {psnr_test[i]})"))
         else:
-            results.append(TrainResult(psnr_val[i], psnr_test[i], loss_means[i], seconds, epochs, step))
+            results.append(TrainResult(psnr_val[i], psnr_test[i], losses[i], seconds, epochs_done[i],
+                                       epochs_done[i] * steps_per_epoch))
     return model, results

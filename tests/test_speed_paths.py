@@ -111,9 +111,9 @@ def test_packed_evaluation_matches_evaluate(data):
         assert got[k] == pytest.approx(evaluate(packed.unpack(k), data.val), abs=1e-4)
 
 
-def test_only_depth_and_lr_may_differ(data):
-    with pytest.raises(UsageError, match="only depth and lr"):
-        check_packable([ArchSpec("hourglass", 36, 144, 180, 12, 1), ArchSpec("hourglass", 36, 144, 200, 12, 1)])
+def test_packs_share_one_task_geometry(data):
+    with pytest.raises(UsageError, match="share d_in and d_out"):
+        check_packable([ArchSpec("hourglass", 36, 144, 180, 12, 1), ArchSpec("hourglass", 144, 144, 200, 12, 1)])
     with pytest.raises(UsageError, match="learning rates"):
         train_packed([ArchSpec("hourglass", data.d_in, data.d_out, 180, 12, 1)], data, lrs=[1e-3, 2e-3], epochs=1)
 
