@@ -113,3 +113,49 @@ def test_a_retired_member_is_frozen(tasks):
                            on_epoch=lambda k, e, m: False)
     assert torch.equal(packed.w_out[0], once.w_out[0])
     assert torch.equal(packed.running_var[:, 0], once.running_var[:, 0])
+
+
+def test_plan_packs_groups_like_shapes_and_respects_limits():
+    from hgsearch.buckets import pack_cost, padding_waste, plan_packs
+
+    small = [ArchSpec("hourglass", 16, 16, 20, 2, 1)] * 6
+    big = [ArchSpec("hourglass", 16, 16, 400, 300, 12)] * 6
+    specs = [s for pair in zip(small, big) for s in pair]  # interleaved: arrival order mixes them
+    packs = plan_packs(specs, max_k=4)
+    assert sorted(i for p in packs for i in p) == list(range(12)) and all(len(p) <= 4 for p in packs)
+    assert all(len({specs[i] for i in p}) == 1 for p in packs)  # no small member padded to a big one
+    assert padding_waste(specs, packs) == 0.0
+    naive = [list(range(i, i + 4)) for i in range(0, 12, 4)]
+    assert padding_waste(specs, naive) > 0.9 and pack_cost(specs, packs) < pack_cost(specs, naive)
+    # Different seeds or geometries never share a pack.
+    seeded = plan_packs(small, max_k=8, seeds=[0, 1, 0, 1, 0, 1])
+    assert sorted(sorted(p) for p in seeded) == [[0, 2, 4], [1, 3, 5]]
+
+
+def test_max_pack_size_override_and_cpu_default():
+    from hgsearch.buckets import CPU_PACK, max_pack_size
+    from hgsearch.errors import UsageError
+
+    specs = [ArchSpec("hourglass", 16, 16, 20, 2, 1)]
+    assert max_pack_size(specs, torch.device("cpu")) == CPU_PACK
+    assert max_pack_size(specs, torch.device("cpu"), override=7) == 7
+    with pytest.raises(UsageError, match="at least 1"):
+        max_pack_size(specs, torch.device("cpu"), override=0)
+
+
+@pytest.mark.slow
+def test_gpu_bench_quick_runs_on_cpu(tmp_path):
+    """bench/gpu_packs.py --quick end to end on the CPU: every section runs, none errors, JSON written."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_packs.py"), "--quick", "--json",
+                          str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert not [r for r in rows if "error" in r]
+    assert {r["section"] for r in rows} == {"waste", "naive", "packed", "hetero", "exact"}
+    assert max(r["max_dpsnr_db"] for r in rows if r["section"] == "exact") < 1e-3
