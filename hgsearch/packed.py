@@ -101,15 +101,17 @@ class PackedMLP(nn.Module):
         z = torch.matmul(x, self.w_in.transpose(1, 2))  # (K, B, width)
         n = z.shape[1]
         for l in range(len(self.down)):
+            # BatchNorm in float32 even under bf16 autocast, as autocast runs nn.BatchNorm1d.
+            zf = z.float()
             if self.training:
-                mean = z.mean(1, keepdim=True)
-                var = z.var(1, unbiased=False, keepdim=True)
+                mean = zf.mean(1, keepdim=True)
+                var = zf.var(1, unbiased=False, keepdim=True)
                 with torch.no_grad():  # nn.BatchNorm1d keeps the unbiased variance
-                    self.running_mean[l].lerp_(mean.float(), self.momentum)
-                    self.running_var[l].lerp_(var.float() * (n / max(n - 1, 1)), self.momentum)
+                    self.running_mean[l].lerp_(mean, self.momentum)
+                    self.running_var[l].lerp_(var * (n / max(n - 1, 1)), self.momentum)
             else:
                 mean, var = self.running_mean[l], self.running_var[l]
-            zn = (z - mean) * torch.rsqrt(var + BN_EPS)
+            zn = (zf - mean) * torch.rsqrt(var + BN_EPS)
             branch = torch.bmm(torch.relu(torch.bmm(zn, self.down[l].transpose(1, 2))), self.up[l].transpose(1, 2))
             z = z + self.mask[l] * branch
         return torch.sigmoid(torch.bmm(z, self.w_out.transpose(1, 2)))

@@ -159,3 +159,14 @@ def test_gpu_bench_quick_runs_on_cpu(tmp_path):
     assert not [r for r in rows if "error" in r]
     assert {r["section"] for r in rows} == {"waste", "naive", "packed", "hetero", "exact"}
     assert max(r["max_dpsnr_db"] for r in rows if r["section"] == "exact") < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_equals_eager(tiny_idx):
+    d = prepare(load_dataset("idx", tiny_idx), "superres", val_size=60, train_size=120, device="cuda")
+    specs = mixed_specs(d.d_in, d.d_out)
+    lrs = [3e-3, 1e-3, 2e-3, 4e-3]
+    _, eager = train_packed(specs, d, lrs=lrs, epochs=2, batch_size=64, seed=3, graphs=False)
+    _, graph = train_packed(specs, d, lrs=lrs, epochs=2, batch_size=64, seed=3, graphs=True)
+    for e, g in zip(eager, graph):
+        assert g.psnr_val == pytest.approx(e.psnr_val, abs=1e-4)
