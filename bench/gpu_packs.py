@@ -41,7 +41,7 @@ import optuna
 import torch
 
 from hgsearch import train as train_mod
-from hgsearch.buckets import max_pack_size, pack_cost, padding_waste, plan_packs
+from hgsearch.buckets import pack_cost, pack_limits, padding_waste, plan_packs
 from hgsearch.data import Dataset, ImageSet
 from hgsearch.models import ArchSpec
 from hgsearch.packed import PackedMLP, PackStep, train_packed
@@ -221,8 +221,8 @@ def packed_rows(spec: ArchSpec, ks: tuple[int, ...], device: torch.device, varia
 def hetero_rows(budget: int, n: int, d: int, device: torch.device, variants, seconds: float,
                 max_k: int | None):
     specs = draw(budget, n, optuna.samplers.RandomSampler(seed=1), d)
-    k = max_pack_size(specs, device, BATCH, override=max_k)
-    packs = plan_packs(specs, k)
+    k, max_bytes = pack_limits(device, override=max_k)
+    packs = plan_packs(specs, k, max_bytes=max_bytes, batch_size=BATCH)
     useful = sum(s.params for s in specs)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.rand(BATCH, d, generator=g).to(device)

@@ -56,10 +56,12 @@ _SORT_KEYS = (
 )
 
 
-def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float) -> tuple[float, list[list[int]]]:
-    """Optimal contiguous split of `order` into packs of at most max_k (O(N * max_k) dynamic programme)."""
+def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float, max_bytes: int | None,
+           batch_size: int) -> tuple[float, list[list[int]]]:
+    """Optimal contiguous split of `order` into packs of at most max_k members and max_bytes of memory
+    (O(N * max_k) dynamic programme); a member too big for max_bytes alone still gets a pack of one."""
     n = len(order)
-    d_io = specs[order[0]].d_in + specs[order[0]].d_out
+    d_in, d_out = specs[order[0]].d_in, specs[order[0]].d_out
     best = [0.0] + [float("inf")] * n
     cut = [0] * (n + 1)
     for end in range(1, n + 1):
@@ -67,7 +69,10 @@ def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float) -
         for start in range(end - 1, max(end - max_k, 0) - 1, -1):
             s = specs[order[start]]
             w, h, depth = max(w, s.width), max(h, s.bottleneck), max(depth, s.depth)
-            cost = best[start] + (w * d_io + 2 * depth * w * h) * (end - start + k0)
+            k = end - start
+            if k > 1 and max_bytes is not None and k * _bytes(d_in, d_out, w, h, depth, batch_size) > max_bytes:
+                break  # the run only grows further back: no longer run fits either
+            cost = best[start] + (w * (d_in + d_out) + 2 * depth * w * h) * (k + k0)
             if cost < best[end]:
                 best[end], cut[end] = cost, start
     packs, end = [], n
@@ -78,8 +83,9 @@ def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float) -
 
 
 def plan_packs(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | None = None,
-               k0: float = K0) -> list[list[int]]:
-    """Indices of specs grouped into packs of at most max_k members that waste little on padding."""
+               k0: float = K0, max_bytes: int | None = None, batch_size: int = 128) -> list[list[int]]:
+    """Indices of specs grouped into packs of at most max_k members (and max_bytes of device memory
+    to train, see member_bytes) that waste little on padding."""
     if max_k < 1:
         raise UsageError(f"a pack holds at least one member, got a pack size of {max_k}")
     seeds = list(seeds) if seeds is not None else [0] * len(specs)
@@ -88,31 +94,35 @@ def plan_packs(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | 
         groups[(s.d_in, s.d_out, seed)].append(i)
     packs: list[list[int]] = []
     for members in groups.values():
-        plans = [_split(specs, sorted(members, key=lambda i: key(specs[i])), max_k, k0) for key in _SORT_KEYS]
+        plans = [_split(specs, sorted(members, key=lambda i: key(specs[i])), max_k, k0, max_bytes, batch_size)
+                 for key in _SORT_KEYS]
         packs.extend(min(plans, key=lambda p: p[0])[1])
     return packs
 
 
-def member_bytes(specs: Sequence[ArchSpec], batch_size: int) -> int:
-    """Device memory one padded member needs to train: weights, gradients, AdamW moments, activations."""
-    w = max(s.width for s in specs)
-    h = max(s.bottleneck for s in specs)
-    depth = max(s.depth for s in specs)
-    state = 4 * 4 * padded_params(specs)  # float32 weight, gradient, two moments
+def _bytes(d_in: int, d_out: int, w: int, h: int, depth: int, batch_size: int) -> int:
+    state = 4 * 4 * (w * (d_in + d_out) + 2 * depth * w * h)  # float32 weight, gradient, two moments
     # Saved for backward per block: the stream, its normalised copy, the branch and the masked branch
     # (4 x width) and the pre- and post-ReLU bottleneck (2 x bottleneck); plus the ends of the network.
-    acts = 4 * batch_size * (depth * (4 * w + 2 * h) + 2 * w + 2 * specs[0].d_out + specs[0].d_in)
+    acts = 4 * batch_size * (depth * (4 * w + 2 * h) + 2 * w + 2 * d_out + d_in)
     return state + 2 * acts  # x2: autograd's temporaries and the CUDA graph's private pool
 
 
-def max_pack_size(specs: Sequence[ArchSpec], device: torch.device, batch_size: int = 128,
-                  override: int | None = None) -> int:
-    """How many of these members one pack may hold on the device: override, or from free memory (CUDA)."""
-    if override is not None:
-        if override < 1:
-            raise UsageError(f"--pack-size must be at least 1, got {override}")
-        return override
+def member_bytes(specs: Sequence[ArchSpec], batch_size: int = 128) -> int:
+    """Device memory one member padded to these specs' largest shape needs to train."""
+    return _bytes(specs[0].d_in, specs[0].d_out, max(s.width for s in specs), max(s.bottleneck for s in specs),
+                  max(s.depth for s in specs), batch_size)
+
+
+def pack_limits(device: torch.device, override: int | None = None) -> tuple[int, int | None]:
+    """(most members per pack, bytes a pack may use to train) on this device; override fixes the count.
+
+    CUDA: up to MAX_PACK members within MEMORY_FRACTION of the free memory (plan_packs applies the
+    bytes per pack, from each pack's own padded shape). CPU: CPU_PACK members, no memory limit.
+    """
+    if override is not None and override < 1:
+        raise UsageError(f"--pack-size must be at least 1, got {override}")
     if device.type != "cuda":
-        return CPU_PACK
+        return override or CPU_PACK, None
     free, _ = torch.cuda.mem_get_info(device)
-    return max(1, min(MAX_PACK, int(MEMORY_FRACTION * free) // member_bytes(specs, batch_size)))
+    return override or MAX_PACK, int(MEMORY_FRACTION * free)

@@ -132,15 +132,18 @@ def test_plan_packs_groups_like_shapes_and_respects_limits():
     assert sorted(sorted(p) for p in seeded) == [[0, 2, 4], [1, 3, 5]]
 
 
-def test_max_pack_size_override_and_cpu_default():
-    from hgsearch.buckets import CPU_PACK, max_pack_size
+def test_pack_limits_and_memory_bound():
+    from hgsearch.buckets import CPU_PACK, member_bytes, pack_limits, plan_packs
     from hgsearch.errors import UsageError
 
-    specs = [ArchSpec("hourglass", 16, 16, 20, 2, 1)]
-    assert max_pack_size(specs, torch.device("cpu")) == CPU_PACK
-    assert max_pack_size(specs, torch.device("cpu"), override=7) == 7
+    assert pack_limits(torch.device("cpu")) == (CPU_PACK, None)
+    assert pack_limits(torch.device("cpu"), override=7) == (7, None)
     with pytest.raises(UsageError, match="at least 1"):
-        max_pack_size(specs, torch.device("cpu"), override=0)
+        pack_limits(torch.device("cpu"), override=0)
+    specs = [ArchSpec("hourglass", 16, 16, 20, 2, 1)] * 5 + [ArchSpec("hourglass", 16, 16, 400, 300, 12)] * 2
+    one_big = member_bytes(specs[-1:])
+    packs = plan_packs(specs, max_k=8, max_bytes=one_big)  # room for one big member, or many small ones
+    assert sorted(len(p) for p in packs) == [1, 1, 5]
 
 
 @pytest.mark.slow
