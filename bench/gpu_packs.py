@@ -37,7 +37,6 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import optuna
 import torch
 
 from hgsearch import train as train_mod
@@ -45,7 +44,6 @@ from hgsearch.buckets import pack_cost, pack_limits, padding_waste, plan_packs
 from hgsearch.data import Dataset, ImageSet
 from hgsearch.models import ArchSpec
 from hgsearch.packed import PackedMLP, PackStep, train_packed
-from hgsearch.space import SpaceConfig, sample, size_range
 from hgsearch.tasks import Split, TaskData, prepare
 
 BATCH = 128
@@ -111,9 +109,14 @@ def toy_objective(spec: ArchSpec, lr: float) -> float:
             + math.log(lr / 1e-3) ** 2 - 0.5 * math.log(spec.params))
 
 
-def draw(budget: int, n: int, sampler: optuna.samplers.BaseSampler, d: int, told: int = 0) -> list[ArchSpec]:
+def draw(budget: int, n: int, sampler, d: int, told: int = 0) -> list[ArchSpec]:
     """n pending trials of the default space, the families alternating (those that fit the budget),
     after `told` completed trials of toy_objective per family (0: the first asks of a fresh study)."""
+    # Imported here: a GPU machine without Optuna still runs every section that does not sample.
+    import optuna
+
+    from hgsearch.space import SpaceConfig, sample, size_range
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     families = [f for f in ("hourglass", "conventional") if size_range(f, d, d, budget, SpaceConfig())]
     studies = {f: optuna.create_study(sampler=sampler) for f in families}
@@ -131,6 +134,8 @@ def draw(budget: int, n: int, sampler: optuna.samplers.BaseSampler, d: int, told
 
 
 def waste_rows(budgets: tuple[int, ...], n: int, d: int, ks: tuple[int, ...]):
+    import optuna
+
     for budget in budgets:
         for sname in ("random", "tpe after 64"):
             sampler = (optuna.samplers.RandomSampler(seed=budget) if sname == "random"
@@ -220,6 +225,8 @@ def packed_rows(spec: ArchSpec, ks: tuple[int, ...], device: torch.device, varia
 
 def hetero_rows(budget: int, n: int, d: int, device: torch.device, variants, seconds: float,
                 max_k: int | None):
+    import optuna
+
     specs = draw(budget, n, optuna.samplers.RandomSampler(seed=1), d)
     k, max_bytes = pack_limits(device, override=max_k)
     packs = plan_packs(specs, k, max_bytes=max_bytes, batch_size=BATCH)
