@@ -219,7 +219,11 @@ class PackStep:
             for live, copy in zip(self._state(), saved):
                 live.copy_(copy)
         self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
+        # Capture on the warm-up stream: torch.cuda.graph's own default capture stream would meet
+        # cuBLAS's per-stream set-up for the first time inside the capture, which invalidates the
+        # first capture of a process (seen on an H200: "operation failed due to a previous error
+        # during capture", later captures fine).
+        with torch.cuda.graph(self._graph, stream=side):
             self._step(self._static_x, self._static_y)
 
     @torch.no_grad()

@@ -51,10 +51,11 @@ def resolve_device(name: str) -> torch.device:
 # Evaluation always runs in float32 on every device: the stored PSNRs never depend on the fast path.
 EVAL_BATCHES = 16
 
-# bf16 autocast for the training step on CUDA only (tensor cores; on CPU bf16 is ~30x slower, never
-# used there). Weights, optimizer state, BatchNorm, the loss and evaluation stay float32.
-# HGSEARCH_CUDA_BF16=0 trains in plain float32 on CUDA too.
-CUDA_BF16 = os.environ.get("HGSEARCH_CUDA_BF16", "1") != "0"
+# bf16 autocast for train()'s step on CUDA is opt-in (HGSEARCH_CUDA_BF16=1): one small model at batch
+# 128 is launch-bound, and autocast's casts only add launches. Measured on an H200 (bench/gpu_packs.py,
+# 5.8M Hourglass, 2026-11-27): 16.5k samples/s in float32, 12.8k with bf16. Packed training with CUDA
+# graphs is where bf16 pays (packed.py). On CPU bf16 is ~30x slower and never used.
+CUDA_BF16 = os.environ.get("HGSEARCH_CUDA_BF16", "0") == "1"
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
