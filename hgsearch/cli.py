@@ -68,7 +68,7 @@ def run(
                                 "(GPUs round-robin, else the CPU cores shared)."),
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
-    from hgsearch.claims import stop_on_signals
+    from hgsearch.stop import stop_on_signals
     from hgsearch.config import format_budget, load_config, parse_budget
     from hgsearch.display import LiveDisplay, frontier_table
     from hgsearch.frontier import load_frontier

@@ -13,7 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.atomic import atomic_write
 from hgsearch.errors import StorageError, UsageError
-from hgsearch.models import FAMILIES, ArchSpec
+from hgsearch.models import FAMILIES
+from hgsearch.record import CONFIG_ATTRS, RESULT_ATTRS
 from hgsearch.storage import SETTINGS_KEY, family_study_name, first_line, safe_url
 
 # The columns of frontier.csv; a row alone is enough to rebuild and retrain its model.
@@ -36,15 +37,10 @@ class Frontier:
 
 
 def _row(family: str, t: FrozenTrial) -> dict[str, Any]:
+    """A trial as a table row: its TrialRecord fields and results (None where not stored yet)."""
     a = t.user_attrs
-    return {
-        "family": family, "params": a.get("params"), "trainable_params": a.get("trainable_params"),
-        "psnr": a.get("psnr_test"), "psnr_val": a.get("psnr_val"), "depth": a.get("depth"),
-        "width": a.get("width"), "bottleneck": a.get("bottleneck"), "lr": a.get("lr"),
-        "fixed_win": a.get("fixed_win"), "trial": t.number, "d_in": a.get("d_in"), "d_out": a.get("d_out"),
-        "epochs": a.get("epochs"), "seed": a.get("seed"), "seconds": a.get("seconds"),
-        "state": t.state.name, "fail_reason": a.get("fail_reason"),
-    }
+    return {**{k: a.get(k) for k in (*CONFIG_ATTRS, *RESULT_ATTRS)}, "family": family,
+            "psnr": a.get("psnr_test"), "trial": t.number, "state": t.state.name, "fail_reason": a.get("fail_reason")}
 
 
 def load_frontier(study: str, storage: str) -> Frontier:
@@ -162,19 +158,14 @@ def package_versions() -> dict[str, str]:
 
 def locate_study(study: str | None, storage: str | None, results_dir: str | Path) -> tuple[str, Path, str]:
     """(study name, its results directory, storage URL) for the commands that read a finished study."""
+    from hgsearch.config import STUDY_DB, sqlite_url
     from hgsearch.storage import default_study_dir
 
     name = study or default_study_dir(results_dir)
     out_dir = Path(results_dir) / name
-    if storage is None and not (out_dir / "study.db").is_file():
+    if storage is None and not (out_dir / STUDY_DB).is_file():
         raise StorageError(f"no study {name!r} under {results_dir}/: check --study or --results-dir")
-    return name, out_dir, storage or f"sqlite:///{out_dir / 'study.db'}"
-
-
-def spec_from_row(row: pd.Series | dict[str, Any]) -> ArchSpec:
-    """Rebuild the ArchSpec of a frontier or trials CSV row."""
-    return ArchSpec(str(row["family"]), int(row["d_in"]), int(row["d_out"]), int(row["width"]),
-                    int(row["bottleneck"]), int(row["depth"]), bool(row["fixed_win"]))
+    return name, out_dir, storage or sqlite_url(out_dir)
 
 
 def write_tables(fr: Frontier, out_dir: str | Path) -> list[Path]:

@@ -17,7 +17,7 @@ import torch
 from hgsearch.analysis import Comparison, compare, scaling_pattern
 from hgsearch.atomic import atomic_write
 from hgsearch.baselines import Baseline, baseline
-from hgsearch.confirm import config_from_settings, frontier_model, load_checked_task, means_front
+from hgsearch.confirm import frontier_model, load_checked_task, means_front, study_config
 from hgsearch.errors import DataError, StorageError
 from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, package_versions, seed_rows,
                                write_tables)
@@ -73,7 +73,7 @@ def analyze(study: str, storage: str, *, data_dir: str | None = None, device: st
     data, base, note = None, None, None
     if load_data:
         try:
-            data = load_checked_task(fr, config_from_settings(fr, data_dir=data_dir, device=device))
+            data = load_checked_task(fr, study_config(fr, data_dir=data_dir, device=device))
             base = baseline(data)
         except DataError as e:
             note = f"no baseline: {e}"
@@ -183,7 +183,7 @@ def sample_grids(an: Analysis, study_dir: str | Path) -> list[tuple[pd.Series, A
     data = an.data
     if data is None:
         return []
-    cfg = config_from_settings(an.fr, device=str(data.test.inputs.device))
+    cfg = study_config(an.fr, device=str(data.test.inputs.device))
     idx = torch.from_numpy(np.linspace(0, len(data.test) - 1, N_SAMPLES).astype(np.int64)).to(data.test.inputs.device)
     x, y = as_float(data.test.inputs[idx]), as_float(data.test.targets[idx])
     c, h, w = data.image_shape

@@ -19,21 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch import checkpoint
+from hgsearch import optuna_seam as seam
 from hgsearch import space as space_mod
-from hgsearch.claims import (RETRY_ATTR, WAIT, Heartbeat, Stopped, ask, check_stop, claim, close_trial, reap,
-                             stop_requested)
+from hgsearch.claims import RETRY_ATTR, WAIT, Heartbeat, ask, claim, close_trial, reap
 from hgsearch.config import RunConfig
-from hgsearch.data import load_dataset
 from hgsearch.errors import HgsearchError, StorageError, TrialFailed, UsageError
 from hgsearch.models import ArchSpec
+from hgsearch.record import TrialRecord, result_attrs, save_weights
+from hgsearch.stop import Stopped, check_stop, stop_requested
 from hgsearch.storage import GRACE_PERIOD, completed, first_line, open_studies, safe_url
-from hgsearch.tasks import TaskData, prepare
-from hgsearch.train import TrainResult, resolve_device, train
+from hgsearch.tasks import TaskData, load_task
+from hgsearch.train import TrainResult, train
 
 MAX_CONSECUTIVE_FAILURES = 10  # a study whose trials all fail is misconfigured, not unlucky
 
@@ -78,7 +78,7 @@ def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, 
     """
     if trial is None:
         trial = ask(study)
-    heartbeat = Heartbeat(study._storage, trial._trial_id)
+    heartbeat = Heartbeat(seam.storage(study), seam.trial_id(trial))
     ckpt: Path | None = None
     _trials_run[0] += 1
     try:
@@ -86,8 +86,7 @@ def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, 
         _pause_at("claimed")
         spec, lr = space_mod.sample(trial, family, cfg.budget, data.d_in, data.d_out, cfg.space, cfg.fixed_win)
         # Everything needed to rebuild the model from the storage alone, written before training.
-        attrs = {**spec.to_dict(), "params": spec.params, "trainable_params": spec.trainable_params,
-                 "lr": lr, "seed": cfg.seed, "epochs": cfg.epochs}
+        attrs = TrialRecord.of(spec, lr=lr, seed=cfg.seed, epochs=cfg.epochs).to_attrs()
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         history = trial.user_attrs.get(RETRY_ATTR, [])
@@ -123,10 +122,10 @@ def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, 
                        on_epoch_end=on_epoch_end)
     except TrialFailed as e:
         heartbeat.stop()
-        close_trial(study, study._storage.get_trial(trial._trial_id), str(e), retry=False)
+        close_trial(study, seam.frozen(study, trial), str(e), retry=False)
         if ckpt is not None:
             checkpoint.remove(ckpt)
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = seam.frozen(study, trial)
         reporter("trial_end", {"family": family, "trial": frozen, "reason": str(e)})
         return frozen
     except BaseException as e:
@@ -134,17 +133,16 @@ def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, 
         reason = f"interrupted by {e.signame}" if isinstance(e, Stopped) else (
             "interrupted" if isinstance(e, KeyboardInterrupt) else f"crashed: {type(e).__name__}: {first_line(e)}")
         with contextlib.suppress(Exception):  # best effort: if this fails, the next run reaps it
-            close_trial(study, study._storage.get_trial(trial._trial_id), reason, retry=True)
+            close_trial(study, seam.frozen(study, trial), reason, retry=True)
         raise
-    for k, v in {"psnr_val": res.psnr_val, "psnr_test": res.psnr_test, "train_loss": res.train_loss,
-                 "seconds": res.seconds}.items():
+    for k, v in result_attrs(res).items():
         trial.set_user_attr(k, v)
     try:
         frozen = study.tell(trial, [float(spec.params), res.psnr_val])
     except (UpdateFinishedTrialError, RuntimeError):
         # Another worker closed it as stale (this process stalled past the grace period): its
         # retry is queued, so this result is dropped to keep the count exact.
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = seam.frozen(study, trial)
         reporter("trial_end", {"family": family, "trial": frozen,
                                "reason": "closed as stale by another worker; result dropped"})
         return frozen
@@ -172,14 +170,6 @@ def feasible_families(cfg: RunConfig, d_in: int, d_out: int) -> tuple[list[str],
             f"({d_in}->{d_out}): use --budget {need:,} or more"
         )
     return keep, notes
-
-
-def load_task(cfg: RunConfig) -> TaskData:
-    """Read the dataset and build the task's splits on the run's device (once per process)."""
-    device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
-    return prepare(dataset, cfg.task, val_size=cfg.val_size, noise_sigma=cfg.noise_sigma, augment=cfg.augment,
-                   train_size=cfg.train_size, device=device)
 
 
 def _sweep(study: optuna.Study, cfg: RunConfig, family: str) -> None:
@@ -261,9 +251,5 @@ def train_single(
         raise UsageError(f"cannot save to {save}: directory {Path(save).parent} does not exist")
     model, res = train(spec, data, lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
     if save is not None:
-        from hgsearch.atomic import atomic_write
-
-        payload = {"spec": spec.to_dict(), "state_dict": model.state_dict(), "lr": lr, "epochs": cfg.epochs,
-                   "seed": cfg.seed, "psnr_val": res.psnr_val, "psnr_test": res.psnr_test}
-        atomic_write(Path(save), lambda p: torch.save(payload, p))
+        save_weights(save, TrialRecord.of(spec, lr=lr, seed=cfg.seed, epochs=cfg.epochs), model, res)
     return spec, res

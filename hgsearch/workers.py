@@ -116,7 +116,7 @@ def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
         import torch
 
         torch.set_num_threads(plan.threads)
-        from hgsearch.claims import stop_on_signals
+        from hgsearch.stop import stop_on_signals
         from hgsearch.search import run_search
 
         # The same stop as a single `run`: the first signal stops after the current step (the trial is
@@ -153,7 +153,7 @@ def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
     Worker 0 starts first and opens (or creates) the studies, so that settings checks, data errors and
     table creation happen once; the others join when it reports "start". Ctrl-C or SIGTERM is
     forwarded once to every worker (a second one is forwarded again, which the search treats as "now");
-    the parent returns when all workers have ended and raises claims.Stopped if it was stopped.
+    the parent returns when all workers have ended and raises stop.Stopped if it was stopped.
     """
     if n < 1:
         raise UsageError(f"--workers must be at least 1, got {n}")
@@ -268,7 +268,7 @@ def _outcome(ended: dict[int, tuple[str, dict[str, Any]]], stop: _Stop, reporter
             raise HgsearchError(f"a worker crashed: {info['message']} (please report this with the traceback:\n"
                                 f"{info['traceback'].rstrip()})")
     if stop.count:
-        from hgsearch.claims import Stopped
+        from hgsearch.stop import Stopped
 
         raise Stopped(stop.signum.name)
     if not any(kind == "exit" and info["code"] == 0 for kind, info in ended.values()):

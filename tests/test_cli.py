@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hgsearch.frontier import COLUMNS, spec_from_row
+from hgsearch.frontier import COLUMNS
+from hgsearch.record import TrialRecord
 from hgsearch.models import build, count_module_params
 from tests.conftest import hgsearch
 
@@ -38,7 +39,7 @@ def test_run_then_frontier_end_to_end(tiny_run):
         "hourglass": 3, "conventional": 3}
     assert (trials["params"] <= BUDGET).all()
     for _, row in front.iterrows():
-        spec = spec_from_row(row)  # a frontier row alone rebuilds the model
+        spec = TrialRecord.from_row(row).spec  # a frontier row alone rebuilds the model
         assert spec.params == row["params"] == count_module_params(build(spec))[0]
     for fam, rows in front.groupby("family"):  # each family's rows are mutually non-dominated
         for _, a in rows.iterrows():

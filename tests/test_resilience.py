@@ -21,6 +21,7 @@ from hgsearch import checkpoint, claims, search, storage
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError
 from hgsearch.models import ArchSpec
+from hgsearch.tasks import load_task
 from hgsearch.train import train
 
 ARGS = ("--budget", "100K", "--dataset", "idx", "--epochs", "2")
@@ -88,7 +89,7 @@ def checkpoints(cwd: Path) -> list[str]:
 def retrain(t: optuna.trial.FrozenTrial, data_dir: Path) -> float:
     """The validation PSNR an uninterrupted run of this trial's configuration gives."""
     cfg = RunConfig(budget=100_000, dataset="idx", data_dir=str(data_dir), epochs=2)
-    data = search.load_task(cfg)
+    data = load_task(cfg)
     a = t.user_attrs
     spec = ArchSpec(a["family"], a["d_in"], a["d_out"], a["width"], a["bottleneck"], a["depth"], a["fixed_win"])
     return train(spec, data, lr=a["lr"], epochs=2, seed=a["seed"])[1].psnr_val
@@ -293,7 +294,7 @@ def test_failed_trials_record_their_reason_and_the_study_goes_on(tiny_idx, tmp_p
 
 
 def test_checkpoint_resume_gives_the_uninterrupted_result(tiny_idx, tmp_path):
-    data = search.load_task(_cfg(tiny_idx, tmp_path))
+    data = load_task(_cfg(tiny_idx, tmp_path))
     spec = ArchSpec("hourglass", 36, 144, 150, 12, 2, False)
     path, meta = tmp_path / "c" / "t.pt", {"trial": 0}
     saved = []
