@@ -17,7 +17,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hgsearch import checkpoint, claims, search, storage
+from hgsearch import checkpoint, claims, lifecycle, search, space, storage
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError
 from hgsearch.models import ArchSpec
@@ -32,9 +32,9 @@ ENV = {"PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
 
 def start(cwd: Path, data: Path, *extra: str, pause: str | None = None) -> subprocess.Popen:
     env = {**os.environ, **ENV}
-    env.pop(search.PAUSE_ENV, None)
+    env.pop(lifecycle.PAUSE_ENV, None)
     if pause:
-        env[search.PAUSE_ENV] = pause
+        env[lifecycle.PAUSE_ENV] = pause
     return subprocess.Popen([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -57,7 +57,7 @@ def wait_for(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
 
 
 def finish(cwd: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != search.PAUSE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != lifecycle.PAUSE_ENV}
     res = subprocess.run([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
                          cwd=cwd, env={**env, **ENV}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -187,7 +187,7 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
     # A worker on another machine claimed a configuration, beat once, then its host vanished.
     orphan = study.ask()
     study._storage.set_trial_user_attr(orphan._trial_id, claims.WORKER_ATTR, {"host": "gone-host", "pid": 1})
-    search.space_mod.sample(orphan, "hourglass", cfg.budget, 36, 144, cfg.space, False)
+    space.sample(orphan, "hourglass", cfg.budget, 36, 144, cfg.space, False)
     study._storage.record_heartbeat(orphan._trial_id)
     db = sqlite3.connect(tmp_path / "results" / "s" / "study.db")
     with db:
@@ -329,7 +329,7 @@ def test_checkpoint_never_unpickles_code(tmp_path):
 
 
 def test_pause_hook_is_inert_without_its_variable(monkeypatch):
-    monkeypatch.delenv(search.PAUSE_ENV, raising=False)
+    monkeypatch.delenv(lifecycle.PAUSE_ENV, raising=False)
     t0 = time.monotonic()
-    search._pause_at("epoch")
+    lifecycle._pause_at("epoch")
     assert time.monotonic() - t0 < 0.1
