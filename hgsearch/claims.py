@@ -8,7 +8,6 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch import optuna_seam as seam
 from hgsearch.config import RunConfig
+from hgsearch.events import Note, Reporter
 from hgsearch.record import CONFIG_ATTRS
 from hgsearch.stop import check_stop
 from hgsearch.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_sampler
-
-Reporter = Callable[[str, dict[str, Any]], None]
 
 MAX_RETRIES = 3  # a configuration cut off more often than this (e.g. it gets the process OOM-killed) is dropped
 
@@ -150,7 +148,7 @@ def reap(study: optuna.Study, family: str, reporter: Reporter) -> None:
             continue
         closed, reason = close_trial(study, t, f"interrupted: {why}", retry=True)
         if closed:
-            reporter("note", {"message": f"{family} trial #{t.number}: {reason}"})
+            reporter(Note(f"{family} trial #{t.number}: {reason}"))
 
 
 def _who(worker: Any) -> str:

@@ -4,7 +4,6 @@ rebuild a frontier point's trained model for its sample pictures (cached under w
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,12 @@ from optuna.trial import TrialState
 from hgsearch.analysis import CONFIG_KEYS, paper_front
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError, TrialFailed, UsageError
+from hgsearch.events import Reporter, RunEnd, RunStart, SeedsStart, quiet
 from hgsearch.frontier import Frontier, load_frontier, load_seed_rows, seed_rows, seeds_study_name
 from hgsearch.record import TrialRecord, load_weights, result_attrs, save_weights, weights_path
 from hgsearch.storage import DIRECTIONS, METRIC_NAMES, config_from_settings, safe_url
 from hgsearch.tasks import TaskData, load_task
 from hgsearch.train import train
-
-Reporter = Callable[[str, dict[str, Any]], None]
-
-
-def _quiet(event: str, info: dict[str, Any]) -> None:
-    pass
-
 
 def stored_settings(fr: Frontier) -> dict[str, Any]:
     """The settings stored with the study (every family's study stores the same defining ones)."""
@@ -92,7 +85,7 @@ def missing_runs(rows: pd.DataFrame, seeds_df: pd.DataFrame, k: int) -> list[tup
 
 
 def confirm_seeds(study: str, storage: str, k: int, *, data_dir: str | None = None, device: str = "auto",
-                  reporter: Reporter = _quiet) -> pd.DataFrame:
+                  reporter: Reporter = quiet) -> pd.DataFrame:
     """Retrain until every point of the frontier on seed means has k seeds; return that frontier.
 
     The frontier is recomputed after each round: a configuration whose mean drops may let another,
@@ -113,10 +106,10 @@ def confirm_seeds(study: str, storage: str, k: int, *, data_dir: str | None = No
         if data is None:
             data = load_checked_task(fr, cfg)
             seeds_study = _open_seeds(study, storage)
-            reporter("start", {"study": seeds_study_name(study), "storage": safe_url(storage)})
+            reporter(SeedsStart(seeds_study_name(study), safe_url(storage)))
         for i, (row, seed) in enumerate(todo):
-            reporter("run_start", {"row": row, "seed": seed, "index": i, "total": len(todo)})
-            reporter("run_end", {"row": row, "seed": seed, **_train_seed(seeds_study, cfg, data, row, seed)})
+            reporter(RunStart(row, seed, i, len(todo)))
+            reporter(RunEnd(row, seed, **_train_seed(seeds_study, cfg, data, row, seed)))
     return family_fronts(rows)
 
 

@@ -35,13 +35,12 @@ from hgsearch import space as space_mod
 from hgsearch.claims import RETRY_ATTR, Heartbeat, ask, close_trial
 from hgsearch.config import RunConfig
 from hgsearch.errors import StorageError, TrialFailed
+from hgsearch.events import Note, Progress, Reporter, TrialEnd, TrialStart
 from hgsearch.record import TrialRecord, result_attrs
 from hgsearch.stop import Stopped, check_stop, stop_requested
 from hgsearch.storage import first_line
 from hgsearch.tasks import TaskData
 from hgsearch.train import TrainResult, train
-
-Reporter = Callable[[str, dict[str, Any]], None]
 
 PAUSE_ENV = "HGSEARCH_TEST_PAUSE_AT"
 
@@ -128,8 +127,7 @@ class SerialExecutor:
 
         def progress(epoch: int, step: int, steps: int, loss: float) -> None:
             check_stop()
-            reporter("progress", {"family": c.family, "epoch": epoch, "epochs": rec.epochs,
-                                  "step": step, "steps": steps, "loss": loss})
+            reporter(Progress(c.family, epoch, rec.epochs, step, steps, loss))
             if epoch >= 1 and step < steps:
                 _pause_at("epoch")  # mid-epoch, with an earlier epoch's checkpoint on disk
 
@@ -178,9 +176,8 @@ def _claimed(study: optuna.Study, trial: optuna.Trial, cfg: RunConfig, family: s
     meta = {"study": cfg.study_name, "family": family, "origin": first, **attrs, "batch_size": cfg.batch_size}
     resume, why = checkpoint.load(ckpt, meta)
     if why:
-        reporter("note", {"message": f"{family} trial #{trial.number}: {why}"})
-    reporter("trial_start", {"family": family, "number": trial.number, "spec": spec, "lr": lr,
-                             "retry_of": history, "resumed_epoch": int(resume["epoch"]) if resume else 0})
+        reporter(Note(f"{family} trial #{trial.number}: {why}"))
+    reporter(TrialStart(family, trial.number, spec, lr, history, int(resume["epoch"]) if resume else 0))
     return ClaimedTrial(study, trial, family, rec, cfg.batch_size, ckpt, meta, resume, history)
 
 
@@ -219,7 +216,7 @@ def _finish(c: ClaimedTrial, outcome: Outcome, heartbeat: Heartbeat, reporter: R
         close_trial(study, seam.frozen(study, trial), str(outcome), retry=False)
         checkpoint.remove(c.checkpoint)
         frozen = seam.frozen(study, trial)
-        reporter("trial_end", {"family": c.family, "trial": frozen, "reason": str(outcome)})
+        reporter(TrialEnd(c.family, frozen, str(outcome)))
         return frozen
     if isinstance(outcome, StoppedEarly):
         attrs: dict[str, Any] = {"stopped_at_epoch": outcome.epoch, **outcome.metrics}
@@ -235,15 +232,14 @@ def _finish(c: ClaimedTrial, outcome: Outcome, heartbeat: Heartbeat, reporter: R
         # Another worker closed it as stale (this process stalled past the grace period): its
         # retry is queued, so this result is dropped to keep the count exact.
         frozen = seam.frozen(study, trial)
-        reporter("trial_end", {"family": c.family, "trial": frozen,
-                               "reason": "closed as stale by another worker; result dropped"})
+        reporter(TrialEnd(c.family, frozen, "closed as stale by another worker; result dropped"))
         return frozen
     finally:
         heartbeat.stop()
     if reason is None:
         _pause_at("complete")
     checkpoint.remove(c.checkpoint)
-    reporter("trial_end", {"family": c.family, "trial": frozen, "reason": reason})
+    reporter(TrialEnd(c.family, frozen, reason))
     return frozen
 
 

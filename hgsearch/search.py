@@ -12,9 +12,7 @@ Guarantees of run_search (one process, or any number of processes/hosts on one s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -23,6 +21,7 @@ from hgsearch import space as space_mod
 from hgsearch.claims import WAIT, claim, reap
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, UsageError
+from hgsearch.events import Done, Note, Reporter, Start, quiet
 from hgsearch.lifecycle import run_trial, sweep_checkpoints
 from hgsearch.models import ArchSpec
 from hgsearch.record import TrialRecord, save_weights
@@ -35,14 +34,6 @@ MAX_CONSECUTIVE_FAILURES = 10  # a study whose trials all fail is misconfigured,
 
 
 POLL_SECONDS = 2.0  # how often a worker looks again while other workers hold the last trials
-
-
-# reporter(event, info): the CLI's live display listens; the library never prints.
-Reporter = Callable[[str, dict[str, Any]], None]
-
-
-def _quiet(event: str, info: dict[str, Any]) -> None:
-    pass
 
 
 def feasible_families(cfg: RunConfig, d_in: int, d_out: int) -> tuple[list[str], list[str]]:
@@ -63,7 +54,7 @@ def feasible_families(cfg: RunConfig, d_in: int, d_out: int) -> tuple[list[str],
     return keep, notes
 
 
-def run_search(cfg: RunConfig, reporter: Reporter = _quiet) -> dict[str, optuna.Study]:
+def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.Study]:
     """Create or resume the studies and run until each family has cfg.trials completed trials.
 
     Safe to call from several processes or hosts on one storage (see the module docstring). Stops
@@ -74,14 +65,13 @@ def run_search(cfg: RunConfig, reporter: Reporter = _quiet) -> dict[str, optuna.
     data = load_task(cfg)
     families, notes = feasible_families(cfg, data.d_in, data.d_out)
     for note in notes:
-        reporter("note", {"message": note})
+        reporter(Note(note))
     check_stop()
     studies = open_studies(cfg, families, data)
     for fam, study in studies.items():
         reap(study, fam, reporter)
         sweep_checkpoints(study, cfg, fam)
-    reporter("start", {"study": cfg.study_name, "storage": safe_url(cfg.storage_url), "target": cfg.trials,
-                       "done": {f: completed(s) for f, s in studies.items()}})
+    reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: completed(s) for f, s in studies.items()}))
     failures = dict.fromkeys(families, 0)
     t0 = time.perf_counter()
     pending = list(families)
@@ -106,13 +96,13 @@ def run_search(cfg: RunConfig, reporter: Reporter = _quiet) -> dict[str, optuna.
                 )
         if pending and all_wait:
             if not waited:
-                reporter("note", {"message": "the remaining trials are running in other workers; waiting "
-                                  f"for them (a dead worker's trial is retried after {GRACE_PERIOD} s)"})
+                reporter(Note("the remaining trials are running in other workers; waiting "
+                              f"for them (a dead worker's trial is retried after {GRACE_PERIOD} s)"))
                 waited = True
             for _ in range(int(POLL_SECONDS / 0.1)):
                 check_stop()
                 time.sleep(0.1)
-    reporter("done", {"seconds": time.perf_counter() - t0, "studies": studies})
+    reporter(Done(time.perf_counter() - t0))
     return studies
 
 

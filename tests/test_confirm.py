@@ -30,8 +30,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
     url = f"sqlite:///{study_dir / 'study.db'}"
     seen = []
     front = confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx),
-                          reporter=lambda e, i: seen.append((e, i.get("seed"))))
-    runs = [s for e, s in seen if e == "run_end"]
+                          reporter=lambda e: seen.append((type(e).__name__, getattr(e, "seed", None))))
+    runs = [s for e, s in seen if e == "RunEnd"]
     assert runs and set(runs) == {1}  # the search's run is seed 0; one more seed per point
     assert (front["n_seeds"] == 2).all() and set(front["family"]) == {"hourglass", "conventional"}
     seeds = load_seed_rows("superres-idx-100K", url)
@@ -39,8 +39,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
 
     # Re-running trains nothing: every (configuration, seed) is already in the storage.
     again = []
-    confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx), reporter=lambda e, i: again.append(e))
-    assert "run_start" not in again
+    confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx), reporter=lambda e: again.append(type(e).__name__))
+    assert "RunStart" not in again
 
     res = hgsearch("frontier", "--plot", "--data-dir", str(tiny_idx), cwd=cwd)
     assert res.returncode == 0, res.stderr

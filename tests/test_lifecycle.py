@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 from hgsearch import lifecycle
 from hgsearch.config import RunConfig
+from hgsearch.events import TrialEnd, quiet
 from hgsearch.record import CONFIG_ATTRS, TrialRecord
 from hgsearch.storage import open_studies
 from hgsearch.tasks import load_task
@@ -32,7 +33,7 @@ def test_the_hook_sees_every_epoch_once_and_the_trial_completes(tiny_idx, tmp_pa
         calls.append((claimed.trial.number, epoch, sorted(metrics)))
         return True
 
-    frozen = lifecycle.run_trial(study, cfg, "hourglass", data, lambda e, i: None, on_epoch=hook)
+    frozen = lifecycle.run_trial(study, cfg, "hourglass", data, quiet, on_epoch=hook)
     assert frozen.state == TrialState.COMPLETE
     assert calls == [(0, 1, ["seconds", "train_loss"]), (0, 2, ["seconds", "train_loss"]),
                      (0, 3, ["seconds", "train_loss"])]
@@ -47,15 +48,14 @@ def test_false_stops_training_and_the_trial_is_pruned_with_its_record(tiny_idx, 
         epochs_seen.append(epoch)
         return epoch < 2
 
-    reporter = lambda e, i: ends.append(i) if e == "trial_end" else None  # noqa: E731
-    frozen = lifecycle.run_trial(study, cfg, "hourglass", data, reporter, on_epoch=stop_after_two)
+    frozen = lifecycle.run_trial(study, cfg, "hourglass", data, ends.append, on_epoch=stop_after_two)
     assert epochs_seen == [1, 2]  # no third epoch was trained
     assert frozen.state == TrialState.PRUNED
     a = frozen.user_attrs
     assert set(CONFIG_ATTRS) <= set(a) and a["stopped_at_epoch"] == 2 and a["train_loss"] > 0
     assert "psnr_val" not in a  # never evaluated
     assert not list((cfg.study_dir / "checkpoints").glob("*.pt"))  # it will not be resumed
-    assert ends[-1]["reason"] == "stopped early after epoch 2 of 4"
+    assert ends[-1] == TrialEnd("hourglass", frozen, "stopped early after epoch 2 of 4")
 
 
 def test_an_executor_gets_the_claimed_trial_and_its_outcome_is_told(tiny_idx, tmp_path):
@@ -67,7 +67,7 @@ def test_an_executor_gets_the_claimed_trial_and_its_outcome_is_told(tiny_idx, tm
             seen.extend(claimed)
             return super().run(claimed, data, reporter, on_epoch)
 
-    frozen = lifecycle.run_trial(study, cfg, "hourglass", data, lambda e, i: None, executor=Recording())
+    frozen = lifecycle.run_trial(study, cfg, "hourglass", data, quiet, executor=Recording())
     [c] = seen
     assert (c.family, c.trial.number, c.resume, c.retry_of) == ("hourglass", 0, None, [])
     assert c.record == TrialRecord.from_attrs(frozen.user_attrs)

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from hgsearch import checkpoint, claims, lifecycle, search, space, storage
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError
+from hgsearch.events import Note, quiet
 from hgsearch.models import ArchSpec
 from hgsearch.tasks import load_task
 from hgsearch.train import train
@@ -194,12 +195,12 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
         db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')")
     db.close()
     notes = []
-    search.run_search(_cfg(tiny_idx, tmp_path, trials=2), reporter=lambda e, i: notes.append(i) if e == "note" else None)
+    search.run_search(_cfg(tiny_idx, tmp_path, trials=2), reporter=lambda e: notes.append(e) if isinstance(e, Note) else None)
     ts = study.get_trials()
     assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
     assert "no heartbeat for over 60 s from its worker gone-host:1" in ts[1].user_attrs["fail_reason"]
     assert ts[2].user_attrs["retry_of"] == [1] and ts[2].params == ts[1].params
-    assert any("trial #1" in n["message"] for n in notes)
+    assert any("trial #1" in n.message for n in notes)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -209,8 +210,8 @@ def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
     other = study.ask()  # another live worker (this process, so never "gone") holds the 2nd trial
     study._storage.set_trial_user_attr(other._trial_id, claims.WORKER_ATTR, claims.this_worker())
     study._storage.record_heartbeat(other._trial_id)
-    assert claims.claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", search._quiet) is claims.WAIT
-    claimed = claims.claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", search._quiet)
+    assert claims.claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", quiet) is claims.WAIT
+    claimed = claims.claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", quiet)
     assert claimed.number == 2
 
 
@@ -221,7 +222,7 @@ def _race(url: str, target: int, seed: int) -> None:
     cfg = RunConfig(budget=100_000, trials=target, study="race")
     study = optuna.load_study(study_name="race.hourglass", storage=storage.make_storage(url))
     while True:
-        trial = claims.claim(study, cfg, "hourglass", search._quiet)
+        trial = claims.claim(study, cfg, "hourglass", quiet)
         if trial is None:
             return
         if trial is claims.WAIT:
