@@ -94,7 +94,7 @@ def frontier_table(fr: Frontier) -> Table:
     """Each family's frontier as one table, smallest model first (what `run` prints at the end)."""
     view = pd.DataFrame([{
         "family": r["family"], "params": f"{int(r['params']):,}", "val dB": f"{r['psnr_val']:.2f}",
-        "test dB": f"{r['psnr']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
+        "test dB": f"{r['psnr_test']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
         "lr": f"{r['lr']:.1e}", "trial": int(r["trial"]),
     } for _, r in fr.frontier.iterrows()])
     return df_table(view, f"Pareto frontiers of {fr.study} (selected on validation PSNR)")
