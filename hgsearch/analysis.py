@@ -95,15 +95,15 @@ def dominated_fraction(
 
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (CONFIG_KEYS): mean, std and count over seeds of psnr and psnr_val.
+    """One row per configuration (CONFIG_KEYS): mean, std and count over seeds of psnr_test and psnr_val.
 
-    The means keep the names psnr / psnr_val so the result feeds pareto_front directly; std is NaN
+    The means keep the names psnr_test / psnr_val so the result feeds pareto_front directly; std is NaN
     for a single seed. Every row is one seed, whether or not a seed column says which.
     """
-    _require(df, CONFIG_KEYS + ["params", "trainable_params", "psnr", "psnr_val"])
+    _require(df, CONFIG_KEYS + ["params", "trainable_params", "psnr_test", "psnr_val"])
     g = df.groupby(CONFIG_KEYS, dropna=False, sort=True)
     out = g[["params", "trainable_params"]].first()
-    out["psnr"], out["psnr_std"] = g["psnr"].mean(), g["psnr"].std()
+    out["psnr_test"], out["psnr_test_std"] = g["psnr_test"].mean(), g["psnr_test"].std()
     out["psnr_val"], out["psnr_val_std"] = g["psnr_val"].mean(), g["psnr_val"].std()
     out["n_seeds"] = g["psnr_val"].count()  # finished seeds only: a failed seed is not a result
     return out.reset_index()
@@ -250,7 +250,7 @@ def scaling_pattern(
                     "family": family, "lo": lo, "hi": hi, "depth": int(b["depth"]),
                     "width": int(b["width"]), "bottleneck": int(b["bottleneck"]),
                     "ratio": b["bottleneck"] / b["width"], "params": int(b["params"]),
-                    "lr": float(b["lr"]), "psnr": float(b["psnr"]),
+                    "lr": float(b["lr"]), "psnr_test": float(b["psnr_test"]),
                     "psnr_val": float(b["psnr_val"]),
                 })
     return pd.DataFrame(rows)

@@ -1,19 +1,13 @@
-"""Claiming trials among any number of workers: exact counts, heartbeats, dead workers' trials retried.
-
-Also the stop machinery (SIGINT/SIGTERM -> stop at the next safe point), since a stop must close the
-claimed trial the same way a dead worker's trial is closed: failed with its reason, queued again.
-"""
+"""Claiming trials among any number of workers: exact counts, heartbeats, dead workers' trials retried."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
-import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +15,12 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from hgsearch import optuna_seam as seam
 from hgsearch.config import RunConfig
+from hgsearch.events import Note, Reporter
+from hgsearch.record import CONFIG_ATTRS
+from hgsearch.stop import check_stop
 from hgsearch.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_sampler
-
-Reporter = Callable[[str, dict[str, Any]], None]
 
 MAX_RETRIES = 3  # a configuration cut off more often than this (e.g. it gets the process OOM-killed) is dropped
 
@@ -33,63 +29,6 @@ WORKER_ATTR = "worker"  # user attr: the process that runs a RUNNING trial (host
 
 
 RETRY_ATTR = "retry_of"  # user attr: numbers of the earlier, cut-off trials of this configuration
-
-
-# The attributes that define a trial's configuration: copied to its retry. Results are not.
-CONFIG_ATTRS = ("family", "d_in", "d_out", "width", "bottleneck", "depth", "fixed_win", "params",
-                "trainable_params", "lr", "seed", "epochs")
-
-
-class Stopped(KeyboardInterrupt):
-    """Raised at the next safe point after SIGINT/SIGTERM (or at once on the second signal)."""
-
-    def __init__(self, signame: str) -> None:
-        super().__init__(signame)
-        self.signame = signame
-
-
-_stop: list[str] = []  # the first stop signal's name, once one arrived
-
-
-def request_stop(signame: str = "SIGINT") -> None:
-    """Ask run_search to stop at its next safe point (between steps, epochs or trials)."""
-    if not _stop:
-        _stop.append(signame)
-
-
-def stop_requested() -> bool:
-    return bool(_stop)
-
-
-def check_stop() -> None:
-    if _stop:
-        raise Stopped(_stop[0])
-
-
-@contextlib.contextmanager
-def stop_on_signals(on_first: Callable[[str], None] | None = None) -> Iterator[None]:
-    """First SIGINT/SIGTERM: finish the current step, close the trial (queued for retry), stop.
-
-    A second one raises Stopped at once, wherever the main thread is; the storage stays consistent
-    (database transactions are atomic) and anything left RUNNING is retried by the next run, exactly
-    as after kill -9. Main thread only (Python's signal rule).
-    """
-
-    def handler(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if _stop:
-            raise Stopped(name)
-        request_stop(name)
-        if on_first is not None:
-            on_first(name)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        _stop.clear()
 
 
 def _proc_start(pid: int) -> str | None:
@@ -177,15 +116,15 @@ def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: 
         reason += f"; configuration dropped after {MAX_RETRIES} retries"
     elif requeue:
         reason += "; retried with the same configuration"
-    storage = study._storage
+    storage, trial_id = seam.storage(study), seam.trial_id(trial)
     with contextlib.suppress(UpdateFinishedTrialError):
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
     try:
-        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return False, reason
     except UpdateFinishedTrialError:
         return False, reason  # another worker got there first
-    if requeue:
+    if requeue:  # the configuration is copied (see record.TrialRecord), the results are not
         attrs = {k: trial.user_attrs[k] for k in CONFIG_ATTRS if k in trial.user_attrs}
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
@@ -195,12 +134,11 @@ def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: 
 
 def reap(study: optuna.Study, family: str, reporter: Reporter) -> None:
     """Close the RUNNING trials whose worker is gone and queue them again (see the module docstring)."""
-    storage = study._storage
-    stale = set(storage._get_stale_trial_ids(study._study_id))
+    stale = seam.stale_trial_ids(study)
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get(WORKER_ATTR)
-        if t._trial_id in stale:
+        if seam.trial_id(t) in stale:
             why = f"no heartbeat for over {GRACE_PERIOD} s from its worker {_who(worker)}"
         elif _worker_gone(worker):
             why = f"its worker {_who(worker)} is gone (killed or crashed)"
@@ -210,7 +148,7 @@ def reap(study: optuna.Study, family: str, reporter: Reporter) -> None:
             continue
         closed, reason = close_trial(study, t, f"interrupted: {why}", retry=True)
         if closed:
-            reporter("note", {"message": f"{family} trial #{t.number}: {reason}"})
+            reporter(Note(f"{family} trial #{t.number}: {reason}"))
 
 
 def _who(worker: Any) -> str:
@@ -224,13 +162,13 @@ def ask(study: optuna.Study) -> optuna.Trial:
     create_new_trial with a template), so no kill can leave a RUNNING trial that nobody can tell
     dead or alive; a popped retry gets it one write later (a kill in between costs a 60 s wait).
     """
-    trial_id = study._pop_waiting_trial_id()
+    trial_id = seam.pop_waiting_trial(study)
     if trial_id is None:
         template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={WORKER_ATTR: this_worker()})
-        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+        trial_id = seam.create_running_trial(study, template)
     else:
-        study._storage.set_trial_user_attr(trial_id, WORKER_ATTR, this_worker())
-    study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see the latest trials
+        seam.storage(study).set_trial_user_attr(trial_id, WORKER_ATTR, this_worker())
+    seam.forget_cached_trials(study)
     return optuna.Trial(study, trial_id)
 
 
@@ -265,10 +203,10 @@ def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) 
             active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials)
             if active <= cfg.trials:
                 return trial
-            close_trial(study, study._storage.get_trial(trial._trial_id),
-                   "surplus: other workers claimed the last trials at the same moment", retry=False)
+            close_trial(study, seam.frozen(study, trial),
+                        "surplus: other workers claimed the last trials at the same moment", retry=False)
         except BaseException:
             with contextlib.suppress(Exception):
-                close_trial(study, study._storage.get_trial(trial._trial_id), "interrupted while claiming", retry=True)
+                close_trial(study, seam.frozen(study, trial), "interrupted while claiming", retry=True)
             raise
         time.sleep(random.uniform(0.05, 0.5))

@@ -68,7 +68,7 @@ def run(
                                 "(GPUs round-robin, else the CPU cores shared)."),
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
-    from hgsearch.claims import stop_on_signals
+    from hgsearch.stop import stop_on_signals
     from hgsearch.config import format_budget, load_config, parse_budget
     from hgsearch.display import LiveDisplay, frontier_table
     from hgsearch.frontier import load_frontier
@@ -175,16 +175,18 @@ def confirm(
     from hgsearch.confirm import confirm_seeds
     from hgsearch.frontier import locate_study
 
-    def say(event: str, info: dict) -> None:
-        if event == "start":
-            out.print(f"seed runs go to study {info['study']} in {info['storage']}")
-        elif event == "run_start":
-            r = info["row"]
-            out.print(f"  [{info['index'] + 1}/{info['total']}] {r['family']} #{int(r['trial'])} "
-                      f"({int(r['params']):,} params) seed {info['seed']} ...", end=" ")
-        elif event == "run_end":
-            out.print(f"failed: {info['reason']}" if info["reason"] else
-                      f"val {info['psnr_val']:.2f} dB, test {info['psnr_test']:.2f} dB, {info['seconds']:.1f} s")
+    from hgsearch.events import Event, RunEnd, RunStart, SeedsStart
+
+    def say(ev: Event) -> None:
+        if isinstance(ev, SeedsStart):
+            out.print(f"seed runs go to study {ev.study} in {ev.storage}")
+        elif isinstance(ev, RunStart):
+            r = ev.row
+            out.print(f"  [{ev.index + 1}/{ev.total}] {r['family']} #{int(r['trial'])} "
+                      f"({int(r['params']):,} params) seed {ev.seed} ...", end=" ")
+        elif isinstance(ev, RunEnd):
+            out.print(f"failed: {ev.reason}" if ev.reason else
+                      f"val {ev.psnr_val:.2f} dB, test {ev.psnr_test:.2f} dB, {ev.seconds:.1f} s")
 
     name, _, url = locate_study(study, storage, results_dir)
     front = confirm_seeds(name, url, seeds, data_dir=data_dir, device=device, reporter=say)

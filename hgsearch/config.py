@@ -119,7 +119,15 @@ class RunConfig:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{self.study_dir / 'study.db'}"
+        return self.storage or sqlite_url(self.study_dir)
+
+
+STUDY_DB = "study.db"  # a study's default SQLite file, inside its results directory
+
+
+def sqlite_url(study_dir: str | Path) -> str:
+    """The default storage URL of the study whose results directory is study_dir."""
+    return f"sqlite:///{Path(study_dir) / STUDY_DB}"
 
 
 def _from_table(cls: type, table: dict[str, Any], where: str) -> dict[str, Any]:

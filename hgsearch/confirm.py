@@ -4,7 +4,7 @@ rebuild a frontier point's trained model for its sample pictures (cached under w
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,46 +14,29 @@ import torch
 from optuna.trial import TrialState
 
 from hgsearch.analysis import CONFIG_KEYS, paper_front
-from hgsearch.atomic import atomic_write
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError, TrialFailed, UsageError
-from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, seed_rows, seeds_study_name,
-                               spec_from_row)
-from hgsearch.search import load_task
-from hgsearch.space import SpaceConfig
-from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
-from hgsearch.tasks import TaskData
+from hgsearch.events import Reporter, RunEnd, RunStart, SeedsStart, quiet
+from hgsearch.frontier import Frontier, load_frontier, load_seed_rows, seed_rows, seeds_study_name
+from hgsearch.record import TrialRecord, load_weights, result_attrs, save_weights, weights_path
+from hgsearch.storage import DIRECTIONS, METRIC_NAMES, config_from_settings, safe_url
+from hgsearch.tasks import TaskData, load_task
 from hgsearch.train import train
 
-Reporter = Callable[[str, dict[str, Any]], None]
+def stored_settings(fr: Frontier) -> dict[str, Any]:
+    """The settings stored with the study (every family's study stores the same defining ones)."""
+    return next(iter(fr.settings.values()), {})
 
 
-def _quiet(event: str, info: dict[str, Any]) -> None:
-    pass
-
-
-def config_from_settings(fr: Frontier, *, data_dir: str | None = None, device: str = "auto") -> RunConfig:
-    """The RunConfig the study was searched with, from its stored settings (the user repeats nothing).
-
-    The data directory is not stored (it belongs to the machine, not the study): pass it when the
-    dataset is not found where `run` would look; the dataset checksum guards against other data.
-    """
-    s = next(iter(fr.settings.values()), {})
-    if not s:
-        raise UsageError(f"study {fr.study!r} stores no settings: it was not made by `hgsearch run`")
-    space = {k: tuple(v) if isinstance(v, list) else v for k, v in (s.get("space") or {}).items()}
-    extra = {"noise_sigma": s["noise_sigma"]} if s.get("noise_sigma") is not None else {}
-    return RunConfig(budget=int(s["budget"]), task=s["task"], dataset=s["dataset"], data_dir=data_dir,
-                     epochs=int(s["epochs"]), seed=int(s["seed"]), device=device, fixed_win=bool(s["fixed_win"]),
-                     batch_size=int(s["batch_size"]), val_size=int(s["val_size"]), study=fr.study,
-                     augment=s.get("augment", "none"), train_size=int(s.get("train_size", 0)),
-                     space=SpaceConfig(**space), **extra)
+def study_config(fr: Frontier, *, data_dir: str | None = None, device: str = "auto") -> RunConfig:
+    """The RunConfig the study was searched with (storage.config_from_settings of its stored settings)."""
+    return config_from_settings(stored_settings(fr), fr.study, data_dir=data_dir, device=device)
 
 
 def load_checked_task(fr: Frontier, cfg: RunConfig) -> TaskData:
     """The study's task data, refused when the dataset's checksum differs from the stored one."""
     data = load_task(cfg)
-    stored = next(iter(fr.settings.values()), {}).get("dataset_checksum")
+    stored = stored_settings(fr).get("dataset_checksum")
     if stored and data.checksum != stored:
         raise StudyMismatchError(
             f"the {cfg.dataset} data found ({data.checksum[:12]}...) is not the data study {fr.study!r} "
@@ -102,7 +85,7 @@ def missing_runs(rows: pd.DataFrame, seeds_df: pd.DataFrame, k: int) -> list[tup
 
 
 def confirm_seeds(study: str, storage: str, k: int, *, data_dir: str | None = None, device: str = "auto",
-                  reporter: Reporter = _quiet) -> pd.DataFrame:
+                  reporter: Reporter = quiet) -> pd.DataFrame:
     """Retrain until every point of the frontier on seed means has k seeds; return that frontier.
 
     The frontier is recomputed after each round: a configuration whose mean drops may let another,
@@ -112,7 +95,7 @@ def confirm_seeds(study: str, storage: str, k: int, *, data_dir: str | None = No
     if k < 1:
         raise UsageError(f"--seeds must be at least 1, got {k}")
     fr = load_frontier(study, storage)
-    cfg = config_from_settings(fr, data_dir=data_dir, device=device)
+    cfg = study_config(fr, data_dir=data_dir, device=device)
     seeds_study, data = None, None
     while True:
         seeds_df = load_seed_rows(study, storage)
@@ -123,23 +106,21 @@ def confirm_seeds(study: str, storage: str, k: int, *, data_dir: str | None = No
         if data is None:
             data = load_checked_task(fr, cfg)
             seeds_study = _open_seeds(study, storage)
-            reporter("start", {"study": seeds_study_name(study), "storage": safe_url(storage)})
+            reporter(SeedsStart(seeds_study_name(study), safe_url(storage)))
         for i, (row, seed) in enumerate(todo):
-            reporter("run_start", {"row": row, "seed": seed, "index": i, "total": len(todo)})
-            reporter("run_end", {"row": row, "seed": seed, **_train_seed(seeds_study, cfg, data, row, seed)})
+            reporter(RunStart(row, seed, i, len(todo)))
+            reporter(RunEnd(row, seed, **_train_seed(seeds_study, cfg, data, row, seed)))
     return family_fronts(rows)
 
 
 def _train_seed(study: optuna.Study, cfg: RunConfig, data: TaskData, row: pd.Series, seed: int) -> dict:
     """One (configuration, seed) run as a trial of the seeds study, through the trial's training code."""
-    spec = spec_from_row(row)
+    rec = replace(TrialRecord.from_row(row), seed=seed, epochs=cfg.epochs)
     trial = study.ask()
-    attrs = {**spec.to_dict(), "params": spec.params, "trainable_params": spec.trainable_params,
-             "lr": float(row["lr"]), "seed": seed, "epochs": cfg.epochs, "source_trial": int(row["trial"])}
-    for key, v in attrs.items():
+    for key, v in {**rec.to_attrs(), "source_trial": int(row["trial"])}.items():
         trial.set_user_attr(key, v)
     try:
-        _, res = train(spec, data, lr=float(row["lr"]), epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
+        _, res = train(rec.spec, data, lr=rec.lr, epochs=rec.epochs, batch_size=cfg.batch_size, seed=rec.seed)
     except TrialFailed as e:
         trial.set_user_attr("fail_reason", str(e))
         study.tell(trial, state=TrialState.FAIL)
@@ -148,10 +129,9 @@ def _train_seed(study: optuna.Study, cfg: RunConfig, data: TaskData, row: pd.Ser
         trial.set_user_attr("fail_reason", "interrupted")  # never leave a RUNNING trial behind
         study.tell(trial, state=TrialState.FAIL)
         raise
-    for key, v in {"psnr_val": res.psnr_val, "psnr_test": res.psnr_test, "train_loss": res.train_loss,
-                   "seconds": res.seconds}.items():
+    for key, v in result_attrs(res).items():
         trial.set_user_attr(key, v)
-    study.tell(trial, [float(spec.params), res.psnr_val])
+    study.tell(trial, [float(rec.params), res.psnr_val])
     return {"reason": None, "psnr_val": res.psnr_val, "psnr_test": res.psnr_test, "seconds": res.seconds}
 
 
@@ -164,11 +144,6 @@ def means_front(fr: Frontier, seeds_df: pd.DataFrame) -> pd.DataFrame:
     return front.merge(extra, on=CONFIG_KEYS, how="left")
 
 
-def weights_path(study_dir: str | Path, family: str, trial: int) -> Path:
-    """Where a search trial's final weights live (written by search when it keeps them, or by us)."""
-    return Path(study_dir) / "weights" / f"{family}-{int(trial)}.pt"
-
-
 def frontier_model(row: pd.Series, data: TaskData, cfg: RunConfig, study_dir: str | Path
                    ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A frontier point's trained model: its cached weights, else retrained exactly as its trial was.
@@ -179,17 +154,13 @@ def frontier_model(row: pd.Series, data: TaskData, cfg: RunConfig, study_dir: st
     """
     from hgsearch.models import build
 
-    spec = spec_from_row(row)
-    path = weights_path(study_dir, row["family"], row["trial"])
+    rec = TrialRecord.from_row(row)
+    path = weights_path(study_dir, rec.family, row["trial"])
     if path.is_file():
-        payload = torch.load(path, map_location=data.test.inputs.device, weights_only=True)
-        model = build(spec).to(data.test.inputs.device)
+        payload = load_weights(path, data.test.inputs.device)
+        model = build(rec.spec).to(data.test.inputs.device)
         model.load_state_dict(payload["state_dict"])
         return model.eval(), {"source": "cached", "psnr_val": payload.get("psnr_val")}
-    model, res = train(spec, data, lr=float(row["lr"]), epochs=int(row["epochs"]), batch_size=cfg.batch_size,
-                       seed=int(row["seed"]))
-    payload = {"spec": spec.to_dict(), "state_dict": model.state_dict(), "lr": float(row["lr"]),
-               "epochs": int(row["epochs"]), "seed": int(row["seed"]), "psnr_val": res.psnr_val,
-               "psnr_test": res.psnr_test}
-    atomic_write(path, lambda p: torch.save(payload, p))
+    model, res = train(rec.spec, data, lr=rec.lr, epochs=rec.epochs, batch_size=cfg.batch_size, seed=rec.seed)
+    save_weights(path, rec, model, res)
     return model.eval(), {"source": "retrained", "psnr_val": res.psnr_val}

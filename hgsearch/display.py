@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from hgsearch.events import Event, Note, Progress, Start, TrialEnd, TrialStart
 from hgsearch.frontier import Frontier
 
 if TYPE_CHECKING:
@@ -43,35 +44,35 @@ class LiveDisplay:
         if self.started:
             self.live.__exit__(*exc)
 
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if event == "note":
-            self.console.print(f"[yellow]note:[/] {info['message']}")
-        elif event == "start":
-            self.done = dict(info["done"])
-            self.start_done = dict(info["done"])
-            self.target = info["target"]
-            workers = f", {info['workers']} workers" if info.get("workers", 1) > 1 else ""
-            self.console.print(f"study [bold]{info['study']}[/] in {info['storage']}{workers}")
+    def __call__(self, ev: Event) -> None:
+        if isinstance(ev, Note):
+            self.console.print(f"[yellow]note:[/] {ev.message}")
+        elif isinstance(ev, Start):
+            self.done = dict(ev.done)
+            self.start_done = dict(ev.done)
+            self.target = ev.target
+            workers = f", {ev.workers} workers" if ev.workers > 1 else ""
+            self.console.print(f"study [bold]{ev.study}[/] in {ev.storage}{workers}")
             self.live.__enter__()
             self.started = True
-        elif event == "trial_start":
-            s, w = info["spec"], info.get("worker")
+        elif isinstance(ev, TrialStart):
+            s, w = ev.spec, ev.worker
             self.current[w] = ("" if w is None else f"[{w}] ") + (
-                f"{info['family']} #{info['number']}: width {s.width}, bottleneck {s.bottleneck}, "
-                f"depth {s.depth}, {s.params / 1e6:.3f}M params, lr {info['lr']:.2e}")
+                f"{ev.family} #{ev.number}: width {s.width}, bottleneck {s.bottleneck}, "
+                f"depth {s.depth}, {s.params / 1e6:.3f}M params, lr {ev.lr:.2e}")
             self.status[w] = "starting"
-        elif event == "progress":
-            self.status[info.get("worker")] = (f"epoch {info['epoch'] + 1}/{info['epochs']}, "
-                                               f"step {info['step']}/{info['steps']}, loss {info['loss']:.5f}")
-        elif event == "trial_end":
-            t = info["trial"]
-            if info["reason"] is None:
-                self.done[info["family"]] = self.done.get(info["family"], 0) + 1
+        elif isinstance(ev, Progress):
+            self.status[ev.worker] = (f"epoch {ev.epoch + 1}/{ev.epochs}, "
+                                      f"step {ev.step}/{ev.steps}, loss {ev.loss:.5f}")
+        elif isinstance(ev, TrialEnd):
+            t = ev.trial
+            if ev.reason is None:
+                self.done[ev.family] = self.done.get(ev.family, 0) + 1
                 a = t.user_attrs
-                self.console.print(f"  {info['family']} #{t.number}: {a['params'] / 1e6:.3f}M params, "
+                self.console.print(f"  {ev.family} #{t.number}: {a['params'] / 1e6:.3f}M params, "
                                    f"val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, {a['seconds']:.1f} s")
             else:
-                self.console.print(f"  [red]{info['family']} #{t.number} failed:[/] {info['reason']}")
+                self.console.print(f"  [red]{ev.family} #{t.number} failed:[/] {ev.reason}")
         self.live.update(self._render())
 
     def _render(self) -> Group:
@@ -93,7 +94,7 @@ def frontier_table(fr: Frontier) -> Table:
     """Each family's frontier as one table, smallest model first (what `run` prints at the end)."""
     view = pd.DataFrame([{
         "family": r["family"], "params": f"{int(r['params']):,}", "val dB": f"{r['psnr_val']:.2f}",
-        "test dB": f"{r['psnr']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
+        "test dB": f"{r['psnr_test']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
         "lr": f"{r['lr']:.1e}", "trial": int(r["trial"]),
     } for _, r in fr.frontier.iterrows()])
     return df_table(view, f"Pareto frontiers of {fr.study} (selected on validation PSNR)")

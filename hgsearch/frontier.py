@@ -12,14 +12,18 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.atomic import atomic_write
+from hgsearch.claims import RETRY_ATTR
 from hgsearch.errors import StorageError, UsageError
-from hgsearch.models import FAMILIES, ArchSpec
+from hgsearch.models import FAMILIES
+from hgsearch.record import CONFIG_ATTRS, RESULT_ATTRS
 from hgsearch.storage import SETTINGS_KEY, family_study_name, first_line, safe_url
 
-# The columns of frontier.csv; a row alone is enough to rebuild and retrain its model.
-COLUMNS = ["family", "params", "trainable_params", "psnr", "psnr_val", "depth", "width", "bottleneck",
-           "lr", "fixed_win", "trial", "d_in", "d_out", "epochs", "seed", "seconds"]
-TRIAL_COLUMNS = [*COLUMNS, "state", "fail_reason"]
+# The columns of a trial row (meanings: docs/columns.md); a row alone is enough to rebuild and retrain
+# its model (record.TrialRecord.from_row). family + trial is a row's unique key.
+COLUMNS = ["family", "params", "trainable_params", "psnr_test", "psnr_val", "train_loss", "depth", "width",
+           "bottleneck", "lr", "fixed_win", "trial", "retry_of", "d_in", "d_out", "epochs", "seed", "seconds"]
+TRIAL_COLUMNS = [*COLUMNS, "state", "fail_reason", "on_frontier"]  # trials.csv
+FRONTIER_CSV_COLUMNS = [*COLUMNS, "learned_nothing"]  # frontier.csv: the flag needs the baseline (write_tables)
 
 
 @dataclass(frozen=True)
@@ -36,15 +40,17 @@ class Frontier:
 
 
 def _row(family: str, t: FrozenTrial) -> dict[str, Any]:
+    """A trial as a table row: its TrialRecord fields and results (None where not stored yet)."""
     a = t.user_attrs
-    return {
-        "family": family, "params": a.get("params"), "trainable_params": a.get("trainable_params"),
-        "psnr": a.get("psnr_test"), "psnr_val": a.get("psnr_val"), "depth": a.get("depth"),
-        "width": a.get("width"), "bottleneck": a.get("bottleneck"), "lr": a.get("lr"),
-        "fixed_win": a.get("fixed_win"), "trial": t.number, "d_in": a.get("d_in"), "d_out": a.get("d_out"),
-        "epochs": a.get("epochs"), "seed": a.get("seed"), "seconds": a.get("seconds"),
-        "state": t.state.name, "fail_reason": a.get("fail_reason"),
-    }
+    history = a.get(RETRY_ATTR) or []
+    return {**{k: a.get(k) for k in (*CONFIG_ATTRS, *RESULT_ATTRS)}, "family": family, "trial": t.number,
+            "retry_of": history[-1] if history else None, "state": t.state.name, "fail_reason": a.get("fail_reason")}
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=columns)
+    df["retry_of"] = df["retry_of"].astype("Int64")  # a trial number, or empty (not 3.0 / NaN)
+    return df
 
 
 def load_frontier(study: str, storage: str) -> Frontier:
@@ -64,9 +70,11 @@ def load_frontier(study: str, storage: str) -> Frontier:
         raise UsageError(f"no study named {study!r} in {safe_url(storage)}: check --study (or run it first)")
     if not front:
         raise UsageError(f"study {study!r} has no completed trial yet: let `hgsearch run` finish one first")
-    trials = pd.DataFrame(rows, columns=TRIAL_COLUMNS).sort_values(["family", "trial"], ignore_index=True)
-    frontier = (pd.DataFrame(front, columns=TRIAL_COLUMNS)[COLUMNS]
-                .sort_values(["family", "params"], ignore_index=True))
+    on_front = {(r["family"], r["trial"]) for r in front}
+    for r in rows:
+        r["on_frontier"] = (r["family"], r["trial"]) in on_front
+    trials = _frame(rows, TRIAL_COLUMNS).sort_values(["family", "trial"], ignore_index=True)
+    frontier = _frame(front, COLUMNS).sort_values(["family", "params"], ignore_index=True)
     return Frontier(study, settings, trials, frontier)
 
 
@@ -162,27 +170,29 @@ def package_versions() -> dict[str, str]:
 
 def locate_study(study: str | None, storage: str | None, results_dir: str | Path) -> tuple[str, Path, str]:
     """(study name, its results directory, storage URL) for the commands that read a finished study."""
+    from hgsearch.config import STUDY_DB, sqlite_url
     from hgsearch.storage import default_study_dir
 
     name = study or default_study_dir(results_dir)
     out_dir = Path(results_dir) / name
-    if storage is None and not (out_dir / "study.db").is_file():
+    if storage is None and not (out_dir / STUDY_DB).is_file():
         raise StorageError(f"no study {name!r} under {results_dir}/: check --study or --results-dir")
-    return name, out_dir, storage or f"sqlite:///{out_dir / 'study.db'}"
+    return name, out_dir, storage or sqlite_url(out_dir)
 
 
-def spec_from_row(row: pd.Series | dict[str, Any]) -> ArchSpec:
-    """Rebuild the ArchSpec of a frontier or trials CSV row."""
-    return ArchSpec(str(row["family"]), int(row["d_in"]), int(row["d_out"]), int(row["width"]),
-                    int(row["bottleneck"]), int(row["depth"]), bool(row["fixed_win"]))
+def write_tables(fr: Frontier, out_dir: str | Path, baseline_psnr_val: float | None = None) -> list[Path]:
+    """frontier.csv and trials.csv in out_dir, each written atomically.
 
-
-def write_tables(fr: Frontier, out_dir: str | Path) -> list[Path]:
-    """frontier.csv and trials.csv in out_dir, each written atomically."""
+    frontier.csv's learned_nothing flags points whose validation PSNR does not beat the task's
+    trivial baseline (baselines.baseline, computed by report.analyze from the data); it is empty
+    when no baseline is given (the dataset was not found).
+    """
     out = Path(out_dir)
     paths = [out / "frontier.csv", out / "trials.csv"]
+    flag = (fr.frontier["psnr_val"] <= baseline_psnr_val) if baseline_psnr_val is not None else pd.NA
+    front = fr.frontier.assign(learned_nothing=flag)[FRONTIER_CSV_COLUMNS]
     try:
-        atomic_write(paths[0], lambda p: fr.frontier.to_csv(p, index=False))
+        atomic_write(paths[0], lambda p: front.to_csv(p, index=False))
         atomic_write(paths[1], lambda p: fr.trials.to_csv(p, index=False))
     except OSError as e:
         raise StorageError(f"cannot write to {out} ({e.strerror}): pass a writable --results-dir") from None

@@ -53,7 +53,7 @@ D_OUT = 784
 
 
 def published_front(task: str) -> pd.DataFrame:
-    """One row per published point: family, params (exact, from the closed form), psnr, shape."""
+    """One row per published point: family, params (exact, from the closed form), psnr_test, shape."""
     if task not in FRONTIERS:
         raise UsageError(f"no published frontier for {task!r}: use one of {', '.join(FRONTIERS)}")
     rows = []
@@ -62,7 +62,7 @@ def published_front(task: str) -> pd.DataFrame:
             # The published millions are this exact count rounded.
             params = param_count(D_IN[task], D_OUT, width, d_h, depth)
             rows.append({
-                "family": family, "params": params, "params_published_m": millions, "psnr": psnr,
+                "family": family, "params": params, "params_published_m": millions, "psnr_test": psnr,
                 "width": width, "bottleneck": d_h, "depth": depth,
             })
     return pd.DataFrame(rows)

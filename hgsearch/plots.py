@@ -56,7 +56,7 @@ def frontier_figure(
     flagged: set[tuple[str, int]] | None = None,
 ):
     """Both families' frontiers: x = parameters (millions), y = test PSNR (dB) of the points chosen on
-    validation PSNR. means (the paper's frontier on seed means, with psnr_std and n_seeds) replaces
+    validation PSNR. means (the paper's frontier on seed means, with psnr_test_std and n_seeds) replaces
     the single-seed frontier and adds a +-1 std band; baseline = (label, test dB) is a horizontal
     line; published adds the paper's MNIST frontiers, dashed."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
@@ -65,25 +65,25 @@ def frontier_figure(
         pts = fr.trials[(fr.trials["family"] == fam) & (fr.trials["state"] == "COMPLETE")]
         if pts.empty:
             continue
-        ax.scatter(pts["params"] / 1e6, pts["psnr"], s=12, alpha=0.25, color=style["color"],
+        ax.scatter(pts["params"] / 1e6, pts["psnr_test"], s=12, alpha=0.25, color=style["color"],
                    label=f"{fam} trials ({len(pts)})")
         xs += list(pts["params"] / 1e6)
         f = fr.family(fam) if means is None else means[means["family"] == fam]
         if f.empty:
             continue
-        x, y = f["params"].to_numpy(float) / 1e6, f["psnr"].to_numpy(float)
+        x, y = f["params"].to_numpy(float) / 1e6, f["psnr_test"].to_numpy(float)
         k = int(f["n_seeds"].min()) if means is not None else 1
         label = f"{fam} frontier ({len(f)} pts" + (f", mean of {k}+ seeds)" if k > 1 else ")")
         ax.plot(x, y, drawstyle="steps-post", label=label, **style)
         if means is not None and k > 1:
-            sd = f["psnr_std"].fillna(0).to_numpy(float)
+            sd = f["psnr_test_std"].fillna(0).to_numpy(float)
             ax.fill_between(x, y - sd, y + sd, step="post", color=style["color"], alpha=0.2, linewidth=0)
         for _, r in f.iterrows():
             if flagged and (fam, int(r["trial"])) in flagged:
-                ax.annotate("learned nothing", (r["params"] / 1e6, r["psnr"]), fontsize=6, color="red")
+                ax.annotate("learned nothing", (r["params"] / 1e6, r["psnr_test"]), fontsize=6, color="red")
     if published is not None and len(published):
         for fam, part in published.groupby("family"):
-            ax.plot(part["params"] / 1e6, part["psnr"], linestyle="--", marker=STYLE[fam]["marker"], markersize=3,
+            ax.plot(part["params"] / 1e6, part["psnr_test"], linestyle="--", marker=STYLE[fam]["marker"], markersize=3,
                     color=STYLE[fam]["color"], alpha=0.6, drawstyle="steps-post",
                     label=f"{fam}, published (Chen et al. 2025)")
             xs += list(part["params"] / 1e6)

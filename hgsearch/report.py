@@ -17,7 +17,7 @@ import torch
 from hgsearch.analysis import Comparison, compare, scaling_pattern
 from hgsearch.atomic import atomic_write
 from hgsearch.baselines import Baseline, baseline
-from hgsearch.confirm import config_from_settings, frontier_model, load_checked_task, means_front
+from hgsearch.confirm import frontier_model, load_checked_task, means_front, study_config
 from hgsearch.errors import DataError, StorageError
 from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, package_versions, seed_rows,
                                write_tables)
@@ -37,7 +37,7 @@ class Analysis:
     storage: str
     settings: dict[str, Any]  # the study's stored settings (hourglass's, else conventional's)
     rows: pd.DataFrame  # finished runs, one per (configuration, seed): search trials + confirm's seeds
-    front: pd.DataFrame  # the paper's frontier on seed means (psnr = mean test PSNR, psnr_std, n_seeds)
+    front: pd.DataFrame  # the paper's frontier on seed means (psnr_test = mean test PSNR, psnr_test_std, n_seeds)
     comparison: Comparison | None  # None when only one family has finished trials
     scaling: pd.DataFrame
     baseline: Baseline | None
@@ -73,7 +73,7 @@ def analyze(study: str, storage: str, *, data_dir: str | None = None, device: st
     data, base, note = None, None, None
     if load_data:
         try:
-            data = load_checked_task(fr, config_from_settings(fr, data_dir=data_dir, device=device))
+            data = load_checked_task(fr, study_config(fr, data_dir=data_dir, device=device))
             base = baseline(data)
         except DataError as e:
             note = f"no baseline: {e}"
@@ -99,7 +99,7 @@ def published(an: Analysis) -> pd.DataFrame | None:
 
 def _front_records(an: Analysis) -> list[dict[str, Any]]:
     keep = ["family", "params", "trainable_params", "depth", "width", "bottleneck", "lr", "psnr_val",
-            "psnr_val_std", "psnr", "psnr_std", "n_seeds", "trial", "seed"]
+            "psnr_val_std", "psnr_test", "psnr_test_std", "n_seeds", "trial", "seed"]
     flagged = an.flagged
     out = []
     for rec in an.front[keep].to_dict("records"):
@@ -157,7 +157,7 @@ def _figure_kw(an: Analysis) -> dict[str, Any]:
 def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> list[Path]:
     """frontier.csv, trials.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
     out = Path(out_dir)
-    paths = write_tables(an.fr, out)
+    paths = write_tables(an.fr, out, an.baseline.psnr_val if an.baseline else None)
     try:
         text = json.dumps(summary(an), indent=2)
         paths.append(out / "summary.json")
@@ -183,7 +183,7 @@ def sample_grids(an: Analysis, study_dir: str | Path) -> list[tuple[pd.Series, A
     data = an.data
     if data is None:
         return []
-    cfg = config_from_settings(an.fr, device=str(data.test.inputs.device))
+    cfg = study_config(an.fr, device=str(data.test.inputs.device))
     idx = torch.from_numpy(np.linspace(0, len(data.test) - 1, N_SAMPLES).astype(np.int64)).to(data.test.inputs.device)
     x, y = as_float(data.test.inputs[idx]), as_float(data.test.targets[idx])
     c, h, w = data.image_shape
@@ -194,7 +194,7 @@ def sample_grids(an: Analysis, study_dir: str | Path) -> list[tuple[pd.Series, A
         with torch.no_grad():
             pred = model(x)
         title = (f"{row['family']} #{int(row['trial'])}: {int(row['params']):,} params, depth {int(row['depth'])}, "
-                 f"width {int(row['width'])}, d_h {int(row['bottleneck'])}, test {row['psnr']:.2f} dB")
+                 f"width {int(row['width'])}, d_h {int(row['bottleneck'])}, test {row['psnr_test']:.2f} dB")
         fig = plots.samples_figure(x.cpu().numpy(), pred.cpu().numpy(), y.cpu().numpy(), in_shape, (c, h, w), title)
         out.append((row, fig, info))
     return out
@@ -229,7 +229,7 @@ def front_view(an: Analysis) -> pd.DataFrame:
     flagged = an.flagged
     view = pd.DataFrame([{
         "family": r["family"], "params": f"{int(r['params']):,}", "val dB": _pm(r["psnr_val"], r["psnr_val_std"]),
-        "test dB": _pm(r["psnr"], r["psnr_std"]), "seeds": int(r["n_seeds"]),
+        "test dB": _pm(r["psnr_test"], r["psnr_test_std"]), "seeds": int(r["n_seeds"]),
         "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}", "lr": f"{r['lr']:.1e}",
         "trial": int(r["trial"]), "note": "≤ baseline" if (r["family"], int(r["trial"])) in flagged else "",
     } for _, r in an.front.iterrows()])

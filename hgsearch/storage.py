@@ -19,9 +19,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hgsearch.config import RunConfig
+from hgsearch.config import STUDY_DB, RunConfig
 from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
 from hgsearch.models import FAMILIES
+from hgsearch.space import SpaceConfig
 from hgsearch.tasks import TaskData
 
 # hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
@@ -178,6 +179,24 @@ def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
     }
 
 
+def config_from_settings(stored: dict[str, Any], study: str, *, data_dir: str | None = None,
+                         device: str = "auto") -> RunConfig:
+    """The inverse of settings(): the RunConfig a study was searched with (the user repeats nothing).
+
+    The data directory is not stored (it belongs to the machine, not the study): pass it when the
+    dataset is not found where `run` would look; the dataset checksum guards against other data.
+    """
+    if not stored:
+        raise UsageError(f"study {study!r} stores no settings: it was not made by `hgsearch run`")
+    s = {**ADDED_SETTINGS, **stored}
+    space = {k: tuple(v) if isinstance(v, list) else v for k, v in (s.get("space") or {}).items()}
+    extra = {"noise_sigma": s["noise_sigma"]} if s.get("noise_sigma") is not None else {}
+    return RunConfig(budget=int(s["budget"]), task=s["task"], dataset=s["dataset"], data_dir=data_dir,
+                     epochs=int(s["epochs"]), seed=int(s["seed"]), device=device, fixed_win=bool(s["fixed_win"]),
+                     batch_size=int(s["batch_size"]), val_size=int(s["val_size"]), study=study,
+                     augment=s["augment"], train_size=int(s["train_size"]), space=SpaceConfig(**space), **extra)
+
+
 def make_study_dir(cfg: RunConfig) -> None:
     """Create results/<study> (SQLite file, checkpoints); an unwritable place fails early and clearly."""
     try:
@@ -250,7 +269,7 @@ def completed(study: optuna.Study) -> int:
 
 def default_study_dir(results_dir: str | Path) -> str:
     """The most recently used study under results_dir, for `frontier` without --study."""
-    dbs = sorted(Path(results_dir).glob("*/study.db"), key=lambda p: p.stat().st_mtime)
+    dbs = sorted(Path(results_dir).glob(f"*/{STUDY_DB}"), key=lambda p: p.stat().st_mtime)
     if not dbs:
         raise UsageError(f"no study found under {results_dir}/: run `hgsearch run --budget ...` first, or pass --study")
     return dbs[-1].parent.name

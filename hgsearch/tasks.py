@@ -9,13 +9,17 @@ training step is a few tensor gathers, not a DataLoader round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hgsearch.data import Dataset
+from hgsearch.data import Dataset, load_dataset
 from hgsearch.errors import DataError, UsageError
+
+if TYPE_CHECKING:  # config imports this module's TASKS and AUGMENTS
+    from hgsearch.config import RunConfig
 
 TASKS = ("denoise", "superres", "classify")
 AUGMENTS = ("none", "flips")
@@ -201,3 +205,20 @@ def prepare(
     val = Split(x_va, protos[lab_tr[perm_t[:val_size]]])
     test = Split(x_te, protos[lab_te])
     return TaskData(task, dataset.name, dataset.checksum, shape, train, val, test, 0.0)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without it is a usage error, not a crash."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA device: use --device cpu")
+    return torch.device(name)
+
+
+def load_task(cfg: RunConfig) -> TaskData:
+    """Read the run's dataset and build its task's splits on the run's device (once per process)."""
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    return prepare(dataset, cfg.task, val_size=cfg.val_size, noise_sigma=cfg.noise_sigma, augment=cfg.augment,
+                   train_size=cfg.train_size, device=device)

@@ -37,15 +37,6 @@ class TrainResult:
     steps: int
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without it is a usage error, not a crash."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA device: use --device cpu")
-    return torch.device(name)
-
-
 # Evaluation forwards this many 128-image batches at once: big matmuls run near the machine's peak,
 # and PSNR is still computed per batch of batch_size rows (BatchNorm in eval mode is per-row).
 # Evaluation always runs in float32 on every device: the stored PSNRs never depend on the fast path.

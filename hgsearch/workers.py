@@ -9,13 +9,13 @@ import queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, UsageError
+from hgsearch.events import Done, Event, Note, Progress, Reporter, Start, from_worker
 
-Reporter = Any  # search.Reporter; not imported here so that a worker sets its devices before torch loads
 STOP_GRACE_S = 60.0  # after Ctrl-C, how long workers get to close their trials before they are killed
 PROGRESS_EVERY_S = 0.5  # progress events are per step; the parent's display needs a few per second at most
 
@@ -61,37 +61,28 @@ def _cores() -> int:
 
 
 class _QueueReporter:
-    """A worker's reporter: every event goes to the parent, tagged with the worker's index."""
+    """A worker's reporter: every event goes to the parent, which tags it with the worker's index.
+
+    Messages are (index, kind, pickled payload): kind "event" carries a reporter event; "exit",
+    "error" and "crash" carry a dict saying how the worker ended.
+    """
 
     def __init__(self, events: Any, index: int) -> None:
         self.events = events
         self.index = index
         self.last_progress = 0.0
 
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if event == "progress":
+    def __call__(self, ev: Event) -> None:
+        if isinstance(ev, Progress):
             now = time.monotonic()
-            if now - self.last_progress < PROGRESS_EVERY_S and info.get("step") != info.get("steps"):
+            if now - self.last_progress < PROGRESS_EVERY_S and ev.step != ev.steps:
                 return
             self.last_progress = now
-        self.put(event, info)
+        self.put("event", ev)
 
-    def put(self, event: str, info: dict[str, Any]) -> None:
-        # Pickled here rather than in the queue's feeder thread, where a failure would only print:
-        # values that cannot cross a process boundary (the "done" event's open studies) are dropped.
-        try:
-            blob = pickle.dumps(info)
-        except Exception:
-            blob = pickle.dumps({k: v for k, v in info.items() if _picklable(v)})
-        self.events.put((self.index, event, blob))
-
-
-def _picklable(value: Any) -> bool:
-    try:
-        pickle.dumps(value)
-        return True
-    except Exception:
-        return False
+    def put(self, kind: str, payload: Any) -> None:
+        # Pickled here rather than in the queue's feeder thread, where a failure would only print.
+        self.events.put((self.index, kind, pickle.dumps(payload)))
 
 
 def _die_with_parent() -> None:
@@ -106,7 +97,9 @@ def _die_with_parent() -> None:
 
 def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
     """Body of one worker process: set its device and threads, run the shared search, report how it ended."""
-    os.environ.update(plan.env)  # before anything touches CUDA
+    # torch is already imported (unpickling cfg loads config -> models), but CUDA reads
+    # CUDA_VISIBLE_DEVICES only when it is first initialised, which comes later.
+    os.environ.update(plan.env)
     # Its own process group: a Ctrl-C at the terminal reaches the parent only, which forwards it once,
     # so a worker never sees two interrupts for one key press.
     os.setpgrp()
@@ -116,7 +109,7 @@ def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
         import torch
 
         torch.set_num_threads(plan.threads)
-        from hgsearch.claims import stop_on_signals
+        from hgsearch.stop import stop_on_signals
         from hgsearch.search import run_search
 
         # The same stop as a single `run`: the first signal stops after the current step (the trial is
@@ -153,7 +146,7 @@ def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
     Worker 0 starts first and opens (or creates) the studies, so that settings checks, data errors and
     table creation happen once; the others join when it reports "start". Ctrl-C or SIGTERM is
     forwarded once to every worker (a second one is forwarded again, which the search treats as "now");
-    the parent returns when all workers have ended and raises claims.Stopped if it was stopped.
+    the parent returns when all workers have ended and raises stop.Stopped if it was stopped.
     """
     if n < 1:
         raise UsageError(f"--workers must be at least 1, got {n}")
@@ -187,42 +180,42 @@ def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
         while len(ended) < len(procs):
             if stop.count > forwarded:
                 if not forwarded:
-                    reporter("note", {"message": f"{stop.signum.name}: stopping every worker after its current "
-                                                 "step; press Ctrl-C again to stop them at once"})
+                    reporter(Note(f"{stop.signum.name}: stopping every worker after its current "
+                                  "step; press Ctrl-C again to stop them at once"))
                 forwarded = stop.count
                 signal_all(stop.signum)
             if stop.since and time.monotonic() - stop.since > STOP_GRACE_S:
                 signal_all(signal.SIGKILL)  # their trials are left to the heartbeat check, like a kill -9
             try:
-                index, event, blob = events.get(timeout=0.2)
+                index, kind, blob = events.get(timeout=0.2)
             except queue.Empty:
                 _note_dead(procs, ended, events, reporter)
                 continue
-            info = pickle.loads(blob)
-            if event in ("exit", "error", "crash"):
-                ended[index] = (event, info)
-                if event != "exit" and not stop.since:
+            payload = pickle.loads(blob)
+            if kind in ("exit", "error", "crash"):
+                ended[index] = (kind, payload)
+                if kind != "exit" and not stop.since:
                     # One worker's error stops the rest (they would hit it too), as a Ctrl-C would.
                     stop.since = time.monotonic()
                     signal_all(signal.SIGINT)
                 continue
-            if event == "start":
+            if isinstance(payload, Start):
                 if started:
                     continue  # the display shows the study once
                 started = True
-                reporter(event, {**info, "workers": n})
-                reporter("note", {"message": "; ".join(p.label for p in plans)})
+                reporter(replace(payload, workers=n))
+                reporter(Note("; ".join(p.label for p in plans)))
                 if not stop.since:
                     for plan in plans[1:]:
                         start(plan)
                 continue
-            if event == "note":
-                if info.get("message") in notes:
+            if isinstance(payload, Note):
+                if payload.message in notes:
                     continue
-                notes.add(info.get("message"))
-            if event == "done":
-                continue  # one "done" for all workers, below
-            reporter(event, {**info, "worker": index})
+                notes.add(payload.message)
+            if isinstance(payload, Done):
+                continue  # one Done for all workers, below
+            reporter(from_worker(payload, index))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -253,7 +246,7 @@ def _note_dead(procs: dict[int, Any], ended: dict[int, tuple[str, dict[str, Any]
             pass
         how = f"signal {signal.Signals(-p.exitcode).name}" if p.exitcode < 0 else f"exit code {p.exitcode}"
         ended[i] = ("died", {"message": f"worker {i} died ({how})"})
-        reporter("note", {"message": f"worker {i} died ({how}); the other workers retry the trial it was running"})
+        reporter(Note(f"worker {i} died ({how}); the other workers retry the trial it was running"))
 
 
 def _outcome(ended: dict[int, tuple[str, dict[str, Any]]], stop: _Stop, reporter: Reporter, seconds: float) -> None:
@@ -268,10 +261,10 @@ def _outcome(ended: dict[int, tuple[str, dict[str, Any]]], stop: _Stop, reporter
             raise HgsearchError(f"a worker crashed: {info['message']} (please report this with the traceback:\n"
                                 f"{info['traceback'].rstrip()})")
     if stop.count:
-        from hgsearch.claims import Stopped
+        from hgsearch.stop import Stopped
 
         raise Stopped(stop.signum.name)
     if not any(kind == "exit" and info["code"] == 0 for kind, info in ended.values()):
         raise HgsearchError("every worker died before the study was complete: run the same command again to "
                             "finish it (trials they left running are retried)")
-    reporter("done", {"seconds": seconds})
+    reporter(Done(seconds))

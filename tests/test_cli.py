@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hgsearch.frontier import COLUMNS, spec_from_row
+from hgsearch.frontier import FRONTIER_CSV_COLUMNS
+from hgsearch.record import TrialRecord
 from hgsearch.models import build, count_module_params
 from tests.conftest import hgsearch
 
@@ -32,13 +33,13 @@ def test_run_then_frontier_end_to_end(tiny_run):
     assert (study_dir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = pd.read_csv(study_dir / "frontier.csv")
     trials = pd.read_csv(study_dir / "trials.csv")
-    assert list(front.columns) == COLUMNS
+    assert list(front.columns) == FRONTIER_CSV_COLUMNS
     assert set(front["family"]) == {"hourglass", "conventional"}
     assert (trials["state"] == "COMPLETE").groupby(trials["family"]).sum().to_dict() == {
         "hourglass": 3, "conventional": 3}
     assert (trials["params"] <= BUDGET).all()
     for _, row in front.iterrows():
-        spec = spec_from_row(row)  # a frontier row alone rebuilds the model
+        spec = TrialRecord.from_row(row).spec  # a frontier row alone rebuilds the model
         assert spec.params == row["params"] == count_module_params(build(spec))[0]
     for fam, rows in front.groupby("family"):  # each family's rows are mutually non-dominated
         for _, a in rows.iterrows():

@@ -8,7 +8,8 @@ import re
 import pandas as pd
 import pytest
 
-from hgsearch.confirm import confirm_seeds, weights_path
+from hgsearch.confirm import confirm_seeds
+from hgsearch.record import weights_path
 from hgsearch.frontier import load_seed_rows
 from hgsearch.report import analyze, write_report
 from tests.conftest import hgsearch
@@ -29,8 +30,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
     url = f"sqlite:///{study_dir / 'study.db'}"
     seen = []
     front = confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx),
-                          reporter=lambda e, i: seen.append((e, i.get("seed"))))
-    runs = [s for e, s in seen if e == "run_end"]
+                          reporter=lambda e: seen.append((type(e).__name__, getattr(e, "seed", None))))
+    runs = [s for e, s in seen if e == "RunEnd"]
     assert runs and set(runs) == {1}  # the search's run is seed 0; one more seed per point
     assert (front["n_seeds"] == 2).all() and set(front["family"]) == {"hourglass", "conventional"}
     seeds = load_seed_rows("superres-idx-100K", url)
@@ -38,8 +39,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
 
     # Re-running trains nothing: every (configuration, seed) is already in the storage.
     again = []
-    confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx), reporter=lambda e, i: again.append(e))
-    assert "run_start" not in again
+    confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx), reporter=lambda e: again.append(type(e).__name__))
+    assert "RunStart" not in again
 
     res = hgsearch("frontier", "--plot", "--data-dir", str(tiny_idx), cwd=cwd)
     assert res.returncode == 0, res.stderr
@@ -79,15 +80,12 @@ def test_config_from_settings_rebuilds_every_defining_setting(tiny_idx, tmp_path
     from dataclasses import replace
 
     from hgsearch.config import RunConfig
-    from hgsearch.confirm import config_from_settings
-    from hgsearch.frontier import Frontier
-    from hgsearch.search import load_task
-    from hgsearch.storage import settings
+    from hgsearch.storage import config_from_settings, settings
+    from hgsearch.tasks import load_task
 
     cfg = RunConfig(budget=100_000, task="denoise", dataset="idx", data_dir=str(tiny_idx), epochs=3, seed=7,
                     fixed_win=True, augment="flips", train_size=300, val_size=50, noise_sigma=0.1,
                     results_dir=str(tmp_path), study="s")
     stored = settings(cfg, load_task(cfg), "hourglass")
-    back = config_from_settings(Frontier("s", {"hourglass": stored}, pd.DataFrame(), pd.DataFrame()),
-                                data_dir=str(tiny_idx))
+    back = config_from_settings(stored, "s", data_dir=str(tiny_idx))
     assert settings(replace(back, results_dir=str(tmp_path)), load_task(back), "hourglass") == stored

@@ -16,8 +16,8 @@ def frontier() -> Frontier:
     for fam, pts in (("hourglass", [(1.1e6, 26.0), (1.5e6, 27.0), (2.6e6, 27.4)]),
                      ("conventional", [(2.5e6, 26.6), (3.2e6, 27.3)])):
         for i, (p, v) in enumerate(pts):
-            rows.append({"family": fam, "params": p, "psnr": v, "psnr_val": v + 0.1, "trial": i, "state": "COMPLETE",
-                         "n_seeds": 3, "psnr_std": 0.1, "depth": i + 1, "width": 800, "bottleneck": 100})
+            rows.append({"family": fam, "params": p, "psnr_test": v, "psnr_val": v + 0.1, "trial": i, "state": "COMPLETE",
+                         "n_seeds": 3, "psnr_test_std": 0.1, "depth": i + 1, "width": 800, "bottleneck": 100})
     df = pd.DataFrame(rows)
     settings = {"hourglass": {"task": "superres", "dataset": "mnist", "epochs": 50, "fixed_win": False}}
     return Frontier("plotstub", settings, df, df)

@@ -17,10 +17,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hgsearch import checkpoint, claims, search, storage
+from hgsearch import checkpoint, claims, lifecycle, search, space, storage
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError
+from hgsearch.events import Note, quiet
 from hgsearch.models import ArchSpec
+from hgsearch.tasks import load_task
 from hgsearch.train import train
 
 ARGS = ("--budget", "100K", "--dataset", "idx", "--epochs", "2")
@@ -31,9 +33,9 @@ ENV = {"PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
 
 def start(cwd: Path, data: Path, *extra: str, pause: str | None = None) -> subprocess.Popen:
     env = {**os.environ, **ENV}
-    env.pop(search.PAUSE_ENV, None)
+    env.pop(lifecycle.PAUSE_ENV, None)
     if pause:
-        env[search.PAUSE_ENV] = pause
+        env[lifecycle.PAUSE_ENV] = pause
     return subprocess.Popen([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -56,7 +58,7 @@ def wait_for(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
 
 
 def finish(cwd: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != search.PAUSE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != lifecycle.PAUSE_ENV}
     res = subprocess.run([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
                          cwd=cwd, env={**env, **ENV}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -88,7 +90,7 @@ def checkpoints(cwd: Path) -> list[str]:
 def retrain(t: optuna.trial.FrozenTrial, data_dir: Path) -> float:
     """The validation PSNR an uninterrupted run of this trial's configuration gives."""
     cfg = RunConfig(budget=100_000, dataset="idx", data_dir=str(data_dir), epochs=2)
-    data = search.load_task(cfg)
+    data = load_task(cfg)
     a = t.user_attrs
     spec = ArchSpec(a["family"], a["d_in"], a["d_out"], a["width"], a["bottleneck"], a["depth"], a["fixed_win"])
     return train(spec, data, lr=a["lr"], epochs=2, seed=a["seed"])[1].psnr_val
@@ -186,19 +188,19 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
     # A worker on another machine claimed a configuration, beat once, then its host vanished.
     orphan = study.ask()
     study._storage.set_trial_user_attr(orphan._trial_id, claims.WORKER_ATTR, {"host": "gone-host", "pid": 1})
-    search.space_mod.sample(orphan, "hourglass", cfg.budget, 36, 144, cfg.space, False)
+    space.sample(orphan, "hourglass", cfg.budget, 36, 144, cfg.space, False)
     study._storage.record_heartbeat(orphan._trial_id)
     db = sqlite3.connect(tmp_path / "results" / "s" / "study.db")
     with db:
         db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')")
     db.close()
     notes = []
-    search.run_search(_cfg(tiny_idx, tmp_path, trials=2), reporter=lambda e, i: notes.append(i) if e == "note" else None)
+    search.run_search(_cfg(tiny_idx, tmp_path, trials=2), reporter=lambda e: notes.append(e) if isinstance(e, Note) else None)
     ts = study.get_trials()
     assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
     assert "no heartbeat for over 60 s from its worker gone-host:1" in ts[1].user_attrs["fail_reason"]
     assert ts[2].user_attrs["retry_of"] == [1] and ts[2].params == ts[1].params
-    assert any("trial #1" in n["message"] for n in notes)
+    assert any("trial #1" in n.message for n in notes)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -208,8 +210,8 @@ def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
     other = study.ask()  # another live worker (this process, so never "gone") holds the 2nd trial
     study._storage.set_trial_user_attr(other._trial_id, claims.WORKER_ATTR, claims.this_worker())
     study._storage.record_heartbeat(other._trial_id)
-    assert claims.claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", search._quiet) is claims.WAIT
-    claimed = claims.claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", search._quiet)
+    assert claims.claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", quiet) is claims.WAIT
+    claimed = claims.claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", quiet)
     assert claimed.number == 2
 
 
@@ -220,7 +222,7 @@ def _race(url: str, target: int, seed: int) -> None:
     cfg = RunConfig(budget=100_000, trials=target, study="race")
     study = optuna.load_study(study_name="race.hourglass", storage=storage.make_storage(url))
     while True:
-        trial = claims.claim(study, cfg, "hourglass", search._quiet)
+        trial = claims.claim(study, cfg, "hourglass", quiet)
         if trial is None:
             return
         if trial is claims.WAIT:
@@ -293,7 +295,7 @@ def test_failed_trials_record_their_reason_and_the_study_goes_on(tiny_idx, tmp_p
 
 
 def test_checkpoint_resume_gives_the_uninterrupted_result(tiny_idx, tmp_path):
-    data = search.load_task(_cfg(tiny_idx, tmp_path))
+    data = load_task(_cfg(tiny_idx, tmp_path))
     spec = ArchSpec("hourglass", 36, 144, 150, 12, 2, False)
     path, meta = tmp_path / "c" / "t.pt", {"trial": 0}
     saved = []
@@ -328,7 +330,7 @@ def test_checkpoint_never_unpickles_code(tmp_path):
 
 
 def test_pause_hook_is_inert_without_its_variable(monkeypatch):
-    monkeypatch.delenv(search.PAUSE_ENV, raising=False)
+    monkeypatch.delenv(lifecycle.PAUSE_ENV, raising=False)
     t0 = time.monotonic()
-    search._pause_at("epoch")
+    lifecycle._pause_at("epoch")
     assert time.monotonic() - t0 < 0.1

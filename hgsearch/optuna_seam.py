@@ -1,0 +1,54 @@
+"""Every use of Optuna's private API, in one place (tests/test_optuna_seam.py fails when one goes).
+
+Why private at all: claiming trials among many workers needs what Study.ask/tell do not expose:
+a new trial created with its worker attribute in one transaction, a queued retry popped with a
+compare-and-set, the stale-heartbeat query without Optuna failing the trials itself, and the
+state change as a compare-and-set that tells which worker won. Public API is used everywhere else.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+# (object, attribute) pairs this module relies on; the seam test checks each on the installed Optuna.
+PRIVATE_NAMES = (
+    ("Study", "_storage"), ("Study", "_study_id"), ("Study", "_pop_waiting_trial_id"), ("Study", "_thread_local"),
+    ("Trial", "_trial_id"), ("FrozenTrial", "_trial_id"), ("RDBStorage", "_get_stale_trial_ids"),
+)
+
+
+def storage(study: optuna.Study) -> BaseStorage:
+    """The study's storage object (Trial has a public .storage; Study has none)."""
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (unique across studies; trial.number is per study)."""
+    return trial._trial_id
+
+
+def frozen(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> FrozenTrial:
+    """The trial as stored now (its state may have been changed by another worker)."""
+    return study._storage.get_trial(trial._trial_id)
+
+
+def create_running_trial(study: optuna.Study, template: FrozenTrial) -> int:
+    """A new RUNNING trial created from a template (its user attrs in the same transaction)."""
+    return study._storage.create_new_trial(study._study_id, template_trial=template)
+
+
+def pop_waiting_trial(study: optuna.Study) -> int | None:
+    """Claim a queued (WAITING) trial as RUNNING, compare-and-set, as Study.ask does; None if none."""
+    return study._pop_waiting_trial_id()
+
+
+def forget_cached_trials(study: optuna.Study) -> None:
+    """As Study.ask does before sampling: the sampler must see the latest trials, not this thread's cache."""
+    study._thread_local.cached_all_trials = None
+
+
+def stale_trial_ids(study: optuna.Study) -> set[int]:
+    """Ids of RUNNING trials whose last heartbeat is older than the storage's grace period."""
+    return set(study._storage._get_stale_trial_ids(study._study_id))
