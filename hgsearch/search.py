@@ -31,6 +31,7 @@ from hgsearch.config import RunConfig
 from hgsearch.data import load_dataset
 from hgsearch.errors import HgsearchError, StorageError, TrialFailed, UsageError
 from hgsearch.models import ArchSpec
+from hgsearch.resilient import set_listener
 from hgsearch.storage import GRACE_PERIOD, completed, first_line, open_studies, safe_url
 from hgsearch.tasks import TaskData, prepare
 from hgsearch.train import TrainResult, resolve_device, train
@@ -204,6 +205,7 @@ def run_search(cfg: RunConfig, reporter: Reporter = _quiet) -> dict[str, optuna.
     for note in notes:
         reporter("note", {"message": note})
     check_stop()
+    set_listener(lambda message: reporter("note", {"message": message}))  # storage outages and recoveries
     studies = open_studies(cfg, families, data)
     for fam, study in studies.items():
         reap(study, fam, reporter)
