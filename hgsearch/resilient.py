@@ -86,20 +86,20 @@ def _retried(name: str) -> Callable[..., Any]:
     return method
 
 
-class ResilientStorage(BaseStorage, BaseHeartbeat):
-    """Wraps Optuna's storage (an RDBStorage behind its cache) and retries calls through outages.
+class Outages:
+    """Retries calls through an outage of up to `limit` seconds and notes when it starts and ends.
 
     `where` is the storage URL with its password masked, for messages. After an outage outlasted
     the limit, later calls (closing the trial on the way out) try once instead of waiting again.
     """
 
-    def __init__(self, inner: BaseStorage, where: str, limit: float, grace_period: float | None = None) -> None:
-        self._inner, self.where, self.limit = inner, where, limit
-        self._grace_period = grace_period
+    def __init__(self, where: str, limit: float) -> None:
+        self.where, self.limit = where, limit
         self._lock = threading.Lock()
         self._down_since: float | None = None  # monotonic time the current outage was first seen
         self._back_at: float | None = None  # monotonic time the last outage ended
         self._gave_up = False
+        self._notes: list[str] = []  # noted in any thread, handed to the listener from the main thread
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -130,6 +130,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                     deadline = now + (0.0 if self._gave_up else self.limit)
                 if now >= deadline:
                     self._gave_up = True
+                    self._flush()
                     raise StorageError(
                         f"storage {self.where} unreachable for over {self.limit:g} s ({_first_line(e)}): run "
                         "the same command again when the database is back (storage_retry_seconds sets "
@@ -139,6 +140,8 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 again = True
                 continue
             self._came_back()
+            if self._notes:
+                self._flush()
             return result
 
     def _went_down(self, now: float, e: BaseException) -> None:
@@ -162,8 +165,31 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self._note(f"storage {self.where} is back after {self._back_at - since:.1f} s")
 
     def _note(self, message: str) -> None:
-        if _listener and threading.current_thread() is threading.main_thread():
+        with self._lock:
+            self._notes.append(message)
+        self._flush()
+
+    def _flush(self) -> None:
+        if not _listener or threading.current_thread() is not threading.main_thread():
+            return  # a heartbeat thread's notes wait for the main thread's next storage call
+        with self._lock:
+            notes, self._notes = self._notes, []
+        for message in notes:
             _listener[0](message)
+
+
+def wait_out(call: Callable[[], T], where: str, limit: float) -> T:
+    """call() retried through an outage of up to limit seconds: opening a storage, before there is one to wrap."""
+    return Outages(where, limit)._retry(lambda _again: call())
+
+
+class ResilientStorage(Outages, BaseStorage, BaseHeartbeat):
+    """Wraps Optuna's storage (an RDBStorage behind its cache) and retries every call through outages."""
+
+    def __init__(self, inner: BaseStorage, where: str, limit: float, grace_period: float | None = None) -> None:
+        super().__init__(where, limit)
+        self._inner = inner
+        self._grace_period = grace_period
 
     # Writes whose lost answer would otherwise count a trial twice.
 

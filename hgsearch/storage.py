@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
 from hgsearch.models import FAMILIES
-from hgsearch.resilient import ResilientStorage
+from hgsearch.resilient import ResilientStorage, wait_out
 from hgsearch.tasks import TaskData
 
 # hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
@@ -132,9 +132,9 @@ def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_second
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    storage = optuna.storages.RDBStorage(
+                    storage = wait_out(lambda: optuna.storages.RDBStorage(  # a worker may start mid-outage
                         url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
-                    )
+                    ), safe_url(url), retry_seconds)
                 break
             except Exception as e:
                 # Optuna creates its tables without a lock: hosts starting at once on an empty
@@ -198,9 +198,9 @@ def make_study_dir(cfg: RunConfig) -> None:
 
 
 def make_sampler(cfg: RunConfig, family: str, n_trials: int) -> optuna.samplers.BaseSampler:
-    # Seeded from the run seed and the number of trials already in the study, afresh before each
-    # ask: a resumed run does not replay start-up configurations it already tried, and workers that
-    # ask one after the other get different configurations.
+    # Seeded from the run seed and the number of trials already in the study (the new trial's number),
+    # afresh for each trial: a resumed run does not replay start-up configurations it already tried,
+    # and workers get different configurations.
     return optuna.samplers.TPESampler(
         seed=(cfg.seed * 1_000_003 + FAMILIES.index(family) * 7919 + n_trials) % 2**32,
         multivariate=True,
