@@ -14,7 +14,9 @@ with the same value, or (set_trial_param) ignore the duplicate key.
 from __future__ import annotations
 
 import copy
+import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -43,6 +45,10 @@ _TRANSIENT = (sa_exc.OperationalError, sa_exc.DisconnectionError, sa_exc.Interfa
 
 _listener: list[Callable[[str], None]] = []
 
+# RDBStorage logs a warning when a read fails with OperationalError (then tries a slower query): on a
+# dropped connection that is noise on the terminal; the outage note says what happened.
+logging.getLogger("optuna.storages._rdb.storage").setLevel(logging.ERROR)
+
 
 def set_listener(note: Callable[[str], None] | None) -> None:
     """Where outage notes go (the search's reporter); called from the main thread only, never a heartbeat's."""
@@ -55,7 +61,7 @@ def _chain(e: BaseException | None) -> list[BaseException]:
     seen: list[BaseException] = []
     while e is not None and all(e is not s for s in seen):
         seen.append(e)
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     return seen
 
 
@@ -102,13 +108,9 @@ class Outages:
         self._notes: list[str] = []  # noted in any thread, handed to the listener from the main thread
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        # Unpickling an RDBStorage connects to the database: a study sent to another process (a
+        # worker's "done" event) must be dropped there, not reconnect through a flaky network.
+        raise TypeError("a storage does not cross processes: open it with storage.make_storage")
 
     def _retry(self, attempt: Callable[[bool], T]) -> T:
         """attempt(again) until it succeeds; again is True once an attempt failed (its commit may have landed)."""
@@ -178,9 +180,35 @@ class Outages:
             _listener[0](message)
 
 
+# A server that exists but is restarting or cut off, as opposed to a wrong URL (refused, unknown host,
+# bad password), which opening the storage reports at once.
+_PASSING = re.compile(r"shutting down|starting up|recovery mode|closed the connection|connection reset|"
+                      r"terminating connection|timed out|timeout", re.I)
+
+
 def wait_out(call: Callable[[], T], where: str, limit: float) -> T:
-    """call() retried through an outage of up to limit seconds: opening a storage, before there is one to wrap."""
-    return Outages(where, limit)._retry(lambda _again: call())
+    """call() (opening a storage) retried while the server is restarting or cut off, up to limit seconds."""
+
+    def attempt(_again: bool) -> T:
+        try:
+            return call()
+        except Exception as e:
+            if transient(e) and not any(_PASSING.search(str(x)) for x in _chain(e)):
+                raise _WrongPlace(e) from None
+            raise
+
+    try:
+        return Outages(where, limit)._retry(attempt)
+    except _WrongPlace as e:
+        raise e.error from None
+
+
+class _WrongPlace(Exception):
+    """Carries an opening error that waiting will not fix past the retry loop."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class ResilientStorage(Outages, BaseStorage, BaseHeartbeat):
