@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 import re
 import threading
@@ -186,14 +187,22 @@ _PASSING = re.compile(r"shutting down|starting up|recovery mode|closed the conne
                       r"terminating connection|timed out|timeout", re.I)
 
 
+REACHED_ENV = "HGSEARCH_STORAGE_REACHED"  # "1" in a worker started once another worker had opened the storage
+
+
 def wait_out(call: Callable[[], T], where: str, limit: float) -> T:
-    """call() (opening a storage) retried while the server is restarting or cut off, up to limit seconds."""
+    """call() (opening a storage) retried while the server is restarting or cut off, up to limit seconds.
+
+    Also while it refuses connections, when this process is a worker started after another one
+    opened the storage (REACHED_ENV): then the URL is right and the server is away.
+    """
+    reached = os.environ.get(REACHED_ENV) == "1"
 
     def attempt(_again: bool) -> T:
         try:
             return call()
         except Exception as e:
-            if transient(e) and not any(_PASSING.search(str(x)) for x in _chain(e)):
+            if transient(e) and not reached and not any(_PASSING.search(str(x)) for x in _chain(e)):
                 raise _WrongPlace(e) from None
             raise
 

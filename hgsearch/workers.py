@@ -9,7 +9,7 @@ import queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hgsearch.config import RunConfig
@@ -213,8 +213,8 @@ def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
                 reporter(event, {**info, "workers": n})
                 reporter("note", {"message": "; ".join(p.label for p in plans)})
                 if not stop.since:
-                    for plan in plans[1:]:
-                        start(plan)
+                    for plan in plans[1:]:  # the storage was reached: they wait out an outage as they open it
+                        start(replace(plan, env={**plan.env, "HGSEARCH_STORAGE_REACHED": "1"}))  # resilient.REACHED_ENV
                 continue
             if event == "note":
                 if info.get("message") in notes:
