@@ -70,6 +70,7 @@ class RunConfig:
     epochs: int = 2  # per trial; small enough for a CPU search, 50 is the paper protocol
     study: str | None = None  # default derived from task, dataset and budget
     storage: str | None = None  # default sqlite:///<results_dir>/<study>/study.db
+    storage_retry_seconds: float = 300.0  # how long a database outage the search waits out before it stops
     results_dir: str = "results"
     seed: int = 0
     device: str = "auto"
@@ -93,6 +94,8 @@ class RunConfig:
         for name in ("trials", "epochs", "batch_size", "val_size"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.storage_retry_seconds >= 0:
+            raise UsageError(f"storage_retry_seconds must be 0 or more, got {self.storage_retry_seconds}")
         if not 0 <= self.noise_sigma < 10:
             raise UsageError(f"noise_sigma must be in [0, 10), got {self.noise_sigma}")
         if self.budget < 0:

@@ -25,6 +25,7 @@ from hgsearch.events import Done, Note, Reporter, Start, quiet
 from hgsearch.lifecycle import run_trial, sweep_checkpoints
 from hgsearch.models import ArchSpec
 from hgsearch.record import TrialRecord, save_weights
+from hgsearch.resilient import set_listener
 from hgsearch.stop import check_stop
 from hgsearch.storage import GRACE_PERIOD, completed, open_studies, safe_url
 from hgsearch.tasks import load_task
@@ -67,6 +68,7 @@ def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.S
     for note in notes:
         reporter(Note(note))
     check_stop()
+    set_listener(lambda message: reporter(Note(message)))  # storage outages and recoveries
     studies = open_studies(cfg, families, data)
     for fam, study in studies.items():
         reap(study, fam, reporter)
