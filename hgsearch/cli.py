@@ -204,11 +204,14 @@ def _dry_run(cfg: Any) -> None:
     out.print(df_table(pd.DataFrame(rows), f"dry run: the first trials of a new study {cfg.study_name} "
                        f"(budget {format_budget(cfg.budget)})"))
     if planned:
+        from hgsearch.train import resolve_device
+
         steps = planned[0].steps_per_epoch
         total = sum(p.epoch_seconds for p in planned) * cfg.epochs
+        took = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
         say(f"s/epoch: {plural(steps, 'step')} per epoch x the median of {TIMED_STEPS} timed training steps "
-            f"of each shape on this machine ({cfg.device}); these {plural(len(planned), 'trial')} would take "
-            f"about {total / 60:.1f} min of training for {plural(cfg.epochs, 'epoch')} (evaluation not included)")
+            f"of each shape on this machine ({resolve_device(cfg.device)}); these {plural(len(planned), 'trial')} "
+            f"would train about {took} at {plural(cfg.epochs, 'epoch')} each (evaluation not included)")
     say("dry run: nothing was trained or written")
 
 
