@@ -90,7 +90,7 @@ AugmentOpt = Annotated[Optional[Augment], typer.Option(
     "--augment", help="flips: the paper's flip augmentation x4 (each image also flipped left-right, up-down "
     "and both; 4x the steps per epoch).", show_default=RUN_DEFAULTS["augment"])]
 EpochsOpt = Annotated[Optional[int], typer.Option(
-    "--epochs", min=1, help="Epochs of training (the paper uses 50).", show_default=str(RUN_DEFAULTS["epochs"]))]
+    "--epochs", help="Epochs of training (the paper uses 50).", show_default=str(RUN_DEFAULTS["epochs"]))]
 DeviceOpt = Annotated[Optional[Device], typer.Option(
     "--device", help="auto: CUDA when PyTorch sees one, else the CPU.", show_default=RUN_DEFAULTS["device"])]
 WinOpt = Annotated[Optional[bool], typer.Option(
@@ -111,12 +111,12 @@ def run(
     download: DownloadOpt = None,
     augment: AugmentOpt = None,
     train_size: Annotated[Optional[int], typer.Option(
-        "--train-size", min=0, help="Train on only N images (validation is unchanged), e.g. for a quick look "
+        "--train-size", help="Train on only N images (validation is unchanged), e.g. for a quick look "
         "at a large dataset; part of the study's identity; 0 = all.", show_default="0")] = None,
     family: Annotated[Optional[Family], typer.Option("--family", help="Which families to search.",
                                                      show_default=RUN_DEFAULTS["family"])] = None,
     trials: Annotated[Optional[int], typer.Option(
-        "--trials", min=1, help="Completed trials per family the study ends with, across restarts.",
+        "--trials", help="Completed trials per family the study ends with, across restarts.",
         show_default=str(RUN_DEFAULTS["trials"]))] = None,
     epochs: EpochsOpt = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Study name.",
@@ -420,7 +420,7 @@ def train(
     download: DownloadOpt = None,
     augment: AugmentOpt = None,
     train_size: Annotated[Optional[int], typer.Option(
-        "--train-size", min=0, help="Train on only N images (validation and test are unchanged); 0 = all.",
+        "--train-size", help="Train on only N images (validation and test are unchanged); 0 = all.",
         show_default="0")] = None,
     epochs: EpochsOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initialisation and the batch order.",
@@ -490,7 +490,9 @@ def main() -> None:
     except TyperException as e:  # option parsing: unknown option, missing value, wrong type
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "hgsearch"
-        err.print(f"error: {e.format_message()} (see {where} --help)", highlight=False, markup=False,
+        # Typer words a bad choice "Value error, 'x' is not one of ...": the prefix says nothing.
+        message = e.format_message().replace("Value error, ", "")
+        err.print(f"error: {message} (see {where} --help)", highlight=False, markup=False,
                   soft_wrap=True)
         sys.exit(e.exit_code)
     sys.exit(code or 0)

@@ -73,8 +73,9 @@ def find_study(study: str | None, storage: str | None, results_dir: str | Path) 
         return (*locate_study(study, storage, results_dir), None)
     names = sorted(p.parent.name for p in Path(results_dir).glob("*/study.db"))
     if not names:
-        raise UsageError(f"no study found under {results_dir}/: run `hgsearch run --budget ...` first, "
-                         "or pass --results-dir")
+        named = f"no study {study!r}" if study else "no study"
+        raise UsageError(f"{named} under {results_dir}/: there is none there yet; check --results-dir, or "
+                         "run `hgsearch run --budget ...` first")
     if study is not None and study not in names:
         raise UsageError(f"no study {study!r} under {results_dir}/: the studies there are {', '.join(names)}")
     name, out_dir, url = locate_study(study, storage, results_dir)
