@@ -48,6 +48,7 @@ class PlainProgress:
         self.epoch_every = epoch_every
         self.done: dict[str, int] = {}
         self.last_line: dict[Any, float] = {}  # per worker: when its trial last printed
+        self.steps: dict[Any, int] = {}  # per worker: steps per epoch of its current trial
 
     def __enter__(self) -> "PlainProgress":
         return self
@@ -77,6 +78,7 @@ class PlainProgress:
             self._line(f"start {info['family']} #{info['number']}: LxWxd_h {s.depth}x{s.width}x{s.bottleneck}, "
                        f"{s.params:,} params, lr {info['lr']:.2e}{again}", w)
         elif event == "progress":
+            self.steps[w] = info["steps"]
             if info["step"] == info["steps"] and time.monotonic() - self.last_line.get(w, 0) >= self.epoch_every:
                 self._line(f"  {info['family']} epoch {info['epoch'] + 1}/{info['epochs']}: "
                            f"train loss {info['loss']:.5f}", w)
@@ -85,8 +87,10 @@ class PlainProgress:
             if info["reason"] is None:
                 self.done[fam] = self.done.get(fam, 0) + 1
                 a = t.user_attrs
+                steps = f" of {plural(self.steps[w], 'step')}" if w in self.steps else ""
                 self._line(f"done {fam} #{t.number}: val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, "
-                           f"{a['seconds']:.1f} s ({fam} {self.done[fam]}/{self.target})", w)
+                           f"{plural(a['epochs'], 'epoch')}{steps} in {a['seconds']:.1f} s "
+                           f"({fam} {self.done[fam]}/{self.target})", w)
             else:
                 self._line(f"failed {fam} #{t.number}: {info['reason']}", w)
 

@@ -148,7 +148,7 @@ def test_redirected_run_prints_plain_lines(logged_run):
     starts = [ln for ln in lines if re.fullmatch(r"\d\d:\d\d:\d\d start (hourglass|conventional) #\d: LxWxd_h "
                                                  r"\d+x\d+x\d+, [\d,]+ params, lr \d\.\d\de-\d\d", ln)]
     ends = [ln for ln in lines if re.fullmatch(r"\d\d:\d\d:\d\d done (hourglass|conventional) #\d: val [\d.]+ dB, "
-                                               r"test [\d.]+ dB, [\d.]+ s \(\w+ \d/2\)", ln)]
+                                               r"test [\d.]+ dB, 1 epoch of 4 steps in [\d.]+ s \(\w+ \d/2\)", ln)]
     assert len(starts) == len(ends) == 4
     assert "\x1b" not in res.stdout and "\r" not in res.stdout and "ETA" not in res.stdout  # no live panel
     title = next(i for i, ln in enumerate(lines) if "Pareto frontiers" in ln)
