@@ -10,27 +10,30 @@ from pathlib import Path
 from typing import Any
 
 from hgsearch.errors import UsageError
-from hgsearch.models import FAMILIES
+from hgsearch.names import AUGMENTS, DEVICES, FAMILIES, FAMILY_CHOICES, TASKS
 from hgsearch.space import SpaceConfig
-from hgsearch.tasks import AUGMENTS, TASKS
 
-FAMILY_CHOICES = (*FAMILIES, "both")
-DEVICES = ("auto", "cpu", "cuda")
-
-_BUDGET = re.compile(r"^\s*(\d[\d_,]*(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
-_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-_BUDGET_HINT = "write it like 500K, 5M, 1.5M or 2500000"
+# A number as people write it: digits, with commas (or underscores) only between groups of three
+# ("5,000,000"), an optional decimal part and either an exponent ("5e6") or a K/M/G suffix.
+_BUDGET = re.compile(r"^\s*(\d{1,3}(?:,\d{3})+|\d{1,3}(?:_\d{3})+|\d+)(\.\d+)?"
+                     r"(?:([eE][+-]?\d+)|\s*([kKmMgG]))?\s*$")
+_SCALE = {None: 1, "k": 10**3, "m": 10**6, "g": 10**9}
+_BUDGET_HINT = "write it like 500K, 5M, 1.5M, 5e6, 2500000 or 2,500,000"
 
 
 def parse_budget(text: str | int) -> int:
-    """'500K', '5M', '1.5M', '2500000' -> parameter count; anything else is a UsageError."""
+    """'500K', '5M', '1.5M', '5e6', '2500000', '2,500,000' -> parameter count; else a UsageError."""
     if isinstance(text, int) and not isinstance(text, bool):
         text = str(text)
     m = _BUDGET.match(str(text))
     if not m:
-        raise UsageError(f"invalid budget {text!r}: {_BUDGET_HINT}")
+        why = (" (commas only separate thousands, as in 5,000,000; 1.5 million is 1.5M)"
+               if "," in str(text) else "")
+        raise UsageError(f"invalid budget {text!r}{why}: {_BUDGET_HINT}")
+    digits, decimals, exponent, suffix = m.groups()
     try:
-        value = Decimal(m.group(1).replace("_", "").replace(",", "")) * _SCALE[m.group(2).lower()]
+        value = Decimal(digits.replace("_", "").replace(",", "") + (decimals or "") + (exponent or ""))
+        value *= _SCALE[suffix.lower() if suffix else None]
     except InvalidOperation:
         raise UsageError(f"invalid budget {text!r}: {_BUDGET_HINT}") from None
     if value != value.to_integral_value():

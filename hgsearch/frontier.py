@@ -18,7 +18,7 @@ from hgsearch.models import FAMILIES
 from hgsearch.record import CONFIG_ATTRS, RESULT_ATTRS
 from hgsearch.storage import SETTINGS_KEY, family_study_name, first_line, make_storage, safe_url
 
-# The columns of a trial row (meanings: docs/columns.md); a row alone is enough to rebuild and retrain
+# The columns of a trial row (meanings: README, "Reading the results"); a row alone is enough to rebuild and retrain
 # its model (record.TrialRecord.from_row). family + trial is a row's unique key.
 COLUMNS = ["family", "params", "trainable_params", "psnr_test", "psnr_val", "train_loss", "depth", "width",
            "bottleneck", "lr", "fixed_win", "trial", "retry_of", "d_in", "d_out", "epochs", "seed", "seconds"]
