@@ -75,7 +75,7 @@ def main() -> None:
     rng = random.Random(0)
     orders = {f: [rng.sample(range(len(v)), len(v)) for _ in range(args.orders)] for f, v in families.items()}
     grid = [("none", 1, 0.0, 4)] + list(itertools.product(
-        ("pareto-asha", "psnr-bins"), (1, 2, 3), (0.0, 0.1, 0.25, 0.5), (2, 4)))
+        ("pareto-asha", "psnr-bins"), (1, 2, 3), (0.0, 0.1, 0.25, 0.5), (2, 3, 4)))
     for rule, min_epochs, margin, min_peers in grid:
         pruner = Pruner(rule, min_epochs, 3, max_epochs, margin, min_peers)
         spent = kept = whole = best_kept = 0

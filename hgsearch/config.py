@@ -81,8 +81,8 @@ class RunConfig:
     pruning: str = "none"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.pruning)
     min_epochs: int = 1  # first rung; rungs are min_epochs * reduction_factor^k below --epochs
     reduction_factor: int = 3  # about 1 in reduction_factor trials passes each rung
-    prune_margin: float = 0.1  # dB a no-larger peer must lead by before a trial can be stopped
-    prune_min_peers: int = 4  # a rung decides nothing until this many same-family trials reached it
+    prune_margin: float = 0.5  # dB a no-larger peer must lead by before a trial can be stopped
+    prune_min_peers: int = 3  # a rung decides nothing until this many same-family trials reached it
     epoch_eval_size: int = 2048  # validation images scored after every epoch (0 = all); finals use all
     space: SpaceConfig = field(default_factory=SpaceConfig)
 

@@ -87,8 +87,8 @@ class Pruner:
     min_epochs: int = 1
     reduction_factor: int = 3
     max_epochs: int = 9
-    margin: float = 0.1  # dB: a peer must beat the trial by more than this (evaluation noise + slack)
-    min_peers: int = 4  # never stop a trial at a rung with fewer recorded peers of its family
+    margin: float = 0.5  # dB a no-larger peer must lead by: covers curve crossings, not just eval noise
+    min_peers: int = 3  # never stop a trial at a rung with fewer recorded peers of its family
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
