@@ -53,7 +53,8 @@ def main() -> None:
                     wide_flips += flip
         full_epoch = epoch_s * args.full_train / args.train_size
         print(f"| {n or 'all'} | {diff.mean():+.3f} | {dev.std():.3f} | {dev.abs().max():.3f} "
-              f"| {flips}/{len(gaps)} | {wide_flips}/{wide} | {secs:.3f} | {secs / epoch_s:.0%} | {secs / full_epoch:.1%} |")
+              f"| {flips}/{len(gaps)} | {wide_flips}/{wide} | {secs:.3f} | {secs / epoch_s:.0%} "
+              f"| {secs / full_epoch:.1%} |")
 
 
 if __name__ == "__main__":

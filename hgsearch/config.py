@@ -102,7 +102,8 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.pruning not in PRUNING_RULES:
             raise UsageError(f"unknown pruning {self.pruning!r}: use one of {', '.join(PRUNING_RULES)}")
-        for name, low in (("min_epochs", 1), ("reduction_factor", 2), ("prune_min_peers", 1), ("epoch_eval_size", 0)):
+        for name, low in (("min_epochs", 1), ("reduction_factor", 2), ("prune_min_peers", 1),
+                          ("epoch_eval_size", 0)):
             if int(getattr(self, name)) < low:
                 raise UsageError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if not self.prune_margin >= 0:

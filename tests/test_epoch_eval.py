@@ -33,7 +33,8 @@ def test_a_subset_is_the_first_rows_and_is_scored_on_its_own(data):
     assert epoch_eval_split(data.val, 0) is data.val and epoch_eval_split(data.val, 10**6) is data.val
     spec = ArchSpec("conventional", data.d_in, data.d_out, 144, 200, 1)
     seen = []
-    _, res = train(spec, data, lr=1e-3, epochs=1, epoch_eval=sub, on_epoch_end=lambda s: seen.append(s["psnr_val_epoch"]))
+    _, res = train(spec, data, lr=1e-3, epochs=1, epoch_eval=sub,
+                   on_epoch_end=lambda s: seen.append(s["psnr_val_epoch"]))
     assert seen[0] != res.psnr_val  # 32 of the 100 validation images score differently
 
 
