@@ -11,6 +11,7 @@ from typing import Any
 
 from hgsearch.errors import UsageError
 from hgsearch.names import AUGMENTS, DEVICES, FAMILIES, FAMILY_CHOICES, TASKS
+from hgsearch.pruning import RULES as PRUNING_RULES
 from hgsearch.space import SpaceConfig
 
 # A number as people write it: digits, with commas (or underscores) only between groups of three
@@ -81,6 +82,12 @@ class RunConfig:
     batch_size: int = 128
     val_size: int = 10_000  # carved from the training set with a fixed seed, at most a sixth of it
     noise_sigma: float = 0.25
+    pruning: str = "none"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.pruning)
+    min_epochs: int = 1  # first rung; rungs are min_epochs * reduction_factor^k below --epochs
+    reduction_factor: int = 3  # about 1 in reduction_factor trials passes each rung
+    prune_margin: float = 0.5  # dB a no-larger peer must lead by before a trial can be stopped
+    prune_min_peers: int = 3  # a rung decides nothing until this many same-family trials reached it
+    epoch_eval_size: int = 2048  # validation images scored after every epoch (0 = all); finals use all
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:
@@ -99,6 +106,14 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.storage_retry_seconds >= 0:
             raise UsageError(f"storage_retry_seconds must be 0 or more, got {self.storage_retry_seconds}")
+        if self.pruning not in PRUNING_RULES:
+            raise UsageError(f"unknown pruning {self.pruning!r}: use one of {', '.join(PRUNING_RULES)}")
+        for name, low in (("min_epochs", 1), ("reduction_factor", 2), ("prune_min_peers", 1),
+                          ("epoch_eval_size", 0)):
+            if int(getattr(self, name)) < low:
+                raise UsageError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if not self.prune_margin >= 0:
+            raise UsageError(f"prune_margin must be 0 or more dB, got {self.prune_margin}")
         if not 0 <= self.noise_sigma < 10:
             raise UsageError(f"noise_sigma must be in [0, 10), got {self.noise_sigma}")
         if self.budget < 0:

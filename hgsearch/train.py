@@ -82,6 +82,17 @@ def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 128) -> flo
     return total.item() / len(split.inputs)  # one device sync per split, not one per batch
 
 
+def epoch_eval_split(split: Split, n: int) -> Split:
+    """The first n rows of a split (all of it when n is 0 or larger): a fixed per-epoch evaluation set.
+
+    The validation split is already a seeded random draw, so its first n rows are a fixed random
+    subset that every trial of every study shares.
+    """
+    if n <= 0 or n >= split.inputs.shape[0]:
+        return split
+    return Split(split.inputs[:n], split.targets[:n])
+
+
 def _db(mse: torch.Tensor) -> torch.Tensor:
     """10 log10(1 / mse) in float64, with the MSE floored at 1e-20 (a perfect batch stays finite)."""
     return -10.0 * torch.log10(mse.double().clamp_min(1e-20))
@@ -101,6 +112,7 @@ def train(
     report_every: int = 50,
     resume: dict[str, Any] | None = None,
     on_epoch_end: EpochEnd | None = None,
+    epoch_eval: Split | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train one configuration and evaluate it; raises TrialFailed on a non-finite loss or OOM.
 
@@ -108,6 +120,10 @@ def train(
     (model, optimizer and RNG state, epoch, step, loss) that `resume=state` continues from, giving the
     same result as an uninterrupted run: it is what per-epoch checkpoints save. Its tensors are the
     live ones (no copy on the hot path), so write or copy them before returning.
+
+    epoch_eval (e.g. `epoch_eval_split(data.val, n)`) adds "psnr_val_epoch", the PSNR on that split
+    after the epoch, to the state: the learning curve early stopping decides on. The returned
+    psnr_val/psnr_test are always on the full splits.
     """
     if (spec.d_in, spec.d_out) != (data.d_in, data.d_out):
         raise UsageError(f"model is {spec.d_in}->{spec.d_out} but the task is {data.d_in}->{data.d_out}")
@@ -160,9 +176,12 @@ def train(
             if progress is not None:
                 progress(epoch, steps_per_epoch, steps_per_epoch, loss_mean)
             if on_epoch_end is not None:
-                on_epoch_end({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                              "generator": gen.get_state(), "epoch": epoch + 1, "step": step,
-                              "loss": loss_mean, "seconds": time.perf_counter() - t0})
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "generator": gen.get_state(), "epoch": epoch + 1, "step": step,
+                         "loss": loss_mean, "seconds": time.perf_counter() - t0}
+                if epoch_eval is not None:
+                    state["psnr_val_epoch"] = evaluate(model, epoch_eval, batch_size)
+                on_epoch_end(state)
         psnr_val = evaluate(model, data.val, batch_size)
         psnr_test = evaluate(model, data.test, batch_size)
     except torch.OutOfMemoryError:
