@@ -66,6 +66,9 @@ def run(
     config: Optional[Path] = ConfigOpt,
     workers: int = typer.Option(1, "--workers", help="Worker processes on this machine for this one study "
                                 "(GPUs round-robin, else the CPU cores shared)."),
+    pack_size: Optional[int] = typer.Option(None, "--pack-size", help="Trials trained at once as one pack: 0 = as "
+                                            "many as the GPU holds (one at a time on a CPU), 1 = one at a time "
+                                            "[default: 0]."),
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
     from hgsearch.stop import stop_on_signals
@@ -77,7 +80,7 @@ def run(
     cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
                       download=download, augment=augment, train_size=train_size, family=family, trials=trials,
                       epochs=epochs, study=study, storage=storage, seed=seed, device=device, fixed_win=fixed_win,
-                      results_dir=results_dir)
+                      results_dir=results_dir, pack_size=pack_size)
     out.print(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
               f"({cfg.budget:,}), {cfg.trials} trials per family, {cfg.epochs} epochs each")
     try:

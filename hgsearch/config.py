@@ -77,6 +77,7 @@ class RunConfig:
     batch_size: int = 128
     val_size: int = 10_000  # carved from the training set with a fixed seed, at most a sixth of it
     noise_sigma: float = 0.25
+    pack_size: int = 0  # trials trained at once as one pack: 0 = as many as fit on CUDA, serial on a CPU; 1 = serial
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:
@@ -93,6 +94,8 @@ class RunConfig:
         for name in ("trials", "epochs", "batch_size", "val_size"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.pack_size < 0:
+            raise UsageError(f"--pack-size must be 0 (auto), 1 (one trial at a time) or more, got {self.pack_size}")
         if not 0 <= self.noise_sigma < 10:
             raise UsageError(f"noise_sigma must be in [0, 10), got {self.noise_sigma}")
         if self.budget < 0:
