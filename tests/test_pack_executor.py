@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import signal
 from pathlib import Path
 
@@ -173,3 +174,25 @@ def test_sigint_then_sigkill_mid_pack_then_resume(tiny_idx, tmp_path):
         rec = TrialRecord.from_attrs(t.user_attrs)
         alone = train(rec.spec, data, lr=rec.lr, epochs=2, seed=3)[1]
         assert t.user_attrs["psnr_val"] == pytest.approx(alone.psnr_val, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_gpu_search_bench_quick_runs_on_cpu(tmp_path):
+    """bench/gpu_search.py --quick: both searches run (serial under a short time cap), the packed one
+    ends with exact counts and agrees with serial on the configurations both completed."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_search.py"), "--quick", "--serial-seconds", "3",
+                          "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    packed, serial = res["rows"]
+    assert "error" not in packed and "error" not in serial
+    assert packed["exact_counts"] and packed["complete"] == 6 and packed["trials_per_hour"] > 0
+    assert serial["complete"] >= 1 and res["agreement"]["compared"] >= 1
+    assert res["agreement"]["max_abs_dpsnr_val"] < 1e-3
