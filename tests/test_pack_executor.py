@@ -186,12 +186,13 @@ def test_gpu_search_bench_quick_runs_on_cpu(tmp_path):
 
     from tests.conftest import REPO
 
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_search.py"), "--quick", "--serial-seconds", "3",
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_search.py"), "--quick", "--serial-seconds", "60",
                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     res = json.loads((tmp_path / "r.json").read_text())
-    packed, serial = res["rows"]
+    serial, packed = res["rows"]
+    assert (serial["search"], packed["search"]) == ("serial", "packed")
     assert "error" not in packed and "error" not in serial
     assert packed["exact_counts"] and packed["complete"] == 6 and packed["trials_per_hour"] > 0
     assert serial["complete"] >= 1 and res["agreement"]["compared"] >= 1
