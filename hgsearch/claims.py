@@ -155,8 +155,12 @@ def _who(worker: Any) -> str:
     return f"{worker.get('host')}:{worker.get('pid')}" if isinstance(worker, dict) else "(unknown)"
 
 
-def ask(study: optuna.Study) -> optuna.Trial:
+def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> optuna.Trial:
     """study.ask() (a queued retry first, else a new trial) that records this worker on the trial.
+
+    sampler_for(trial number) gives the sampler that samples it: seeded by the trial's own number,
+    unique in the study, workers that ask at the same moment (as after a database outage, which
+    releases them together) never draw the same configuration.
 
     A new trial is created with its worker attribute in the same transaction (Optuna's own
     create_new_trial with a template), so no kill can leave a RUNNING trial that nobody can tell
@@ -169,6 +173,8 @@ def ask(study: optuna.Study) -> optuna.Trial:
     else:
         seam.storage(study).set_trial_user_attr(trial_id, WORKER_ATTR, this_worker())
     seam.forget_cached_trials(study)
+    if sampler_for is not None:
+        study.sampler = sampler_for(seam.storage(study).get_trial_number_from_id(trial_id))
     return optuna.Trial(study, trial_id)
 
 
@@ -196,8 +202,7 @@ def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) 
             return None
         if active >= cfg.trials and not waiting:
             return WAIT
-        study.sampler = make_sampler(cfg, family, len(trials))
-        trial = ask(study)
+        trial = ask(study, lambda number: make_sampler(cfg, family, number))
         try:
             trials = study.get_trials(deepcopy=False)
             active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials)

@@ -2,110 +2,243 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from typer.exceptions import Abort, TyperException
 from rich.console import Console
+from typer.exceptions import Abort, TyperException
 
-from hgsearch.errors import HgsearchError
+from hgsearch import __version__
+from hgsearch.data import DATASETS
+from hgsearch.errors import HgsearchError, UsageError
+from hgsearch.names import AUGMENTS, DEVICES, FAMILIES, FAMILY_CHOICES, TASKS
 
-# Library modules are imported inside the commands: they pull in torch and Optuna (about 2 s), which
-# `--help` and option errors do not need.
+# Library modules that pull in torch and Optuna (about 2 s) are imported inside the commands: `--help`
+# and option errors do not need them. The choice lists come from hgsearch.names, which imports nothing.
 
 app = typer.Typer(
     help="Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget.",
     pretty_exceptions_show_locals=False,
     no_args_is_help=True,
-    add_completion=False,
+    # Plain Click help: rich markup would eat the square brackets of "[default: ...]" and "[run]".
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
 err = Console(stderr=True)
 
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of the library's own list, so --help and validation cannot drift from the code."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Task = _choices("Task", TASKS)
+Dataset = _choices("Dataset", DATASETS)
+Augment = _choices("Augment", AUGMENTS)
+Device = _choices("Device", DEVICES)
+Family = _choices("Family", FAMILY_CHOICES)
+OneFamily = _choices("OneFamily", FAMILIES)
+
+# RunConfig's defaults, shown in --help. The options themselves default to None ("take the config
+# file's value, else RunConfig's"); tests/test_cli_usability.py checks these against RunConfig().
+RUN_DEFAULTS: dict[str, Any] = {"task": "superres", "dataset": "fashion-mnist", "augment": "none", "train_size": 0,
+                                "family": "both", "trials": 20, "epochs": 2, "seed": 0, "device": "auto",
+                                "fixed_win": False, "results_dir": "results", "download": False}
+# train's default peak lr: the log-midpoint of the default search range (space.SpaceConfig.lr, 5e-5 to
+# 5e-3), i.e. the value the search centres on; a test checks it against SpaceConfig.
+TRAIN_LR = 5e-4
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
+def _version(show: bool) -> None:
+    if show:
+        print(f"hgsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print hgsearch's version and exit.")] = False) -> None:
+    """Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget."""
+
+
 # Options shared by `run` and `train`; None means "take the config file's or the default value".
-TaskOpt = typer.Option(None, "--task", help="denoise | superres | classify [default: superres]")
-DatasetOpt = typer.Option(None, "--dataset", help="fashion-mnist | mnist | cifar10 | imagenet32 | idx [default: fashion-mnist]")
-DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the dataset's files.")
-DownloadOpt = typer.Option(None, "--download/--no-download", help="Fetch a dataset found nowhere locally from its "
-                           "canonical source, md5-verified, into --data-dir or the cache [default: no].")
-TrainSizeOpt = typer.Option(None, "--train-size", help="Train on only N images (validation is unchanged), e.g. "
-                            "for a quick look at a large dataset; part of the study [default: 0 = all].")
-AugmentOpt = typer.Option(None, "--augment", help="none | flips: the paper's flip augmentation x4 (each image also "
-                          "flipped left-right, up-down and both; 4x the steps per epoch) [default: none].")
-EpochsOpt = typer.Option(None, "--epochs", help="Epochs per trial [default: 2; the paper uses 50].")
-SeedOpt = typer.Option(None, "--seed", help="Seed of the sampler and of each trial's initialisation [default: 0].")
-DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto].")
-WinOpt = typer.Option(None, "--fixed-win/--trained-win", help="Keep W_in fixed at its random init [default: trained].")
-ConfigOpt = typer.Option(None, "--config", help="TOML file with [run] and [space] tables (see configs/default.toml).")
-ResultsOpt = typer.Option(None, "--results-dir", help="Where studies and their files live [default: results].")
+TaskOpt = Annotated[Optional[Task], typer.Option(
+    "--task", help="What the models learn: x2 super-resolution, denoising or generative classification.",
+    show_default=RUN_DEFAULTS["task"])]
+DatasetOpt = Annotated[Optional[Dataset], typer.Option(
+    "--dataset", help="Which dataset (idx: any set of MNIST-format files in --data-dir).",
+    show_default=RUN_DEFAULTS["dataset"])]
+DataDirOpt = Annotated[Optional[str], typer.Option(
+    "--data-dir", help="Directory holding the dataset's files.",
+    show_default="look in $HGSEARCH_DATA_DIR, system locations, the cache")]
+DownloadOpt = Annotated[Optional[bool], typer.Option(
+    "--download/--no-download", help="Fetch a dataset found nowhere locally from its canonical source, "
+    "md5-verified, into --data-dir or the cache.", show_default="--no-download")]
+AugmentOpt = Annotated[Optional[Augment], typer.Option(
+    "--augment", help="flips: the paper's flip augmentation x4 (each image also flipped left-right, up-down "
+    "and both; 4x the steps per epoch).", show_default=RUN_DEFAULTS["augment"])]
+EpochsOpt = Annotated[Optional[int], typer.Option(
+    "--epochs", help="Epochs of training (the paper uses 50).", show_default=str(RUN_DEFAULTS["epochs"]))]
+DeviceOpt = Annotated[Optional[Device], typer.Option(
+    "--device", help="auto: CUDA when PyTorch sees one, else the CPU.", show_default=RUN_DEFAULTS["device"])]
+WinOpt = Annotated[Optional[bool], typer.Option(
+    "--fixed-win/--trained-win", help="Keep W_in fixed at its random initialisation, or train it.",
+    show_default="--trained-win")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="TOML file with [run] and [space] tables (see configs/default.toml); options given "
+    "on the command line override it.", show_default="none")]
 
 
 @app.command()
 def run(
-    budget: str = typer.Option(..., "--budget", help="Parameter budget: 500K, 5M, 1.5M or 2500000."),
-    task: Optional[str] = TaskOpt,
-    dataset: Optional[str] = DatasetOpt,
-    data_dir: Optional[str] = DataDirOpt,
-    download: Optional[bool] = DownloadOpt,
-    augment: Optional[str] = AugmentOpt,
-    train_size: Optional[int] = TrainSizeOpt,
-    family: Optional[str] = typer.Option(None, "--family", help="hourglass | conventional | both [default: both]"),
-    trials: Optional[int] = typer.Option(None, "--trials", help="Completed trials per family, across restarts [default: 20]."),
-    epochs: Optional[int] = EpochsOpt,
-    study: Optional[str] = typer.Option(None, "--study", help="Study name [default: <task>-<dataset>-<budget>]."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL [default: sqlite:///results/<study>/study.db]."),
-    seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt,
-    fixed_win: Optional[bool] = WinOpt,
-    results_dir: Optional[str] = ResultsOpt,
-    config: Optional[Path] = ConfigOpt,
-    workers: int = typer.Option(1, "--workers", help="Worker processes on this machine for this one study "
-                                "(GPUs round-robin, else the CPU cores shared)."),
-    pack_size: Optional[int] = typer.Option(None, "--pack-size", help="Trials trained at once as one pack: 0 = as "
-                                            "many as the GPU holds (one at a time on a CPU), 1 = one at a time "
-                                            "[default: 0]."),
+    budget: Annotated[str, typer.Option("--budget", help="Parameter budget: 500K, 5M, 1.5M, 5e6, 2500000 or "
+                                        "2,500,000.", show_default=False)],
+    task: TaskOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    augment: AugmentOpt = None,
+    train_size: Annotated[Optional[int], typer.Option(
+        "--train-size", help="Train on only N images (validation is unchanged), e.g. for a quick look "
+        "at a large dataset; part of the study's identity; 0 = all.", show_default="0")] = None,
+    family: Annotated[Optional[Family], typer.Option("--family", help="Which families to search.",
+                                                     show_default=RUN_DEFAULTS["family"])] = None,
+    trials: Annotated[Optional[int], typer.Option(
+        "--trials", help="Completed trials per family the study ends with, across restarts.",
+        show_default=str(RUN_DEFAULTS["trials"]))] = None,
+    epochs: EpochsOpt = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name.",
+                                                 show_default="<task>-<dataset>-<budget>")] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        "--storage", help="Optuna RDB URL (e.g. postgresql://user@host/db for many hosts).",
+        show_default="sqlite:///<results-dir>/<study>/study.db")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampler and of each trial's "
+                                                "initialisation.", show_default=str(RUN_DEFAULTS["seed"]))] = None,
+    device: DeviceOpt = None,
+    fixed_win: WinOpt = None,
+    results_dir: Annotated[Optional[str], typer.Option(
+        "--results-dir", help="Where studies and their files live.", show_default=RUN_DEFAULTS["results_dir"])] = None,
+    config: ConfigOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine for this one "
+                                         "study (GPUs round-robin, else the CPU cores shared).")] = 1,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family, "
+        "at most 10), each with its training time per epoch estimated from 3 timed steps here; train "
+        "nothing, write nothing.")] = False,
+    pack_size: Annotated[Optional[int], typer.Option(
+        "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
+        "(one at a time on a CPU), 1 = one at a time.", show_default="0")] = None,
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
+    from hgsearch.config import load_config, parse_budget
     from hgsearch.stop import stop_on_signals
-    from hgsearch.config import format_budget, load_config, parse_budget
-    from hgsearch.display import LiveDisplay, frontier_table
-    from hgsearch.frontier import load_frontier
-    from hgsearch.search import run_search
 
-    cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
-                      download=download, augment=augment, train_size=train_size, family=family, trials=trials,
-                      epochs=epochs, study=study, storage=storage, seed=seed, device=device, fixed_win=fixed_win,
-                      results_dir=results_dir, pack_size=pack_size)
-    out.print(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
-              f"({cfg.budget:,}), {cfg.trials} trials per family, {cfg.epochs} epochs each")
+    cfg = load_config(config, budget=parse_budget(budget), task=_value(task), dataset=_value(dataset),
+                      data_dir=data_dir, download=download, augment=_value(augment), train_size=train_size,
+                      family=_value(family), trials=trials, epochs=epochs, study=study, storage=storage, seed=seed,
+                      device=_value(device), fixed_win=fixed_win, results_dir=results_dir,
+                      pack_size=pack_size)
+    if dry_run:
+        _dry_run(cfg)
+        return
+    from hgsearch.config import format_budget
+    from hgsearch.display import LiveDisplay, PlainProgress, plural
+
+    say(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
+        f"({cfg.budget:,}), {plural(cfg.trials, 'trial')} per family, {plural(cfg.epochs, 'epoch')} each")
+    # A live panel only on a terminal: in a log file (nohup, batch jobs, CI) it would be a garble of
+    # redraws, so there each trial gets plain lines instead.
+    progress = LiveDisplay(out, cfg.trials) if out.is_terminal else PlainProgress(sys.stdout, cfg.trials)
     try:
-        with LiveDisplay(out, cfg.trials) as live:
+        with progress:
             if workers != 1:
                 from hgsearch.workers import run_parallel
 
-                run_parallel(cfg, workers, live)
+                run_parallel(cfg, workers, progress)
             else:
+                from hgsearch.search import run_search
+
                 with stop_on_signals(_stopping):
-                    run_search(cfg, reporter=live)
+                    run_search(cfg, reporter=progress)
     except KeyboardInterrupt as e:
         name = getattr(e, "signame", "SIGINT")
         err.print(f"stopped by {name}; the study is consistent and an unfinished trial is queued to continue "
                   f"from its last epoch. Resume with: {_resume_command()}", highlight=False, markup=False,
                   soft_wrap=True)
         raise typer.Exit(128 + signal.Signals[name].value)
-    out.print(frontier_table(load_frontier(cfg.study_name, cfg.storage_url)))
-    out.print(f"next: hgsearch frontier --study {cfg.study_name} --plot")
+    _closing_table(cfg)
 
 
-StudyOpt = typer.Option(None, "--study", help="Study name [default: the latest under --results-dir].")
-StorageOpt = typer.Option(None, "--storage", help="Optuna RDB URL [default: the study's SQLite file].")
-ResultsDirOpt = typer.Option("results", "--results-dir", help="Where studies and their files live.")
-StudyDataDirOpt = typer.Option(None, "--data-dir", help="The study's dataset directory, if not where `run` found it.")
+def _closing_table(cfg: Any) -> None:
+    """run's last word: each frontier with the task's trivial baseline, and what to do next."""
+    from hgsearch.baselines import baseline
+    from hgsearch.display import frontier_table
+    from hgsearch.frontier import load_frontier
+    from hgsearch.tasks import load_task
+
+    out.print(frontier_table(load_frontier(cfg.study_name, cfg.storage_url), baseline(load_task(cfg))))
+    say(f"next: hgsearch frontier --study {cfg.study_name} --plot")
+
+
+def _dry_run(cfg: Any) -> None:
+    from hgsearch.config import format_budget
+    from hgsearch.display import df_table, plural
+    from hgsearch.preview import TIMED_STEPS, plan
+
+    planned, notes = plan(cfg, cfg.trials)
+    for note in notes:
+        say(f"note: {note}")
+    rows = [{"family": p.family, "trial": p.number, "params": f"{p.spec.params:,}",
+             "LxWxd_h": f"{p.spec.depth}x{p.spec.width}x{p.spec.bottleneck}", "lr": f"{p.lr:.1e}",
+             "s/epoch": f"{p.epoch_seconds:.1f}"} for p in planned]
+    import pandas as pd
+
+    out.print(df_table(pd.DataFrame(rows), f"dry run: the first trials of a new study {cfg.study_name} "
+                       f"(budget {format_budget(cfg.budget)})"))
+    if planned:
+        from hgsearch.tasks import resolve_device
+
+        steps = planned[0].steps_per_epoch
+        total = sum(p.epoch_seconds for p in planned) * cfg.epochs
+        took = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
+        say(f"s/epoch: {plural(steps, 'step')} per epoch x the median of {TIMED_STEPS} timed training steps "
+            f"of each shape on this machine ({resolve_device(cfg.device)}); these {plural(len(planned), 'trial')} "
+            f"would train about {took} at {plural(cfg.epochs, 'epoch')} each (evaluation not included)")
+    say("dry run: nothing was trained or written")
+
+
+def say(text: str) -> None:
+    """A plain line on stdout: no markup, no highlighting, never wrapped (it may go to a log)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """A diagnostic line on stderr, so stdout stays clean for --json and pipes."""
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name.",
+                                                 show_default="the one changed last under --results-dir")]
+StorageOpt = Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB URL.",
+                                                   show_default="the study's SQLite file")]
+ResultsDirOpt = Annotated[str, typer.Option("--results-dir", help="Where studies and their files live.")]
+StudyDataDirOpt = Annotated[Optional[str], typer.Option(
+    "--data-dir", help="The study's dataset directory, if not where `run` found it.",
+    show_default="where `run` found it")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same data as JSON on stdout (messages go to "
+                                       "stderr).")]
 
 
 def _stopping(signame: str) -> None:
@@ -128,132 +261,231 @@ def _resume_command() -> str:
     return shlex.join(["hgsearch", *map(masked, sys.argv[1:])])
 
 
+def _find(study: str | None, storage: str | None, results_dir: str) -> tuple[str, Path, str]:
+    """Locate the study; when none was named, say on stderr which one was picked."""
+    from hgsearch.studies import find_study
+
+    name, out_dir, url, picked = find_study(study, storage, results_dir)
+    if picked:
+        note(f"using {picked}")
+    return name, out_dir, url
+
+
 @app.command()
 def frontier(
-    study: Optional[str] = StudyOpt,
-    storage: Optional[str] = StorageOpt,
-    results_dir: str = ResultsDirOpt,
-    plot: bool = typer.Option(False, "--plot", help="Also draw frontier and scaling figures (PNG and SVG)."),
-    data_dir: Optional[str] = StudyDataDirOpt,
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    results_dir: ResultsDirOpt = "results",
+    plot: Annotated[bool, typer.Option("--plot", help="Also draw frontier and scaling figures (PNG and SVG); "
+                                       "without it, figures of an earlier --plot are removed (they would be "
+                                       "stale).")] = False,
+    data_dir: StudyDataDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compare the families (hypervolume, domination, gap per budget) and write frontier.csv, trials.csv
     and summary.json (and figures with --plot) for a study."""
-    from hgsearch.display import analysis_tables
-    from hgsearch.frontier import locate_study
-    from hgsearch.report import analyze, write_outputs
+    from hgsearch.display import analysis_tables, comparison_notes
+    from hgsearch.report import analyze, summary, write_outputs
+    from hgsearch.studies import remove_figures
 
-    name, out_dir, url = locate_study(study, storage, results_dir)
+    name, out_dir, url = _find(study, storage, results_dir)
     an = analyze(name, url, data_dir=data_dir)
     paths = write_outputs(an, out_dir, plot=plot)
-    for table in analysis_tables(an):
-        out.print(table)
-    if an.baseline_note:
-        out.print(f"[yellow]note:[/] {an.baseline_note}")
+    gone = [] if plot else remove_figures(out_dir)
+    tell = note if as_json else say
+    if as_json:
+        print(json.dumps(summary(an), indent=2))
+    else:
+        for table in analysis_tables(an):
+            out.print(table)
+        for line in comparison_notes(an):
+            say(f"note: {line}")
+        if an.baseline_note:
+            say(f"note: {an.baseline_note}")
     for p in paths:
-        out.print(f"wrote {p}")
+        tell(f"wrote {p}")
+    if gone:
+        tell(f"removed {', '.join(p.name for p in gone)} of an earlier --plot (stale beside the new CSVs); "
+             "run with --plot to draw them again")
 
 
 @app.command()
-def show(study: Optional[str] = StudyOpt, storage: Optional[str] = StorageOpt,
-         results_dir: str = ResultsDirOpt) -> None:
-    """A study's state: completed, running and failed trials per family, best PSNR, hours spent."""
-    from hgsearch.display import state_table
-    from hgsearch.frontier import locate_study, study_state
+def show(study: StudyOpt = None, storage: StorageOpt = None, results_dir: ResultsDirOpt = "results",
+         as_json: JsonOpt = False) -> None:
+    """A study's state: completed, running and failed trials per family, best PSNR, hours spent. Without
+    --study and with several studies under --results-dir, a list of them."""
+    from hgsearch.frontier import study_state
+    from hgsearch.studies import list_studies
 
-    name, _, url = locate_study(study, storage, results_dir)
-    out.print(state_table(name, study_state(name, url)))
+    if study is None and storage is None:
+        studies = list_studies(results_dir)
+        if len(studies) > 1:
+            _study_list(studies, results_dir, as_json)
+            return
+    name, _, url = _find(study, storage, results_dir)
+    state = study_state(name, url)
+    if as_json:
+        print(json.dumps({"study": name, "families": json.loads(state.to_json(orient="records"))}, indent=2))
+    else:
+        from hgsearch.display import state_table
+
+        out.print(state_table(name, state))
+
+
+def _study_list(studies: list, results_dir: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([s.to_dict() for s in studies], indent=2))
+        return
+    import pandas as pd
+
+    from hgsearch.config import format_budget
+    from hgsearch.display import df_table
+
+    rows = [{"study": s.name, "task": s.task or "-", "dataset": s.dataset or "-",
+             "budget": format_budget(s.budget) if s.budget else "-",
+             "trials done": ", ".join(f"{f} {n}" for f, n in s.done.items()) or "0",
+             "last change": s.changed.strftime("%Y-%m-%d %H:%M")} for s in studies]
+    out.print(df_table(pd.DataFrame(rows), f"studies under {results_dir}/ (last changed last)"))
+    say("pass --study NAME to see one")
 
 
 @app.command()
 def confirm(
-    seeds: int = typer.Option(..., "--seeds", help="Seeds per frontier point (the search's run is the first)."),
-    study: Optional[str] = StudyOpt,
-    storage: Optional[str] = StorageOpt,
-    results_dir: str = ResultsDirOpt,
-    data_dir: Optional[str] = StudyDataDirOpt,
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per frontier point (the search's run is "
+                                       "the first).", show_default=False)],
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    results_dir: ResultsDirOpt = "results",
+    data_dir: StudyDataDirOpt = None,
+    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
+                      ] = Device("auto"),
 ) -> None:
     """Retrain each frontier configuration with K seeds (kept in the storage; re-running is free) and
     print the frontier on seed means."""
     from hgsearch.confirm import confirm_seeds
-    from hgsearch.frontier import locate_study
+    from hgsearch.display import plural
 
     from hgsearch.events import Event, RunEnd, RunStart, SeedsStart
 
-    def say(ev: Event) -> None:
+    def seed_run(ev: Event) -> None:
         if isinstance(ev, SeedsStart):
-            out.print(f"seed runs go to study {ev.study} in {ev.storage}")
+            say(f"seed runs go to study {ev.study} in {ev.storage}")
         elif isinstance(ev, RunStart):
             r = ev.row
             out.print(f"  [{ev.index + 1}/{ev.total}] {r['family']} #{int(r['trial'])} "
-                      f"({int(r['params']):,} params) seed {ev.seed} ...", end=" ")
+                      f"({int(r['params']):,} params) seed {ev.seed} ...", end=" ", markup=False, highlight=False)
         elif isinstance(ev, RunEnd):
-            out.print(f"failed: {ev.reason}" if ev.reason else
-                      f"val {ev.psnr_val:.2f} dB, test {ev.psnr_test:.2f} dB, {ev.seconds:.1f} s")
+            say(f"failed: {ev.reason}" if ev.reason else
+                f"val {ev.psnr_val:.2f} dB, test {ev.psnr_test:.2f} dB, {ev.seconds:.1f} s")
 
-    name, _, url = locate_study(study, storage, results_dir)
-    front = confirm_seeds(name, url, seeds, data_dir=data_dir, device=device, reporter=say)
-    out.print(f"frontier on seed means: {len(front)} points with {int(front['n_seeds'].min())}+ seeds each")
-    out.print(f"next: hgsearch frontier --study {name} --plot, or hgsearch report --study {name}")
+    name, _, url = _find(study, storage, results_dir)
+    front = confirm_seeds(name, url, seeds, data_dir=data_dir, device=device.value, reporter=seed_run)
+    say(f"frontier on seed means: {plural(len(front), 'point')} with {plural(int(front['n_seeds'].min()), 'seed')}"
+        " or more each")
+    say(f"next: hgsearch frontier --study {name} --plot, or hgsearch report --study {name}")
 
 
 @app.command()
 def report(
-    study: Optional[str] = StudyOpt,
-    storage: Optional[str] = StorageOpt,
-    results_dir: str = ResultsDirOpt,
-    data_dir: Optional[str] = StudyDataDirOpt,
-    samples: bool = typer.Option(True, "--samples/--no-samples",
-                                 help="Sample grids per frontier point (retrains points without saved weights)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    results_dir: ResultsDirOpt = "results",
+    data_dir: StudyDataDirOpt = None,
+    samples: Annotated[bool, typer.Option("--samples/--no-samples", help="Sample grids per frontier point "
+                                          "(retrains points without saved weights).")] = True,
+    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
+                      ] = Device("auto"),
 ) -> None:
     """Write results/<study>/report.html: one self-contained offline page with every figure and table."""
-    from hgsearch.frontier import locate_study
     from hgsearch.report import analyze, write_report
 
-    name, out_dir, url = locate_study(study, storage, results_dir)
-    out.print(f"wrote {write_report(analyze(name, url, data_dir=data_dir, device=device), out_dir, samples=samples)}")
+    name, out_dir, url = _find(study, storage, results_dir)
+    an = analyze(name, url, data_dir=data_dir, device=device.value)
+    say(f"wrote {write_report(an, out_dir, samples=samples)}")
 
 
 @app.command()
 def train(
-    family: str = typer.Option(..., "--family", help="hourglass | conventional"),
-    depth: int = typer.Option(..., "--depth", help="Number of residual blocks L."),
-    bottleneck: int = typer.Option(..., "--bottleneck", help="Inner width d_h of each block."),
-    lr: float = typer.Option(..., "--lr", help="Peak learning rate (decayed linearly to zero)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Stream width d_z [default for conventional: the image size]."),
-    task: Optional[str] = TaskOpt,
-    dataset: Optional[str] = DatasetOpt,
-    data_dir: Optional[str] = DataDirOpt,
-    download: Optional[bool] = DownloadOpt,
-    augment: Optional[str] = AugmentOpt,
-    train_size: Optional[int] = TrainSizeOpt,
-    epochs: Optional[int] = EpochsOpt,
-    seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt,
-    fixed_win: Optional[bool] = WinOpt,
-    config: Optional[Path] = ConfigOpt,
-    save: Optional[Path] = typer.Option(None, "--save", help="Write the trained weights (state_dict) here."),
+    family: Annotated[OneFamily, typer.Option("--family", help="Hourglass (wide stream, narrow branch) or "
+                                              "conventional (stream at the image size, wide branch).",
+                                              show_default=False)],
+    depth: Annotated[int, typer.Option("--depth", min=1, help="Number of residual blocks L.", show_default=False)],
+    bottleneck: Annotated[int, typer.Option("--bottleneck", min=1, help="Inner width d_h of each block's branch: "
+                                            "under --width for hourglass, over it for conventional.",
+                                            show_default=False)],
+    width: Annotated[Optional[int], typer.Option(
+        "--width", min=1, help="Stream width d_z; hourglass needs it wider than the image (784 values on 28x28), "
+        "conventional's is the image size.", show_default="the image size, conventional only")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (decayed "
+                                      "linearly to zero); the default is the middle, on a log scale, of the "
+                                      "search's range 5e-5 to 5e-3.")] = TRAIN_LR,
+    task: TaskOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    augment: AugmentOpt = None,
+    train_size: Annotated[Optional[int], typer.Option(
+        "--train-size", help="Train on only N images (validation and test are unchanged); 0 = all.",
+        show_default="0")] = None,
+    epochs: EpochsOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initialisation and the batch order.",
+                                                show_default=str(RUN_DEFAULTS["seed"]))] = None,
+    device: DeviceOpt = None,
+    fixed_win: WinOpt = None,
+    config: ConfigOpt = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Write the trained weights (state_dict) here.",
+                                                 show_default="not saved")] = None,
 ) -> None:
-    """Train one configuration with the same code a trial uses; print its size, PSNRs and wall time."""
+    """Train one configuration with the same code a trial uses; print its size, PSNRs beside the task's
+    trivial baseline, and wall time."""
+    from hgsearch.baselines import baseline
     from hgsearch.config import load_config
+    from hgsearch.display import plural, psnr_verdict
     from hgsearch.search import train_single
+    from hgsearch.tasks import load_task
 
-    cfg = load_config(config, task=task, dataset=dataset, data_dir=data_dir, download=download, augment=augment,
-                      train_size=train_size, epochs=epochs, seed=seed, device=device, fixed_win=fixed_win)
-    spec, res = train_single(cfg, family=family, width=width, bottleneck=bottleneck, depth=depth, lr=lr, save=save)
-    out.print(f"{spec.family}: width {spec.width}, bottleneck {spec.bottleneck}, depth {spec.depth}, "
-              f"{spec.params:,} parameters ({spec.trainable_params:,} trainable)")
-    out.print(f"validation PSNR {res.psnr_val:.2f} dB, test PSNR {res.psnr_test:.2f} dB, "
-              f"{res.epochs} epochs in {res.seconds:.1f} s")
+    cfg = load_config(config, task=_value(task), dataset=_value(dataset), data_dir=data_dir, download=download,
+                      augment=_value(augment), train_size=train_size, epochs=epochs, seed=seed,
+                      device=_value(device), fixed_win=fixed_win)
+    data = load_task(cfg)
+    spec, res = train_single(cfg, family=family.value, width=width, bottleneck=bottleneck, depth=depth, lr=lr,
+                             save=save, data=data)
+    say(f"{spec.family}: LxWxd_h {spec.depth}x{spec.width}x{spec.bottleneck} (depth, width, bottleneck), "
+        f"{spec.params:,} parameters ({spec.trainable_params:,} trainable), lr {lr:g}")
+    say(f"validation PSNR {res.psnr_val:.2f} dB, test PSNR {res.psnr_test:.2f} dB, "
+        f"{plural(res.epochs, 'epoch')} in {res.seconds:.1f} s{psnr_verdict(res.psnr_val, baseline(data))}")
     if save:
-        out.print(f"wrote {save}")
+        say(f"wrote {save}")
+
+
+_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"}
+
+
+def _flag_given_a_value(args: list[str]) -> UsageError | None:
+    """`--plot true` or `--plot=true`: explain that a flag takes no value (Click's own message does not)."""
+    command = typer.main.get_command(app)
+    sub = getattr(command, "commands", {}).get(args[0]) if args else None
+    if sub is None:
+        return None
+    flags = {opt: p for p in sub.params if getattr(p, "is_flag", False)
+             for opt in (*p.opts, *p.secondary_opts)}
+    for i, arg in enumerate(args):
+        opt, eq, value = arg.partition("=")
+        if opt in flags and (eq or (i + 1 < len(args) and args[i + 1].lower() in _BOOL_WORDS)):
+            p = flags[opt]
+            off = f" and {p.secondary_opts[0]} to turn it off" if p.secondary_opts else " and leave it out to turn it off"
+            return UsageError(f"{opt} is a flag and takes no value: write {p.opts[0]} alone to turn it on{off} "
+                              f"(see hgsearch {args[0]} --help)")
+    return None
 
 
 def main() -> None:
     """Console entry point: every expected failure is one line on stderr and an exit code."""
     args = sys.argv[1:] or ["--help"]
     try:
+        wrong = _flag_given_a_value(args)
+        if wrong:
+            raise wrong
         code = app(args=args, prog_name="hgsearch", standalone_mode=False)
     except HgsearchError as e:
         err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
@@ -262,7 +494,11 @@ def main() -> None:
         err.print("interrupted", highlight=False)
         sys.exit(130)
     except TyperException as e:  # option parsing: unknown option, missing value, wrong type
-        err.print(f"error: {e.format_message()} (see hgsearch --help)", highlight=False, markup=False,
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "hgsearch"
+        # Typer words a bad choice "Value error, 'x' is not one of ...": the prefix says nothing.
+        message = e.format_message().replace("Value error, ", "")
+        err.print(f"error: {message} (see {where} --help)", highlight=False, markup=False,
                   soft_wrap=True)
         sys.exit(e.exit_code)
     sys.exit(code or 0)

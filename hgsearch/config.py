@@ -10,27 +10,30 @@ from pathlib import Path
 from typing import Any
 
 from hgsearch.errors import UsageError
-from hgsearch.models import FAMILIES
+from hgsearch.names import AUGMENTS, DEVICES, FAMILIES, FAMILY_CHOICES, TASKS
 from hgsearch.space import SpaceConfig
-from hgsearch.tasks import AUGMENTS, TASKS
 
-FAMILY_CHOICES = (*FAMILIES, "both")
-DEVICES = ("auto", "cpu", "cuda")
-
-_BUDGET = re.compile(r"^\s*(\d[\d_,]*(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
-_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-_BUDGET_HINT = "write it like 500K, 5M, 1.5M or 2500000"
+# A number as people write it: digits, with commas (or underscores) only between groups of three
+# ("5,000,000"), an optional decimal part and either an exponent ("5e6") or a K/M/G suffix.
+_BUDGET = re.compile(r"^\s*(\d{1,3}(?:,\d{3})+|\d{1,3}(?:_\d{3})+|\d+)(\.\d+)?"
+                     r"(?:([eE][+-]?\d+)|\s*([kKmMgG]))?\s*$")
+_SCALE = {None: 1, "k": 10**3, "m": 10**6, "g": 10**9}
+_BUDGET_HINT = "write it like 500K, 5M, 1.5M, 5e6, 2500000 or 2,500,000"
 
 
 def parse_budget(text: str | int) -> int:
-    """'500K', '5M', '1.5M', '2500000' -> parameter count; anything else is a UsageError."""
+    """'500K', '5M', '1.5M', '5e6', '2500000', '2,500,000' -> parameter count; else a UsageError."""
     if isinstance(text, int) and not isinstance(text, bool):
         text = str(text)
     m = _BUDGET.match(str(text))
     if not m:
-        raise UsageError(f"invalid budget {text!r}: {_BUDGET_HINT}")
+        why = (" (commas only separate thousands, as in 5,000,000; 1.5 million is 1.5M)"
+               if "," in str(text) else "")
+        raise UsageError(f"invalid budget {text!r}{why}: {_BUDGET_HINT}")
+    digits, decimals, exponent, suffix = m.groups()
     try:
-        value = Decimal(m.group(1).replace("_", "").replace(",", "")) * _SCALE[m.group(2).lower()]
+        value = Decimal(digits.replace("_", "").replace(",", "") + (decimals or "") + (exponent or ""))
+        value *= _SCALE[suffix.lower() if suffix else None]
     except InvalidOperation:
         raise UsageError(f"invalid budget {text!r}: {_BUDGET_HINT}") from None
     if value != value.to_integral_value():
@@ -70,6 +73,7 @@ class RunConfig:
     epochs: int = 2  # per trial; small enough for a CPU search, 50 is the paper protocol
     study: str | None = None  # default derived from task, dataset and budget
     storage: str | None = None  # default sqlite:///<results_dir>/<study>/study.db
+    storage_retry_seconds: float = 300.0  # how long a database outage the search waits out before it stops
     results_dir: str = "results"
     seed: int = 0
     device: str = "auto"
@@ -96,6 +100,8 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.pack_size < 0:
             raise UsageError(f"--pack-size must be 0 (auto), 1 (one trial at a time) or more, got {self.pack_size}")
+        if not self.storage_retry_seconds >= 0:
+            raise UsageError(f"storage_retry_seconds must be 0 or more, got {self.storage_retry_seconds}")
         if not 0 <= self.noise_sigma < 10:
             raise UsageError(f"noise_sigma must be in [0, 10), got {self.noise_sigma}")
         if self.budget < 0:

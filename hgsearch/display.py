@@ -4,7 +4,7 @@ and the result tables of `frontier` and `show`."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pandas as pd
 from rich import box
@@ -17,7 +17,81 @@ from hgsearch.events import Event, Note, Progress, Start, TrialEnd, TrialStart
 from hgsearch.frontier import Frontier
 
 if TYPE_CHECKING:
+    from hgsearch.baselines import Baseline
     from hgsearch.report import Analysis
+
+
+def plural(n: int, word: str) -> str:
+    """'1 trial', '2 trials': counts read as English (word is the singular)."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def psnr_verdict(psnr_val: float, base: "Baseline | None") -> str:
+    """What to print after a validation PSNR: the task's trivial baseline, and the flag when at or under it."""
+    if base is None:
+        return ""
+    if psnr_val <= base.psnr_val:
+        return (f" - LEARNED NOTHING: at or under the trivial baseline ({base.method}: "
+                f"{base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test)")
+    return f" (trivial baseline {base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test: {base.method})"
+
+
+class PlainProgress:
+    """The search's progress as plain lines, for a stdout that is not a terminal (a log file, nohup, CI).
+
+    One line when a trial starts and one when it ends; for long trials also one at the end of each
+    epoch, once `epoch_every` seconds have passed since that trial's last line.
+    """
+
+    def __init__(self, stream: TextIO, target: int, epoch_every: float = 30.0) -> None:
+        self.stream = stream
+        self.target = target
+        self.epoch_every = epoch_every
+        self.done: dict[str, int] = {}
+        self.last_line: dict[Any, float] = {}  # per worker: when its trial last printed
+        self.steps: dict[Any, int] = {}  # per worker: steps per epoch of its current trial
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _line(self, text: str, worker: Any = None) -> None:
+        tag = "" if worker is None else f"[worker {worker}] "
+        self.stream.write(f"{time.strftime('%H:%M:%S')} {tag}{text}\n")
+        self.stream.flush()  # a log read with tail -f shows each line as it happens
+        self.last_line[worker] = time.monotonic()
+
+    def __call__(self, ev: Event) -> None:
+        w = getattr(ev, "worker", None)
+        if isinstance(ev, Note):
+            self._line(f"note: {ev.message}", w)
+        elif isinstance(ev, Start):
+            self.done, self.target = dict(ev.done), ev.target
+            workers = f", {ev.workers} workers" if ev.workers > 1 else ""
+            counts = ", ".join(f"{fam} {d}/{self.target}" for fam, d in self.done.items())
+            self._line(f"study {ev.study} in {ev.storage}{workers}: trials done {counts}")
+        elif isinstance(ev, TrialStart):
+            s = ev.spec
+            again = f" (retry of #{ev.retry_of[0]}, from epoch {ev.resumed_epoch})" if ev.retry_of else ""
+            self._line(f"start {ev.family} #{ev.number}: LxWxd_h {s.depth}x{s.width}x{s.bottleneck}, "
+                       f"{s.params:,} params, lr {ev.lr:.2e}{again}", w)
+        elif isinstance(ev, Progress):
+            self.steps[w] = ev.steps
+            if ev.step == ev.steps and time.monotonic() - self.last_line.get(w, 0) >= self.epoch_every:
+                self._line(f"  {ev.family} epoch {ev.epoch + 1}/{ev.epochs}: train loss {ev.loss:.5f}", w)
+        elif isinstance(ev, TrialEnd):
+            fam, t = ev.family, ev.trial
+            if ev.reason is None:
+                self.done[fam] = self.done.get(fam, 0) + 1
+                a = t.user_attrs
+                steps = f" of {plural(self.steps[w], 'step')}" if w in self.steps else ""
+                self._line(f"done {fam} #{t.number}: val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, "
+                           f"{plural(a['epochs'], 'epoch')}{steps} in {a['seconds']:.1f} s "
+                           f"({fam} {self.done[fam]}/{self.target})", w)
+            else:
+                self._line(f"failed {fam} #{t.number}: {ev.reason}", w)
 
 
 class LiveDisplay:
@@ -52,7 +126,7 @@ class LiveDisplay:
             self.start_done = dict(ev.done)
             self.target = ev.target
             workers = f", {ev.workers} workers" if ev.workers > 1 else ""
-            self.console.print(f"study [bold]{ev.study}[/] in {ev.storage}{workers}")
+            self.console.print(f"study [bold]{ev.study}[/] in {ev.storage}{workers}", soft_wrap=True)
             self.live.__enter__()
             self.started = True
         elif isinstance(ev, TrialStart):
@@ -90,14 +164,23 @@ class LiveDisplay:
                      Text(f"elapsed {elapsed / 60:.1f} min, ETA {eta}", style="dim"))
 
 
-def frontier_table(fr: Frontier) -> Table:
+def frontier_table(fr: Frontier, base: "Baseline | None" = None) -> Table:
     """Each family's frontier as one table, smallest model first (what `run` prints at the end)."""
     view = pd.DataFrame([{
         "family": r["family"], "params": f"{int(r['params']):,}", "val dB": f"{r['psnr_val']:.2f}",
         "test dB": f"{r['psnr_test']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
         "lr": f"{r['lr']:.1e}", "trial": int(r["trial"]),
+        "note": "≤ baseline" if base is not None and r["psnr_val"] <= base.psnr_val else "",
     } for _, r in fr.frontier.iterrows()])
-    return df_table(view, f"Pareto frontiers of {fr.study} (selected on validation PSNR)")
+    flagged = (view["note"] != "").any()
+    if not flagged:
+        view = view.drop(columns="note")
+    title = f"Pareto frontiers of {fr.study} (selected on validation PSNR"
+    title += f"; trivial baseline {base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test)" if base else ")"
+    table = df_table(view, title)
+    if flagged:
+        table.caption = "≤ baseline: no better than the task's trivial baseline, so it learned nothing"
+    return table
 
 
 def df_table(df: pd.DataFrame, title: str = "") -> Table:
@@ -118,7 +201,7 @@ def analysis_tables(an: "Analysis") -> list[Table]:
 
     base = (f", baseline {an.baseline.psnr_val:.2f} dB val / {an.baseline.psnr_test:.2f} dB test"
             if an.baseline else "")
-    tables = [df_table(front_view(an), f"Pareto frontiers of {an.fr.study} ({an.seeds} seed(s) per point{base})")]
+    tables = [df_table(front_view(an), f"Pareto frontiers of {an.fr.study} ({plural(an.seeds, 'seed')} per point{base})")]
     if an.flagged:
         tables[0].caption = "≤ baseline: no better than the task's trivial baseline, so it learned nothing"
     if an.comparison:
@@ -128,6 +211,22 @@ def analysis_tables(an: "Analysis") -> list[Table]:
     if len(an.scaling):
         tables.append(df_table(scaling_view(an.scaling), "Best shape per budget"))
     return tables
+
+
+def comparison_notes(an: "Analysis") -> list[str]:
+    """Lines under the comparison when it cannot be trusted yet, each with the command that settles it."""
+    if not an.comparison:
+        return []
+    notes = []
+    if an.seeds < 2:
+        notes.append(f"the comparison rests on one seed per point, so a gap may be seed noise: run "
+                     f"`hgsearch confirm --study {an.fr.study} --seeds 3`, then `hgsearch frontier` again")
+    if an.flagged:
+        epochs = an.settings.get("epochs")
+        notes.append(f"{plural(len(an.flagged), 'frontier point')} learned nothing (at or under the trivial "
+                     f"baseline), so the comparison there is between untrained models: train longer, e.g. a "
+                     f"new study with more than --epochs {epochs}")
+    return notes
 
 
 def state_table(study: str, state: pd.DataFrame) -> Table:

@@ -16,9 +16,9 @@ from hgsearch.claims import RETRY_ATTR
 from hgsearch.errors import StorageError, UsageError
 from hgsearch.models import FAMILIES
 from hgsearch.record import CONFIG_ATTRS, RESULT_ATTRS
-from hgsearch.storage import SETTINGS_KEY, family_study_name, first_line, safe_url
+from hgsearch.storage import SETTINGS_KEY, family_study_name, first_line, make_storage, safe_url
 
-# The columns of a trial row (meanings: docs/columns.md); a row alone is enough to rebuild and retrain
+# The columns of a trial row (meanings: README, "Reading the results"); a row alone is enough to rebuild and retrain
 # its model (record.TrialRecord.from_row). family + trial is a row's unique key.
 COLUMNS = ["family", "params", "trainable_params", "psnr_test", "psnr_val", "train_loss", "depth", "width",
            "bottleneck", "lr", "fixed_win", "trial", "retry_of", "d_in", "d_out", "epochs", "seed", "seconds"]
@@ -61,7 +61,7 @@ def load_frontier(study: str, storage: str) -> Frontier:
         name = family_study_name(study, fam)
         if name not in names:
             continue
-        s = optuna.load_study(study_name=name, storage=storage)
+        s = optuna.load_study(study_name=name, storage=_open(storage))
         settings[fam] = s.user_attrs.get(SETTINGS_KEY, {})
         rows += [_row(fam, t) for t in s.get_trials(deepcopy=False)]
         if any(t.state == TrialState.COMPLETE for t in s.get_trials(deepcopy=False)):
@@ -85,9 +85,14 @@ def seeds_study_name(study: str) -> str:
     return f"{study}.{SEEDS}"
 
 
+def _open(storage: str) -> str | optuna.storages.BaseStorage:
+    """A server database through the storage that waits out outages (a run's closing table, after a blip)."""
+    return storage if storage.startswith("sqlite") else make_storage(storage)
+
+
 def _names(storage: str) -> set[str]:
     try:
-        return set(optuna.get_all_study_names(storage=storage))
+        return set(optuna.get_all_study_names(storage=_open(storage)))
     except Exception as e:
         raise StorageError(f"cannot read storage {safe_url(storage)}: {first_line(e)}") from None
 
@@ -98,7 +103,7 @@ def load_seed_rows(study: str, storage: str) -> pd.DataFrame:
     name = seeds_study_name(study)
     if name not in _names(storage):
         return pd.DataFrame(columns=cols)
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=name, storage=_open(storage)).get_trials(deepcopy=False)
     rows = [{**_row(t.user_attrs.get("family"), t), "source_trial": t.user_attrs.get("source_trial")}
             for t in trials]
     return pd.DataFrame(rows, columns=cols)
@@ -135,7 +140,7 @@ def study_state(study: str, storage: str) -> pd.DataFrame:
             continue
         counts = {"COMPLETE": 0, "RUNNING": 0, "FAIL": 0}
         other, seconds, best = 0, 0.0, None
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+        for t in optuna.load_study(study_name=name, storage=_open(storage)).get_trials(deepcopy=False):
             if t.state.name in counts:
                 counts[t.state.name] += 1
             else:

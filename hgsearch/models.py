@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from hgsearch.errors import UsageError
-
-FAMILIES = ("hourglass", "conventional")
+from hgsearch.names import FAMILIES
 
 
 @dataclass(frozen=True)

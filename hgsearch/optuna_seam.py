@@ -9,13 +9,20 @@ state change as a compare-and-set that tells which worker won. Public API is use
 from __future__ import annotations
 
 import optuna
+import optuna.storages._heartbeat
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
+
+# The retrying storage (resilient.py) wraps RDBStorage in Optuna's own cache, as optuna.create_study
+# does, and must be a BaseHeartbeat for Optuna's heartbeat checks to reach the wrapped storage.
+CachedStorage = optuna.storages._CachedStorage
+BaseHeartbeat = optuna.storages._heartbeat.BaseHeartbeat
 
 # (object, attribute) pairs this module relies on; the seam test checks each on the installed Optuna.
 PRIVATE_NAMES = (
     ("Study", "_storage"), ("Study", "_study_id"), ("Study", "_pop_waiting_trial_id"), ("Study", "_thread_local"),
     ("Trial", "_trial_id"), ("FrozenTrial", "_trial_id"), ("RDBStorage", "_get_stale_trial_ids"),
+    ("optuna.storages", "_CachedStorage"), ("optuna.storages._heartbeat", "BaseHeartbeat"),
 )
 
 

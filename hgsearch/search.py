@@ -28,9 +28,10 @@ from hgsearch.lifecycle import run_trials, sweep_checkpoints
 from hgsearch.pack_executor import executor_for
 from hgsearch.models import ArchSpec
 from hgsearch.record import TrialRecord, save_weights
+from hgsearch.resilient import set_listener
 from hgsearch.stop import check_stop
 from hgsearch.storage import GRACE_PERIOD, completed, open_studies, safe_url
-from hgsearch.tasks import load_task
+from hgsearch.tasks import TaskData, load_task
 from hgsearch.train import TrainResult, train
 
 MAX_CONSECUTIVE_FAILURES = 10  # a study whose trials all fail is misconfigured, not unlucky
@@ -70,6 +71,7 @@ def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.S
     for note in notes:
         reporter(Note(note))
     check_stop()
+    set_listener(lambda message: reporter(Note(message)))  # storage outages and recoveries
     studies = open_studies(cfg, families, data)
     for fam, study in studies.items():
         reap(study, fam, reporter)
@@ -131,16 +133,25 @@ def claim_some(study: optuna.Study, cfg: RunConfig, family: str, reporter: Repor
 
 def train_single(
     cfg: RunConfig, *, family: str, width: int | None, bottleneck: int, depth: int, lr: float,
-    save: str | Path | None = None,
+    save: str | Path | None = None, data: TaskData | None = None,
 ) -> tuple[ArchSpec, TrainResult]:
     """Train one configuration exactly as a trial would (same data, splits, seed and loop)."""
     if not lr > 0:
         raise UsageError(f"--lr must be positive, got {lr}")
-    data = load_task(cfg)
+    data = data if data is not None else load_task(cfg)
+    d_x = space_mod.stream_width(data.d_in, data.d_out)
     if width is None:
         if family != "conventional":
             raise UsageError("--width is required for the hourglass family (the stream width d_z)")
-        width = space_mod.stream_width(data.d_in, data.d_out)
+        width = d_x
+    # The families as the paper defines them (and the search samples them): Hourglass widens the
+    # stream beyond the image, conventional keeps it at the image size.
+    if family == "hourglass" and width <= d_x:
+        raise UsageError(f"hourglass needs --width over the image size {d_x} (its stream is wider than the "
+                         f"image), got {width}: use --width {d_x + 1} or more")
+    if family == "conventional" and width != d_x:
+        raise UsageError(f"conventional's stream width is the image size {d_x}, got --width {width}: "
+                         "leave --width out")
     spec = ArchSpec(family, data.d_in, data.d_out, width, bottleneck, depth, cfg.fixed_win)
     if save is not None and not Path(save).parent.is_dir():
         raise UsageError(f"cannot save to {save}: directory {Path(save).parent} does not exist")

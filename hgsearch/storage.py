@@ -20,8 +20,10 @@ import optuna
 from optuna.trial import TrialState
 
 from hgsearch.config import STUDY_DB, RunConfig
+from hgsearch import optuna_seam as seam
 from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
 from hgsearch.models import FAMILIES
+from hgsearch.resilient import ResilientStorage, wait_out
 from hgsearch.space import SpaceConfig
 from hgsearch.tasks import TaskData
 
@@ -79,7 +81,7 @@ def scrubbed(e: BaseException, url: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-_storages: dict[str, optuna.storages.RDBStorage] = {}
+_storages: dict[str, ResilientStorage] = {}
 
 
 _CREATE_RACE = re.compile(r"UniqueViolation|DuplicateTable|already exists|duplicate key", re.I)
@@ -113,22 +115,28 @@ def _prepare_sqlite(url: str) -> None:
         ) from None
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """The run's storage object (one per URL and process), with heartbeats and SQLite tuned for workers."""
+def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_seconds) -> ResilientStorage:
+    """The run's storage object (one per URL and process), with heartbeats and SQLite tuned for workers.
+
+    It retries its calls through a database outage of up to retry_seconds (hgsearch.resilient).
+    """
     if url in _storages:
+        _storages[url].limit = retry_seconds
         return _storages[url]
-    kwargs: dict[str, Any] = {}
+    # pool_pre_ping: a pooled connection the server dropped (restart, failover, idle timeout) is
+    # noticed and replaced before use, instead of failing the next call.
+    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     try:
         if url.startswith("sqlite"):
             _prepare_sqlite(url)
-            kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+            kwargs["engine_kwargs"]["connect_args"] = {"timeout": SQLITE_TIMEOUT}
         for attempt in range(5):
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    storage = optuna.storages.RDBStorage(
+                    storage = wait_out(lambda: optuna.storages.RDBStorage(  # a worker may start mid-outage
                         url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
-                    )
+                    ), safe_url(url), retry_seconds)
                 break
             except Exception as e:
                 # Optuna creates its tables without a lock: hosts starting at once on an empty
@@ -144,8 +152,10 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
                                "sqlite:///results/study.db or postgresql://user@host/db") from None
         raise StorageError(f"cannot open storage {safe_url(url)}: {scrubbed(e, url)}; check the URL, the "
                            "server and its driver (pip install hgsearch[postgres])") from None
-    _storages[url] = storage
-    return storage
+    # Optuna puts its cache in front of an RDBStorage it is given; given this wrapper, it does not.
+    _storages[url] = ResilientStorage(seam.CachedStorage(storage), safe_url(url), retry_seconds,
+                                      GRACE_PERIOD)
+    return _storages[url]
 
 
 # Settings added after studies already existed, with the value those studies implicitly used.
@@ -208,9 +218,9 @@ def make_study_dir(cfg: RunConfig) -> None:
 
 
 def make_sampler(cfg: RunConfig, family: str, n_trials: int) -> optuna.samplers.BaseSampler:
-    # Seeded from the run seed and the number of trials already in the study, afresh before each
-    # ask: a resumed run does not replay start-up configurations it already tried, and workers that
-    # ask one after the other get different configurations.
+    # Seeded from the run seed and the number of trials already in the study (the new trial's number),
+    # afresh for each trial: a resumed run does not replay start-up configurations it already tried,
+    # and workers get different configurations.
     return optuna.samplers.TPESampler(
         seed=(cfg.seed * 1_000_003 + FAMILIES.index(family) * 7919 + n_trials) % 2**32,
         multivariate=True,
@@ -224,7 +234,7 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
     url = cfg.storage_url
     if cfg.storage is None:
         make_study_dir(cfg)  # holds the SQLite file
-    storage = make_storage(url)
+    storage = make_storage(url, cfg.storage_retry_seconds)
     try:
         names = set(optuna.get_all_study_names(storage=storage))
         diffs: dict[str, str] = {}

@@ -17,12 +17,11 @@ import torch.nn.functional as F
 
 from hgsearch.data import Dataset, load_dataset
 from hgsearch.errors import DataError, UsageError
+from hgsearch.names import AUGMENTS, TASKS
 
-if TYPE_CHECKING:  # config imports this module's TASKS and AUGMENTS
+if TYPE_CHECKING:  # load_task's annotation only: config imports this module
     from hgsearch.config import RunConfig
 
-TASKS = ("denoise", "superres", "classify")
-AUGMENTS = ("none", "flips")
 SPLIT_SEED = 0  # the validation split never depends on the run's seed, so runs stay comparable
 EVAL_NOISE_SEED = 1234  # fixed noise on validation/test inputs: every model sees the same images
 FLIPS = 4  # --augment flips: each image also appears flipped left-right, up-down and both

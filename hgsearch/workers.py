@@ -206,8 +206,8 @@ def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
                 reporter(replace(payload, workers=n))
                 reporter(Note("; ".join(p.label for p in plans)))
                 if not stop.since:
-                    for plan in plans[1:]:
-                        start(plan)
+                    for plan in plans[1:]:  # the storage was reached: they wait out an outage as they open it
+                        start(replace(plan, env={**plan.env, "HGSEARCH_STORAGE_REACHED": "1"}))  # resilient.REACHED_ENV
                 continue
             if isinstance(payload, Note):
                 if payload.message in notes:

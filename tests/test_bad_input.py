@@ -48,13 +48,13 @@ CASES = [
     (["--budget", "-5M"], 2, "invalid budget '-5M'"),
     (["--budget", "5X"], 2, "invalid budget '5X': write it like 500K, 5M"),
     (["--budget", ""], 2, "invalid budget '': write it like"),
-    (["--budget", "1e400"], 2, "invalid budget '1e400': write it like"),
+    (["--budget", "1e400"], 2, "invalid budget '1e400': over 10^12 parameters"),
     (["--budget", "abc"], 2, "invalid budget 'abc': write it like"),
     (["--budget", "20K", "--data-dir", "{tiny}"], 2, "is below the smallest hourglass/conventional model on this "
                                                     "task (36->144): use --budget 26,390 or more"),
-    (["--budget", "3M", "--task", "segment"], 2, "unknown task 'segment': use one of"),
-    (["--budget", "3M", "--dataset", "nope"], 2, "unknown dataset 'nope'; choose one of"),
-    (["--budget", "3M", "--family", "mlp"], 2, "unknown family 'mlp': use one of"),
+    (["--budget", "3M", "--task", "segment"], 2, "Invalid value for '--task': 'segment' is not one of 'denoise', 'superres'"),
+    (["--budget", "3M", "--dataset", "nope"], 2, "Invalid value for '--dataset': 'nope' is not one of 'fashion-mnist'"),
+    (["--budget", "3M", "--family", "mlp"], 2, "Invalid value for '--family': 'mlp' is not one of 'hourglass'"),
     (["--budget", "3M", "--trials", "0"], 2, "--trials must be at least 1, got 0"),
     (["--budget", "3M", "--trials", "-3"], 2, "--trials must be at least 1, got -3"),
     (["--budget", "3M", "--epochs", "0"], 2, "--epochs must be at least 1, got 0"),
@@ -89,7 +89,8 @@ def test_run_bad_input(args, code, text, inputs, tmp_path, monkeypatch, capsys):
 
 def test_frontier_of_a_missing_study(tmp_path, monkeypatch, capsys):
     rc, _, err = cli(["frontier", "--study", "nope"], tmp_path, monkeypatch, capsys)
-    assert rc == 1 and err.strip() == "error: no study 'nope' under results/: check --study or --results-dir"
+    assert rc == 2 and err.strip() == ("error: no study 'nope' under results/: there is none there yet; check "
+                                       "--results-dir, or run `hgsearch run --budget ...` first")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -117,7 +118,7 @@ def test_real_process_bad_budget_and_password(tiny_idx, tmp_path):
     """Two of the above through the console entry in a real process: same line, same code, no traceback."""
     res = hgsearch("run", "--budget", "5X", cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
-        "error: invalid budget '5X': write it like 500K, 5M, 1.5M or 2500000"]
+        "error: invalid budget '5X': write it like 500K, 5M, 1.5M, 5e6, 2500000 or 2,500,000"]
     res = hgsearch("run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(tiny_idx),
                    "--storage", "postgresql://u:secret@127.0.0.1:1/db", cwd=tmp_path)
     assert res.returncode == 1 and "secret" not in res.stdout + res.stderr and "Traceback" not in res.stderr

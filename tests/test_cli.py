@@ -58,7 +58,7 @@ def test_same_command_resumes_without_retraining(tiny_run):
     more = hgsearch("run", *args[:-4], "--trials", "4", "--epochs", "1", cwd=cwd)
     trials = pd.read_csv(cwd / "results" / "superres-idx-100K" / "trials.csv")  # before frontier rewrite
     assert more.returncode == 0, more.stderr
-    finished = re.findall(r"^\s+(hourglass|conventional) #\d+: [\d.]+M params, val", more.stdout, re.M)
+    finished = re.findall(r"^\d\d:\d\d:\d\d done (hourglass|conventional) #\d+: val", more.stdout, re.M)
     assert sorted(finished) == ["conventional", "hourglass"]  # exactly one more per family
     assert len(trials) == 6
 

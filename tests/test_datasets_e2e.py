@@ -46,7 +46,7 @@ def test_fashion_mnist_run_and_frontier(tmp_path: Path) -> None:
     args = ("--budget", "800K", "--family", "hourglass", "--trials", "1", "--epochs", "1", "--device", "cpu")
     run = hgsearch("run", *args, "--train-size", "5000", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
-    assert "step 40/40" in run.stdout  # ceil(5000 / 128) steps: the subset is what trains
+    assert "1 epoch of 40 steps" in run.stdout  # ceil(5000 / 128) steps: the subset is what trains
     front = hgsearch("frontier", "--plot", cwd=tmp_path, env=env)
     assert front.returncode == 0, front.stderr
     rows = _table(tmp_path, "superres-fashion-mnist-800K", "frontier.csv")
@@ -74,7 +74,7 @@ def test_imagenet32_run_with_flips_and_frontier(tmp_path: Path) -> None:
     assert rows[["d_in", "d_out"]].values.tolist() == [[768, 3072]]  # 3 channels, each downsampled x2
     assert rows["width"].iloc[0] > 3072 and rows["params"].iloc[0] <= 12_000_000  # stream wider than the image
     # 120 training images, 20 carved out for validation, each seen in four flips: ceil(400 / 128) steps.
-    assert "step 4/4" in run.stdout
+    assert "1 epoch of 4 steps" in run.stdout
     # The augmentation defines the study: resuming without it is refused, naming the setting.
     plain = hgsearch("run", *args[:-2], cwd=tmp_path, env=env)
     assert plain.returncode != 0 and "augment" in plain.stderr and "'flips'" in plain.stderr, plain.stderr

@@ -182,7 +182,7 @@ def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for cmd in ("show", "report", "confirm"):
         code, _, err = cli(monkeypatch, capsys, cmd, *(("--seeds", "2") if cmd == "confirm" else ()), "--study", "nope")
-        assert code == 1 and err.strip().count("\n") == 0 and "no study 'nope'" in err
+        assert code == 2 and err.strip().count("\n") == 0 and "no study 'nope'" in err
 
 
 # --- baselines -----------------------------------------------------------------------------------
