@@ -137,6 +137,9 @@ def run(
         "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family, "
         "at most 10), each with its training time per epoch estimated from 3 timed steps here; train "
         "nothing, write nothing.")] = False,
+    pack_size: Annotated[Optional[int], typer.Option(
+        "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
+        "(one at a time on a CPU), 1 = one at a time.", show_default="0")] = None,
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
     from hgsearch.config import load_config, parse_budget
@@ -145,7 +148,8 @@ def run(
     cfg = load_config(config, budget=parse_budget(budget), task=_value(task), dataset=_value(dataset),
                       data_dir=data_dir, download=download, augment=_value(augment), train_size=train_size,
                       family=_value(family), trials=trials, epochs=epochs, study=study, storage=storage, seed=seed,
-                      device=_value(device), fixed_win=fixed_win, results_dir=results_dir)
+                      device=_value(device), fixed_win=fixed_win, results_dir=results_dir,
+                      pack_size=pack_size)
     if dry_run:
         _dry_run(cfg)
         return

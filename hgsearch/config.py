@@ -88,6 +88,7 @@ class RunConfig:
     prune_margin: float = 0.5  # dB a no-larger peer must lead by before a trial can be stopped
     prune_min_peers: int = 3  # a rung decides nothing until this many same-family trials reached it
     epoch_eval_size: int = 2048  # validation images scored after every epoch (0 = all); finals use all
+    pack_size: int = 0  # trials trained at once as one pack: 0 = as many as fit on CUDA, serial on a CPU; 1 = serial
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:
@@ -104,6 +105,8 @@ class RunConfig:
         for name in ("trials", "epochs", "batch_size", "val_size"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.pack_size < 0:
+            raise UsageError(f"--pack-size must be 0 (auto), 1 (one trial at a time) or more, got {self.pack_size}")
         if not self.storage_retry_seconds >= 0:
             raise UsageError(f"storage_retry_seconds must be 0 or more, got {self.storage_retry_seconds}")
         if self.pruning not in PRUNING_RULES:

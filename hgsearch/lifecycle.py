@@ -38,7 +38,7 @@ from hgsearch.errors import StorageError, TrialFailed
 from hgsearch.events import Note, Progress, Reporter, TrialEnd, TrialStart
 from hgsearch.record import TrialRecord, result_attrs
 from hgsearch.stop import Stopped, check_stop, stop_requested
-from hgsearch.storage import first_line
+from hgsearch.storage import first_line, make_sampler
 from hgsearch.tasks import TaskData
 from hgsearch.train import TrainResult, train
 
@@ -191,21 +191,41 @@ def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, 
     """
     if trial is None:
         trial = ask(study)
-    heartbeat = Heartbeat(seam.storage(study), seam.trial_id(trial))
-    _trials_run[0] += 1
+    [frozen] = run_trials(study, cfg, family, data, reporter, [trial], executor=executor, on_epoch=on_epoch)
+    return frozen
+
+
+def run_trials(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, reporter: Reporter,
+               trials: Sequence[optuna.Trial], *, executor: Executor | None = None,
+               on_epoch: EpochHook = keep_going) -> list[FrozenTrial]:
+    """run_trial for several claimed trials handed to the executor together (a pack); each is told its own outcome.
+
+    Each trial samples its configuration with the sampler a serial run would have used for it (seeded
+    by its number), so a pack's members are the configurations of the same trials run one by one
+    while TPE is in its random start-up. An exception closes every one of them for retry.
+    """
+    heartbeats = [Heartbeat(seam.storage(study), seam.trial_id(t)) for t in trials]
+    claimed: list[ClaimedTrial] = []
     try:
-        heartbeat.start()
-        _pause_at("claimed")
-        claimed = _claimed(study, trial, cfg, family, data, reporter)
-        [outcome] = (executor or SerialExecutor()).run([claimed], data, reporter, on_epoch)
+        for heartbeat in heartbeats:
+            heartbeat.start()
+        for trial in trials:
+            _trials_run[0] += 1
+            _pause_at("claimed")
+            if len(trials) > 1:
+                study.sampler = make_sampler(cfg, family, trial.number)
+            claimed.append(_claimed(study, trial, cfg, family, data, reporter))
+        outcomes = (executor or SerialExecutor()).run(claimed, data, reporter, on_epoch)
     except BaseException as e:
-        heartbeat.stop()
+        for heartbeat in heartbeats:
+            heartbeat.stop()
         reason = f"interrupted by {e.signame}" if isinstance(e, Stopped) else (
             "interrupted" if isinstance(e, KeyboardInterrupt) else f"crashed: {type(e).__name__}: {first_line(e)}")
-        with contextlib.suppress(Exception):  # best effort: if this fails, the next run reaps it
-            close_trial(study, seam.frozen(study, trial), reason, retry=True)
+        for trial in trials:
+            with contextlib.suppress(Exception):  # best effort: if this fails, the next run reaps it
+                close_trial(study, seam.frozen(study, trial), reason, retry=True)
         raise
-    return _finish(claimed, outcome, heartbeat, reporter)
+    return [_finish(c, outcome, heartbeat, reporter) for c, outcome, heartbeat in zip(claimed, outcomes, heartbeats)]
 
 
 def _finish(c: ClaimedTrial, outcome: Outcome, heartbeat: Heartbeat, reporter: Reporter) -> FrozenTrial:

@@ -35,6 +35,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ from torch import nn
 from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.models import ArchSpec, ResidualMLP, build
 from hgsearch.tasks import Split, TaskData, add_noise, as_float
-from hgsearch.train import EVAL_BATCHES, TrainResult, _db
+from hgsearch.train import EVAL_BATCHES, TrainResult, _db, make_optimizer
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's defaults
 BN_MOMENTUM = 0.1
@@ -53,6 +54,15 @@ GRAPH_WARMUP = 3  # eager steps on a side stream before capture, as torch.cuda.g
 # Called after each finished epoch with (member, epoch, {"loss": epoch mean}); False retires the member
 # (its weights and statistics freeze; its result is evaluated at the end like the others').
 MemberEpoch = Callable[[int, int, dict], bool]
+
+# Called after each finished epoch with (member, state): state is what train.train's on_epoch_end
+# gives (model, optimizer and generator state, epoch, step, loss, seconds) for that member alone, so
+# train.train(resume=state) or a pack (train_packed(resume=...)) continues it. False retires it.
+MemberEpochEnd = Callable[[int, dict[str, Any]], bool]
+
+# Called after every step as on_step(epoch, step, steps_per_epoch): a host-side hook (stop checks,
+# progress) that reads nothing from the device.
+StepHook = Callable[[int, int, int], None]
 
 
 def check_packable(specs: Sequence[ArchSpec]) -> None:
@@ -116,20 +126,39 @@ class PackedMLP(nn.Module):
             z = z + self.mask[l] * branch
         return torch.sigmoid(torch.bmm(z, self.w_out.transpose(1, 2)))
 
+    def member_slices(self, k: int) -> dict[str, tuple[nn.Parameter, tuple[int | slice, ...]]]:
+        """Member k's weights by ResidualMLP's parameter names: (packed tensor, index of its corner)."""
+        spec = self.specs[k]
+        w, h = slice(0, spec.width), slice(0, spec.bottleneck)
+        slices: dict[str, tuple[nn.Parameter, tuple[int | slice, ...]]] = {"w_in.weight": (self.w_in, (k, w))}
+        for l in range(spec.depth):
+            slices[f"blocks.{l}.down.weight"] = (self.down[l], (k, h, w))
+            slices[f"blocks.{l}.up.weight"] = (self.up[l], (k, w, h))
+        slices["w_out.weight"] = (self.w_out, (k, slice(None), w))
+        return slices
+
     def unpack(self, k: int) -> ResidualMLP:
         """Member k as the plain module train() would have returned (weights and running statistics)."""
         spec = self.specs[k]
-        w, h = spec.width, spec.bottleneck
         model = build(spec).to(self.w_out.device)
+        params = dict(model.named_parameters())
         with torch.no_grad():
-            model.w_in.weight.copy_(self.w_in[k, :w])
-            model.w_out.weight.copy_(self.w_out[k, :, :w])
+            for name, (packed, idx) in self.member_slices(k).items():
+                params[name].copy_(packed[idx])
             for l, block in enumerate(model.blocks):
-                block.down.weight.copy_(self.down[l][k, :h, :w])
-                block.up.weight.copy_(self.up[l][k, :w, :h])
-                block.norm.running_mean.copy_(self.running_mean[l, k, 0, :w])
-                block.norm.running_var.copy_(self.running_var[l, k, 0, :w])
+                block.norm.running_mean.copy_(self.running_mean[l, k, 0, :spec.width])
+                block.norm.running_var.copy_(self.running_var[l, k, 0, :spec.width])
         return model
+
+    @torch.no_grad()
+    def load_member(self, k: int, state_dict: dict[str, torch.Tensor]) -> None:
+        """Put a ResidualMLP state_dict of member k's shape (a checkpoint's "model") into its corner."""
+        spec = self.specs[k]
+        for name, (packed, idx) in self.member_slices(k).items():
+            packed[idx].copy_(state_dict[name])
+        for l in range(spec.depth):
+            self.running_mean[l, k, 0, :spec.width].copy_(state_dict[f"blocks.{l}.norm.running_mean"])
+            self.running_var[l, k, 0, :spec.width].copy_(state_dict[f"blocks.{l}.norm.running_var"])
 
 
 class PackStep:
@@ -244,6 +273,34 @@ class PackStep:
         self.loss_sum.zero_()
         return losses
 
+    def _member_moments(self, k: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(name, first moment view, second moment view) of member k's trainable weights, in the
+        order of its ResidualMLP's trainable parameters (the order train()'s optimizer holds them)."""
+        index = {id(p): i for i, p in enumerate(self.params)}
+        out = []
+        for name, (packed, idx) in self.model.member_slices(k).items():
+            if name == "w_in.weight" and self.model.specs[k].fixed_win:
+                continue  # not in the member's optimizer (its packed moments never move its weights)
+            i = index[id(packed)]
+            out.append((name, self.m[i][idx], self.v[i][idx]))
+        return out
+
+    def member_optimizer_state(self, k: int, member: ResidualMLP, lr: float) -> dict:
+        """Member k's AdamW state as train()'s optimizer.state_dict() for `member` (= model.unpack(k))."""
+        params = dict(member.named_parameters())
+        moments = self._member_moments(k)
+        opt = make_optimizer([params[name] for name, _, _ in moments], lr, self.wd, self.t.device)
+        for name, m, v in moments:
+            opt.state[params[name]] = {"step": self.t.detach().clone(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+        return opt.state_dict()
+
+    @torch.no_grad()
+    def load_member_optimizer(self, k: int, state: dict) -> None:
+        """Load member k's moments from a train()-style optimizer state_dict (the step count is the pack's t)."""
+        for i, (_, m, v) in enumerate(self._member_moments(k)):
+            m.copy_(state["state"][i]["exp_avg"])
+            v.copy_(state["state"][i]["exp_avg_sq"])
+
 
 @torch.no_grad()
 def evaluate_packed(model: PackedMLP, split: Split, batch_size: int = 128) -> list[float]:
@@ -277,15 +334,25 @@ def train_packed(
     graphs: bool | None = None,
     bf16: bool = False,
     on_epoch: MemberEpoch | None = None,
+    resume: Sequence[dict[str, Any] | None] | None = None,
+    on_epoch_end: MemberEpochEnd | None = None,
+    on_step: StepHook | None = None,
 ) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
     """Train specs[k] at lrs[k] together; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
 
     graphs (default: on CUDA) replays the step as a CUDA graph; bf16 autocasts the training step on
     CUDA. A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
-    does not disturb the others; `seconds` is the pack's wall time for each member.
+    does not disturb the others; `seconds` is the pack's wall time for each member (plus the seconds
+    of its resumed state). resume[k] is member k's train.train checkpoint state (None: from the start);
+    a pack shares one data order, so every member must resume from the same epoch.
     """
     if len(lrs) != len(specs):
         raise UsageError(f"{len(specs)} configurations but {len(lrs)} learning rates")
+    resume = list(resume) if resume is not None else [None] * len(specs)
+    start = {int(r["epoch"]) if r is not None else 0 for r in resume}
+    if len(resume) != len(specs) or len(start) != 1:
+        raise UsageError("a pack's members must all resume from the same epoch: group them by their checkpoints' epoch")
+    start_epoch = start.pop()
     check_packable(specs)
     if (specs[0].d_in, specs[0].d_out) != (data.d_in, data.d_out):
         raise UsageError(f"model is {specs[0].d_in}->{specs[0].d_out} but the task is {data.d_in}->{data.d_out}")
@@ -301,15 +368,26 @@ def train_packed(
         total_steps = epochs * math.ceil(n / batch_size)
         stepper = PackStep(model, lrs, total_steps=total_steps, weight_decay=weight_decay, graphs=graphs, bf16=bf16)
         losses = [float("nan")] * k
+        offsets = [0.0] * k  # seconds each member trained before its resumed state
+        if start_epoch:
+            for i, state in enumerate(resume):
+                model.load_member(i, state["model"])
+                stepper.load_member_optimizer(i, state["optimizer"])
+                losses[i], offsets[i] = float(state["loss"]), float(state["seconds"])
+            stepper.t.fill_(float(resume[0]["step"]))
+            gen.set_state(resume[0]["generator"])  # the same for every member: one seed, same epochs
         epochs_done = [epochs] * k
         retired: set[int] = set()
-        for epoch in range(epochs):
+        steps_per_epoch = math.ceil(n / batch_size)
+        for epoch in range(start_epoch, epochs):
             perm = torch.randperm(n, generator=gen, device=device)
-            for idx in perm.split(batch_size):
+            for i_step, idx in enumerate(perm.split(batch_size)):
                 x, y = data.train.batch(idx)
                 if data.train_noise:
                     x = add_noise(x, data.train_noise, gen)
                 stepper.step(x, y)
+                if on_step is not None:
+                    on_step(epoch, i_step + 1, steps_per_epoch)
             epoch_losses = stepper.take_epoch_losses(n)
             for i in range(k):
                 if i in retired:
@@ -319,7 +397,10 @@ def train_packed(
                     failed[i] = f"non-finite training loss in epoch {epoch + 1} at lr={lrs[i]:.3g}"
                     stepper.retire(i, failed=True)
                     retired.add(i)
-                elif on_epoch is not None and not on_epoch(i, epoch, {"loss": losses[i]}):
+                elif ((on_epoch is not None and not on_epoch(i, epoch, {"loss": losses[i]}))
+                      or (on_epoch_end is not None and not on_epoch_end(i, _member_state(
+                          model, stepper, gen, i, lrs[i], epoch + 1, (epoch + 1) * steps_per_epoch, losses[i],
+                          time.perf_counter() - t0 + offsets[i])))):
                     stepper.retire(i, failed=False)
                     retired.add(i)
                     epochs_done[i] = epoch + 1
@@ -330,7 +411,6 @@ def train_packed(
     except torch.OutOfMemoryError:
         raise TrialFailed(f"out of memory on {device} for a pack of {k} models") from None
     seconds = time.perf_counter() - t0
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
     results: list[TrainResult | TrialFailed] = []
     for i in range(k):
         if i in failed:
@@ -338,6 +418,14 @@ def train_packed(
         elif not (math.isfinite(psnr_val[i]) and math.isfinite(psnr_test[i])):
             results.append(TrialFailed(f"non-finite evaluation PSNR (val {psnr_val[i]}, test {psnr_test[i]})"))
         else:
-            results.append(TrainResult(psnr_val[i], psnr_test[i], losses[i], seconds, epochs_done[i],
+            results.append(TrainResult(psnr_val[i], psnr_test[i], losses[i], seconds + offsets[i], epochs_done[i],
                                        epochs_done[i] * steps_per_epoch))
     return model, results
+
+
+def _member_state(model: PackedMLP, stepper: PackStep, gen: torch.Generator, k: int, lr: float, epoch: int,
+                  step: int, loss: float, seconds: float) -> dict[str, Any]:
+    """Member k's state after `epoch` finished epochs, in train.train's on_epoch_end format (copies)."""
+    member = model.unpack(k)
+    return {"model": member.state_dict(), "optimizer": stepper.member_optimizer_state(k, member, lr),
+            "generator": gen.get_state(), "epoch": epoch, "step": step, "loss": loss, "seconds": seconds}

@@ -11,6 +11,7 @@ Guarantees of run_search (one process, or any number of processes/hosts on one s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -18,11 +19,13 @@ import optuna
 from optuna.trial import TrialState
 
 from hgsearch import space as space_mod
-from hgsearch.claims import WAIT, claim, reap
+from hgsearch import optuna_seam as seam
+from hgsearch.claims import WAIT, claim, close_trial, reap
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Note, Reporter, Start, quiet
-from hgsearch.lifecycle import run_trial, sweep_checkpoints
+from hgsearch.lifecycle import run_trials, sweep_checkpoints
+from hgsearch.pack_executor import executor_for
 from hgsearch.models import ArchSpec
 from hgsearch.record import TrialRecord, save_weights
 from hgsearch.resilient import set_listener
@@ -75,6 +78,7 @@ def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.S
         sweep_checkpoints(study, cfg, fam)
     reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: completed(s) for f, s in studies.items()}))
     failures = dict.fromkeys(families, 0)
+    executor, per_round = executor_for(cfg, data.train.inputs.device)
     t0 = time.perf_counter()
     pending = list(families)
     waited = False
@@ -82,20 +86,20 @@ def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.S
     while pending:
         all_wait = True
         for fam in list(pending):
-            trial = claim(studies[fam], cfg, fam, reporter)
-            if trial is None:
+            trials = claim_some(studies[fam], cfg, fam, reporter, per_round)
+            if trials is None:
                 pending.remove(fam)
                 continue
-            if trial is WAIT:
+            if trials is WAIT:
                 continue
             all_wait = False
-            frozen = run_trial(studies[fam], cfg, fam, data, reporter, trial)
-            failures[fam] = failures[fam] + 1 if frozen.state == TrialState.FAIL else 0
-            if failures[fam] >= MAX_CONSECUTIVE_FAILURES:
-                raise HgsearchError(
-                    f"{MAX_CONSECUTIVE_FAILURES} {fam} trials failed in a row (last: "
-                    f"{frozen.user_attrs.get('fail_reason')}): check --epochs, the lr range and the data"
-                )
+            for frozen in run_trials(studies[fam], cfg, fam, data, reporter, trials, executor=executor):
+                failures[fam] = failures[fam] + 1 if frozen.state == TrialState.FAIL else 0
+                if failures[fam] >= MAX_CONSECUTIVE_FAILURES:
+                    raise HgsearchError(
+                        f"{MAX_CONSECUTIVE_FAILURES} {fam} trials failed in a row (last: "
+                        f"{frozen.user_attrs.get('fail_reason')}): check --epochs, the lr range and the data"
+                    )
         if pending and all_wait:
             if not waited:
                 reporter(Note("the remaining trials are running in other workers; waiting "
@@ -106,6 +110,25 @@ def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.S
                 time.sleep(0.1)
     reporter(Done(time.perf_counter() - t0))
     return studies
+
+
+def claim_some(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter,
+               k: int) -> list[optuna.Trial] | None | object:
+    """Up to k trials claimed one by one (claims.claim: never past the target), or claim's None / WAIT
+    when not even one can be claimed now. Cut off while claiming, the ones claimed are queued again."""
+    got: list[optuna.Trial] = []
+    try:
+        while len(got) < k:
+            trial = claim(study, cfg, family, reporter)
+            if trial is None or trial is WAIT:
+                return got or trial
+            got.append(trial)
+    except BaseException:
+        for trial in got:
+            with contextlib.suppress(Exception):
+                close_trial(study, seam.frozen(study, trial), "interrupted while claiming", retry=True)
+        raise
+    return got
 
 
 def train_single(

@@ -225,6 +225,7 @@ def make_sampler(cfg: RunConfig, family: str, n_trials: int) -> optuna.samplers.
         seed=(cfg.seed * 1_000_003 + FAMILIES.index(family) * 7919 + n_trials) % 2**32,
         multivariate=True,
         n_startup_trials=10,
+        constant_liar=True,  # trials claimed together (a pack, other workers) get different configurations
     )
 
 
