@@ -49,6 +49,7 @@ BN_EPS = 1e-5  # nn.BatchNorm1d's defaults
 BN_MOMENTUM = 0.1
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+CAPTURE_TRIES = 3  # a failed capture is tried again (see PackStep._capture), then the step runs eagerly
 GRAPH_WARMUP = 3  # eager steps on a side stream before capture, as torch.cuda.graph's docs prescribe
 
 # Called after each finished epoch with (member, epoch, {"loss": epoch mean}); False retires the member
@@ -186,6 +187,7 @@ class PackStep:
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self._graph: torch.cuda.CUDAGraph | None = None
+        self.capture_errors: list[str] = []  # first lines of failed captures (see _capture)
         self._graph_rows = 0
         self._static_x = self._static_y = None
 
@@ -222,6 +224,9 @@ class PackStep:
             return
         if self._graph is None:
             self._capture(x, y)
+            if not self.graphs:  # capture failed for good: eager from now on
+                self._step(x, y)
+                return
         if x.shape[0] != self._graph_rows:
             self._step(x, y)
             return
@@ -234,26 +239,42 @@ class PackStep:
         return [*self.params, *self.m, *self.v, self.t, self.loss_sum, model.running_mean, model.running_var]
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Capture the full-batch step; the warm-up steps capture needs are undone, so results do not change."""
+        """Capture the full-batch step; the warm-up steps capture needs are undone, so results do not change.
+
+        On an H200 (PyTorch 2.11) the first capture of a process failed with "operation failed due to a
+        previous error during capture" whatever the warm-up stream, and every later capture worked
+        (PyTorch #180090 describes autograd nodes that keep a stale non-capturing stream). A failed
+        capture records but runs nothing, so it is simply tried again; after CAPTURE_TRIES failures the
+        step runs eagerly (same results, slower) and the reasons stay in `capture_errors`.
+        """
         self._static_x, self._static_y = x.clone(), y.clone()
         self._graph_rows = x.shape[0]
         saved = [s.clone() for s in self._state()]
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(GRAPH_WARMUP):
-                self._step(self._static_x, self._static_y)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for live, copy in zip(self._state(), saved):
-                live.copy_(copy)
-        self._graph = torch.cuda.CUDAGraph()
-        # Capture on the warm-up stream: torch.cuda.graph's own default capture stream would meet
-        # cuBLAS's per-stream set-up for the first time inside the capture, which invalidates the
-        # first capture of a process (seen on an H200: "operation failed due to a previous error
-        # during capture", later captures fine).
-        with torch.cuda.graph(self._graph, stream=side):
-            self._step(self._static_x, self._static_y)
+        for _ in range(CAPTURE_TRIES):
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP):
+                    self._step(self._static_x, self._static_y)
+            torch.cuda.current_stream().wait_stream(side)
+            self._restore(saved)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                # Captured on the warm-up stream, so per-stream library state (cuBLAS workspaces) exists.
+                with torch.cuda.graph(graph, stream=side):
+                    self._step(self._static_x, self._static_y)
+            except RuntimeError as e:  # torch.AcceleratorError
+                self.capture_errors.append(str(e).splitlines()[0])
+                torch.cuda.synchronize()
+                continue
+            self._graph = graph
+            return
+        self.graphs = False
+
+    @torch.no_grad()
+    def _restore(self, saved: list[torch.Tensor]) -> None:
+        for live, copy in zip(self._state(), saved):
+            live.copy_(copy)
 
     @torch.no_grad()
     def retire(self, k: int, *, failed: bool) -> None:
