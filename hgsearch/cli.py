@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -245,8 +246,16 @@ def train(
         out.print(f"wrote {save}")
 
 
+def _setup_process() -> None:
+    """Process-wide settings that belong to the command line, not to the library (a notebook keeps its own)."""
+    # hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
+    # logging.disable rather than optuna.logging.set_verbosity: that would import Optuna (~1 s) for --help.
+    logging.disable(logging.INFO)
+
+
 def main() -> None:
     """Console entry point: every expected failure is one line on stderr and an exit code."""
+    _setup_process()
     args = sys.argv[1:] or ["--help"]
     try:
         code = app(args=args, prog_name="hgsearch", standalone_mode=False)

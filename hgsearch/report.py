@@ -201,11 +201,8 @@ def sample_grids(an: Analysis, study_dir: str | Path) -> list[tuple[pd.Series, A
 
 
 def _png_b64(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

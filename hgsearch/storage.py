@@ -24,10 +24,6 @@ from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, Usa
 from hgsearch.models import FAMILIES
 from hgsearch.tasks import TaskData
 
-# hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 DIRECTIONS = ["minimize", "maximize"]  # (parameter count, validation PSNR)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import pickle
@@ -107,6 +108,7 @@ def _die_with_parent() -> None:
 def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
     """Body of one worker process: set its device and threads, run the shared search, report how it ended."""
     os.environ.update(plan.env)  # before anything touches CUDA
+    logging.disable(logging.INFO)  # as cli.main does for the parent: no Optuna INFO lines under the display
     # Its own process group: a Ctrl-C at the terminal reaches the parent only, which forwards it once,
     # so a worker never sees two interrupts for one key press.
     os.setpgrp()
