@@ -113,3 +113,19 @@ def test_ctrl_c_stops_every_worker_then_the_same_command_finishes(tiny_idx, tmp_
     assert_exactly(final, 3)
     retried = [t for ts in final.values() for t in ts if t.state.name == "COMPLETE" and t.user_attrs.get("retry_of")]
     assert len(retried) == 2
+
+
+@pytest.mark.slow
+def test_a_crashing_worker_is_one_line_naming_its_traceback_file(tiny_idx, tmp_path):
+    from tests.conftest import hgsearch
+
+    # The test hook makes worker 0 raise a RuntimeError, as a bug in the search would.
+    res = hgsearch(*run_args(tiny_idx, 1, 1), cwd=tmp_path, env={"HGSEARCH_TEST_CRASH_WORKER": "0"})
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("error: worker 0 crashed: RuntimeError: crash requested by the test hook")
+    logs = list((tmp_path / "results" / "w" / "logs").glob("worker-0-crash-*.log"))
+    assert len(logs) == 1 and str(logs[0].relative_to(tmp_path)) in lines[0]
+    text = logs[0].read_text()
+    assert text.startswith("Traceback (most recent call last):") and "RuntimeError: crash requested" in text
