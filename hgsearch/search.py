@@ -120,7 +120,7 @@ def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, 
         steps = -(-len(data.train) // cfg.batch_size)
         _, res = train(spec, data, lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                        progress=progress, report_every=max(1, min(50, steps // 4)), resume=resume,
-                       on_epoch_end=on_epoch_end)
+                       on_epoch_end=on_epoch_end, stop_check=check_stop)
     except TrialFailed as e:
         heartbeat.stop()
         close_trial(study, study._storage.get_trial(trial._trial_id), str(e), retry=False)
