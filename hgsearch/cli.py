@@ -71,9 +71,10 @@ def run(
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
     from hgsearch.claims import stop_on_signals
     from hgsearch.config import format_budget, load_config, parse_budget
-    from hgsearch.display import LiveDisplay, frontier_table
+    from hgsearch.display import LiveDisplay
     from hgsearch.frontier import load_frontier
     from hgsearch.search import run_search
+    from hgsearch.tables import frontier_table
 
     cfg = load_config(config, budget=parse_budget(budget), task=task, dataset=dataset, data_dir=data_dir,
                       download=download, augment=augment, train_size=train_size, family=family, trials=trials,
@@ -136,9 +137,9 @@ def frontier(
 ) -> None:
     """Compare the families (hypervolume, domination, gap per budget) and write frontier.csv, trials.csv
     and summary.json (and figures with --plot) for a study."""
-    from hgsearch.display import analysis_tables
+    from hgsearch.analysis import analyze, write_outputs
     from hgsearch.frontier import locate_study
-    from hgsearch.report import analyze, write_outputs
+    from hgsearch.tables import analysis_tables
 
     name, out_dir, url = locate_study(study, storage, results_dir)
     an = analyze(name, url, data_dir=data_dir)
@@ -155,8 +156,8 @@ def frontier(
 def show(study: Optional[str] = StudyOpt, storage: Optional[str] = StorageOpt,
          results_dir: str = ResultsDirOpt) -> None:
     """A study's state: completed, running and failed trials per family, best PSNR, hours spent."""
-    from hgsearch.display import state_table
     from hgsearch.frontier import locate_study, study_state
+    from hgsearch.tables import state_table
 
     name, _, url = locate_study(study, storage, results_dir)
     out.print(state_table(name, study_state(name, url)))
@@ -204,8 +205,9 @@ def report(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
 ) -> None:
     """Write results/<study>/report.html: one self-contained offline page with every figure and table."""
+    from hgsearch.analysis import analyze
     from hgsearch.frontier import locate_study
-    from hgsearch.report import analyze, write_report
+    from hgsearch.report import write_report
 
     name, out_dir, url = locate_study(study, storage, results_dir)
     out.print(f"wrote {write_report(analyze(name, url, data_dir=data_dir, device=device), out_dir, samples=samples)}")
