@@ -97,3 +97,31 @@ def test_help_documents_every_command():
         assert cmd in top.stdout
         sub = hgsearch(cmd, "--help")
         assert sub.returncode == 0 and "Usage" in sub.stdout and "--help" in sub.stdout
+
+
+def test_run_passes_its_options_to_the_library(tmp_path, monkeypatch, cli):
+    """The command's only job is to build the RunConfig: patch the library call and check what it gets."""
+    import pandas as pd
+
+    import hgsearch.frontier
+    import hgsearch.search
+    from hgsearch.config import RunConfig
+    from hgsearch.frontier import Frontier
+    from hgsearch.space import SpaceConfig
+
+    got = []
+    monkeypatch.setattr(hgsearch.search, "run_search", lambda cfg, reporter: got.append(cfg))
+    monkeypatch.setattr(hgsearch.frontier, "load_frontier",
+                        lambda study, storage: Frontier(study, {}, pd.DataFrame(), pd.DataFrame()))
+    conf = tmp_path / "c.toml"
+    conf.write_text("[run]\nepochs = 9\nnoise_sigma = 0.5\n[space]\nlr = [1e-4, 1e-3]\n")
+    code, out, err = cli("run", "--budget", "2M", "--epochs", "3", "--trials", "5", "--family", "hourglass",
+                         "--task", "denoise", "--dataset", "mnist", "--seed", "7", "--fixed-win", "--train-size",
+                         "1000", "--augment", "flips", "--device", "cpu", "--study", "s1", "--results-dir",
+                         str(tmp_path / "r"), "--config", str(conf), cwd=tmp_path)
+    assert code == 0, err
+    assert got == [RunConfig(budget=2_000_000, task="denoise", dataset="mnist", augment="flips", train_size=1000,
+                             family="hourglass", trials=5, epochs=3, study="s1", results_dir=str(tmp_path / "r"),
+                             seed=7, device="cpu", fixed_win=True, noise_sigma=0.5,
+                             space=SpaceConfig(lr=(1e-4, 1e-3)))]  # the option beats the file's epochs = 9
+    assert "budget 2M (2,000,000), 5 trials per family, 3 epochs each" in out

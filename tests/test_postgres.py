@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 
 from hgsearch.storage import safe_url
-from tests.conftest import hgsearch
-from tests.test_workers import FAMILIES, assert_exactly, popen, states, wait_for
+from tests.conftest import FAMILIES, assert_exactly, hgsearch, popen, states, wait_for
 
 ENV = "HGSEARCH_TEST_POSTGRES"
 N = 3

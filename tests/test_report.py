@@ -21,18 +21,6 @@ from hgsearch.report import render_html
 from hgsearch.storage import DIRECTIONS, SETTINGS_KEY, family_study_name
 from hgsearch.tasks import Split, TaskData
 
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The real entry point in-process (a subprocess per call would re-import torch each time)."""
-    from hgsearch.cli import main
-
-    monkeypatch.setattr("sys.argv", ["hgsearch", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    got = capsys.readouterr()
-    return e.value.code, got.out, got.err
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BUDGET = 4_000_000
 STUDY = "stub"
@@ -164,7 +152,7 @@ def _clone_trials(db: str, study_name: str, copies: int) -> None:
     con.close()
 
 
-def test_show_on_a_2000_trial_study(stub, monkeypatch, capsys):
+def test_show_on_a_2000_trial_study(stub, cli):
     url, out = stub
     _clone_trials(str(out / "study.db"), family_study_name(STUDY, "hourglass"), 2000)
     state = study_state(STUDY, url).set_index("family")
@@ -174,15 +162,15 @@ def test_show_on_a_2000_trial_study(stub, monkeypatch, capsys):
     assert (hg["complete"], hg["failed"], hg["running"]) == (3 + 1800 + 67, 1 + 67, 66)
     assert hg["best_val"] == 32.0 and hg["best_params"] == 2_000_000
     assert state.loc["conventional", "complete"] == 3
-    code, stdout, stderr = cli(monkeypatch, capsys, "show", "--study", STUDY, "--storage", url)
+    code, stdout, stderr = cli("show", "--study", STUDY, "--storage", url)
     assert code == 0, stderr
     assert re.search(r"hourglass\s+1870\s+66\s+68", stdout), stdout
 
 
-def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, capsys):
+def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
     for cmd in ("show", "report", "confirm"):
-        code, _, err = cli(monkeypatch, capsys, cmd, *(("--seeds", "2") if cmd == "confirm" else ()), "--study", "nope")
+        code, _, err = cli(cmd, *(("--seeds", "2") if cmd == "confirm" else ()), "--study", "nope")
         assert code == 1 and err.strip().count("\n") == 0 and "no study 'nope'" in err
 
 

@@ -14,8 +14,7 @@ from hgsearch.models import ArchSpec, build
 from hgsearch.packed import PackedMLP, check_packable, evaluate_packed, train_packed
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import EVAL_BATCHES, _autocast, evaluate, train
-from tests.conftest import REPO
-from tests.test_tasks import dataset
+from tests.conftest import REPO, dataset
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

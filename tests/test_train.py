@@ -10,7 +10,7 @@ from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.models import ArchSpec, build
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import as_float, evaluate, train
-from tests.test_tasks import dataset
+from tests.conftest import dataset
 
 
 @pytest.fixture(scope="module")
