@@ -101,6 +101,7 @@ def test_frontier_of_a_corrupted_database(tmp_path, cli):
     assert len(err.strip().splitlines()) == 1 and tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_real_process_bad_budget_and_password(tiny_idx, tmp_path):
     """Two of the above through the console entry in a real process: same line, same code, no traceback."""
     res = hgsearch("run", "--budget", "5X", cwd=tmp_path)

@@ -90,6 +90,7 @@ def test_readme_documents_every_command_and_option():
                     assert opt in readme, f"{name} {opt} is not in README.md"
 
 
+@pytest.mark.slow
 def test_help_documents_every_command():
     top = hgsearch("--help")
     assert top.returncode == 0

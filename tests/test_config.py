@@ -110,6 +110,7 @@ def test_config_numbers_widen_but_never_narrow(tmp_path):
     assert cfg.space.lr == (1.0, 2.0) and all(isinstance(v, float) for v in cfg.space.lr)
 
 
+@pytest.mark.slow
 def test_config_error_through_the_cli(tmp_path):
     """The real command: one line on stderr naming file, key, value and what is allowed; exit 2."""
     p = tmp_path / "bad.toml"

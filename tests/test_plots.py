@@ -93,6 +93,7 @@ def test_samples_figure(tmp_path, c):
     non_blank(decode(plots.save_all(fig, tmp_path / f"samples{c}", ("png",))[0]))
 
 
+@pytest.mark.slow
 def test_importing_the_library_changes_no_process_settings():
     """A notebook that imports hgsearch keeps its Optuna logging, warning filters and matplotlib backend."""
     code = """

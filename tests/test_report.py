@@ -94,6 +94,7 @@ def test_comparison_numbers_through_storage(stub):
     assert doc["scaling_pattern"][-1]["family"] == "hourglass" and doc["scaling_pattern"][-1]["depth"] == 8
 
 
+@pytest.mark.slow
 def test_seeds_give_means_std_and_intervals(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     # Extra seeds: hourglass 2M -> 32 (search), 33, 34: mean 33, std 1; conventional 3M -> 31, 30, 32.
@@ -112,6 +113,7 @@ def test_seeds_give_means_std_and_intervals(tmp_path):
     assert summary(an)["comparison"]["bins"][-1]["ci"] == [pytest.approx(lo), pytest.approx(hi)]
 
 
+@pytest.mark.slow
 def test_report_is_offline_and_embeds_decodable_images(stub):
     from PIL import Image
 
@@ -152,6 +154,7 @@ def _clone_trials(db: str, study_name: str, copies: int) -> None:
     con.close()
 
 
+@pytest.mark.slow
 def test_show_on_a_2000_trial_study(stub, cli):
     url, out = stub
     _clone_trials(str(out / "study.db"), family_study_name(STUDY, "hourglass"), 2000)

@@ -180,6 +180,7 @@ def _cfg(tiny_idx: Path, tmp_path: Path, **kw) -> RunConfig:
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.slow
 def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path)
     study = search.run_search(cfg)["hourglass"]
@@ -202,6 +203,7 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.slow
 def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path)
     study = search.run_search(cfg)["hourglass"]
@@ -248,6 +250,7 @@ def test_concurrent_workers_reach_exactly_the_target(tmp_path):
     assert all("surplus" in t.user_attrs["fail_reason"] for t in ts if t.state == TrialState.FAIL)
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_names_each_field(tiny_idx, tmp_path):
     search.run_search(_cfg(tiny_idx, tmp_path))
     with pytest.raises(StudyMismatchError) as e:
@@ -263,6 +266,7 @@ def test_resume_with_other_settings_names_each_field(tiny_idx, tmp_path):
     search.run_search(_cfg(tiny_idx, tmp_path, trials=2, device="cpu", data_dir=str(copy)))
 
 
+@pytest.mark.slow
 def test_failed_trials_record_their_reason_and_the_study_goes_on(tiny_idx, tmp_path, monkeypatch):
     import hgsearch.train as train_mod
     from hgsearch.frontier import load_frontier, write_tables

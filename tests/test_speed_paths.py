@@ -76,6 +76,7 @@ def test_bf16_autocast_never_on_cpu():
 
 
 @pytest.mark.parametrize("task", ["data", "noisy"])
+@pytest.mark.slow
 def test_packed_training_equals_separate_runs(task, request):
     d = request.getfixturevalue(task)
     specs = [ArchSpec("hourglass", d.d_in, d.d_out, 180, 12, depth) for depth in (1, 3, 2)]

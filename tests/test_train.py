@@ -72,6 +72,7 @@ def test_fixed_win_stays_fixed(data):
     assert torch.equal(model.w_in.weight, w0)
 
 
+@pytest.mark.slow
 def test_resume_from_epoch_state_matches_uninterrupted_run(data):
     spec = ArchSpec("hourglass", data.d_in, data.d_out, 180, 12, 2)
     states = []
