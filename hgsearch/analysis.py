@@ -15,8 +15,7 @@ import pandas as pd
 from hgsearch.atomic import atomic_write
 from hgsearch.baselines import Baseline, baseline
 from hgsearch.errors import DataError, StorageError, UsageError
-from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, package_versions, seed_rows,
-                               write_tables)
+from hgsearch.frontier import Frontier, load_frontier, load_seed_rows, package_versions, seed_rows, write_tables
 from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
 from hgsearch.tasks import TaskData
 
