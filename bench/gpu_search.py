@@ -78,12 +78,11 @@ def search_once(name: str, cfg: RunConfig, cap: float) -> dict:
     row: dict = {"search": name, "pack_size": cfg.pack_size, "cap_s": cap}
     timer = threading.Timer(cap, request_stop, args=("SIGALRM",))
     t0 = time.perf_counter()
-    studies = None
     try:
         with stop_on_signals():
             timer.start()
             try:
-                studies = run_search(cfg, reporter)
+                run_search(cfg, reporter)
                 row["stopped_at_cap"] = False
             except KeyboardInterrupt:
                 row["stopped_at_cap"] = True

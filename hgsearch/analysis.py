@@ -1,14 +1,23 @@
-"""Compare the two families' frontiers: Pareto sets, hypervolume, domination, gaps per budget."""
+"""A study's numbers: the families' frontiers compared (Pareto sets, hypervolume, domination, gaps per
+budget), the Analysis that `frontier` and `report` present, and the files `frontier` writes."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from hgsearch.errors import UsageError
+from hgsearch.atomic import atomic_write
+from hgsearch.baselines import Baseline, baseline
+from hgsearch.errors import DataError, StorageError, UsageError
+from hgsearch.frontier import Frontier, load_frontier, load_seed_rows, package_versions, seed_rows, write_tables
+from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
+from hgsearch.tasks import TaskData
 
 # Rows sharing these values are seeds of one configuration (lr included: the paper picks the best
 # learning rate per shape only after averaging over seeds).
@@ -322,3 +331,156 @@ def compare(
         conventional_dominated=dominated_fraction(fronts[1], fronts[0], y=y),
         bins=tuple(bin_gaps(*parts, budget, n_bins=n_bins, y=y)),
     )
+
+
+N_BINS = 6
+
+
+@dataclass
+class Analysis:
+    """Everything `frontier` prints and `report` shows about one study."""
+
+    fr: Frontier
+    storage: str
+    settings: dict[str, Any]  # the study's stored settings (hourglass's, else conventional's)
+    rows: pd.DataFrame  # finished runs, one per (configuration, seed): search trials + confirm's seeds
+    front: pd.DataFrame  # the paper's frontier on seed means (psnr_test = mean test PSNR, psnr_test_std, n_seeds)
+    comparison: Comparison | None  # None when only one family has finished trials
+    scaling: pd.DataFrame
+    baseline: Baseline | None
+    baseline_note: str | None  # why there is no baseline (dataset not found here)
+    data: TaskData | None
+
+    @property
+    def seeds(self) -> int:
+        """Fewest seeds behind any frontier point (1 until `hgsearch confirm` ran)."""
+        return int(self.front["n_seeds"].min()) if len(self.front) else 0
+
+    @property
+    def flagged(self) -> set[tuple[str, int]]:
+        """(family, trial) of frontier points no better than the trivial baseline: they learned nothing."""
+        if self.baseline is None:
+            return set()
+        bad = self.front[self.front["psnr_val"] <= self.baseline.psnr_val]
+        return {(r["family"], int(r["trial"])) for _, r in bad.iterrows()}
+
+
+def analyze(study: str, storage: str, *, data_dir: str | None = None, device: str = "auto",
+            load_data: bool = True, n_bins: int = N_BINS) -> Analysis:
+    """Load a study (and confirm's seeds), compute baselines, the comparison and the scaling pattern.
+
+    The data is needed only for the baselines (and the report's pictures); when it cannot be found
+    here, the comparison is still made and summary.json says why the baseline is missing.
+    """
+    # confirm builds on this module's statistics (paper_front), so it is imported here, not at the top.
+    from hgsearch.confirm import load_checked_task, means_front, study_config
+
+    fr = load_frontier(study, storage)
+    settings = fr.settings.get("hourglass") or next(iter(fr.settings.values()))
+    seeds = load_seed_rows(study, storage)
+    rows = seed_rows(fr, seeds)
+    front = means_front(fr, seeds)
+    data, base, note = None, None, None
+    if load_data:
+        try:
+            data = load_checked_task(fr, study_config(fr, data_dir=data_dir, device=device))
+            base = baseline(data)
+        except DataError as e:
+            note = f"no baseline: {e}"
+    budget = float(settings["budget"])
+    families = set(rows["family"])
+    comp = None
+    if {"hourglass", "conventional"} <= families:
+        comp = compare(rows, budget, baseline_psnr=base.psnr_val if base else None, n_bins=n_bins)
+    return Analysis(fr, storage, settings, rows, front, comp, scaling_pattern(rows, budget, n_bins), base,
+                    note, data)
+
+
+def published(an: Analysis) -> pd.DataFrame | None:
+    """The paper's MNIST frontier for this task, when the study is that experiment (MNIST, same sizes)."""
+    from hgsearch.paper import D_IN, D_OUT, FRONTIERS, published_front
+
+    s = an.settings
+    if (s.get("dataset") != "mnist" or s.get("task") not in FRONTIERS or s.get("fixed_win")
+            or s.get("d_in") != D_IN[s["task"]] or s.get("d_out") != D_OUT):
+        return None
+    return published_front(s["task"])
+
+
+def _front_records(an: Analysis) -> list[dict[str, Any]]:
+    keep = ["family", "params", "trainable_params", "depth", "width", "bottleneck", "lr", "psnr_val",
+            "psnr_val_std", "psnr_test", "psnr_test_std", "n_seeds", "trial", "seed"]
+    flagged = an.flagged
+    out = []
+    for rec in an.front[keep].to_dict("records"):
+        rec["learned_nothing"] = (rec["family"], int(rec["trial"])) in flagged
+        out.append(rec)
+    return out
+
+
+def summary(an: Analysis) -> dict[str, Any]:
+    """summary.json: what was compared, how, on which data and software, and the answer."""
+    s = an.settings
+    comp = an.comparison.to_dict() if an.comparison else None
+    return json_ready({
+        "study": an.fr.study,
+        "storage": safe_url(an.storage),
+        "objectives": dict(zip(METRIC_NAMES, DIRECTIONS)),
+        "selection": "frontier points chosen on validation PSNR (mean over seeds, best lr per shape); "
+                     "test PSNR reported only",
+        "budget": s.get("budget"),
+        "reference_point": comp["reference"] if comp else None,
+        "task": s.get("task"),
+        "dataset": {"name": s.get("dataset"), "checksum": s.get("dataset_checksum")},
+        "protocol": s.get("protocol"),
+        "settings": an.fr.settings,
+        "versions": package_versions(),
+        "seeds_per_point": an.seeds,
+        "comparison": comp,
+        "comparison_note": None if comp else "only one family has finished trials: nothing to compare",
+        "baseline": an.baseline.to_dict() if an.baseline else None,
+        "baseline_note": an.baseline_note,
+        "frontier": _front_records(an),
+        "scaling_pattern": an.scaling.to_dict("records"),
+    })
+
+
+def json_ready(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if not np.isfinite(v) else float(v)
+    return v
+
+
+def figure_kw(an: Analysis) -> dict[str, Any]:
+    base = (an.baseline.method.split(" of ")[0].split(" (")[0], an.baseline.psnr_test) if an.baseline else None
+    return {"means": an.front, "baseline": base, "published": published(an), "flagged": an.flagged}
+
+
+def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> list[Path]:
+    """frontier.csv, trials.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
+    out = Path(out_dir)
+    paths = write_tables(an.fr, out, an.baseline.psnr_val if an.baseline else None)
+    try:
+        text = json.dumps(summary(an), indent=2)
+        paths.append(out / "summary.json")
+        atomic_write(paths[-1], lambda p: Path(p).write_text(text + "\n"))
+        if an.seeds > 1:
+            paths.append(out / "frontier_means.csv")
+            atomic_write(paths[-1], lambda p: an.front.to_csv(p, index=False))
+        if plot:
+            from hgsearch import plots
+
+            paths += plots.save_all(plots.frontier_figure(an.fr, **figure_kw(an)), out / "frontier")
+            paths += plots.save_all(plots.scaling_figure(an.scaling, f"{an.fr.study}: best shape per budget"),
+                                    out / "scaling")
+    except OSError as e:
+        raise StorageError(f"cannot write to {out} ({e.strerror}): pass a writable --results-dir") from None
+    return paths

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import optuna

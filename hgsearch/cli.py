@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -154,7 +155,8 @@ def run(
         _dry_run(cfg)
         return
     from hgsearch.config import format_budget
-    from hgsearch.display import LiveDisplay, PlainProgress, plural
+    from hgsearch.display import LiveDisplay, PlainProgress
+    from hgsearch.tables import plural
 
     say(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
         f"({cfg.budget:,}), {plural(cfg.trials, 'trial')} per family, {plural(cfg.epochs, 'epoch')} each")
@@ -184,7 +186,7 @@ def run(
 def _closing_table(cfg: Any) -> None:
     """run's last word: each frontier with the task's trivial baseline, and what to do next."""
     from hgsearch.baselines import baseline
-    from hgsearch.display import frontier_table
+    from hgsearch.tables import frontier_table
     from hgsearch.frontier import load_frontier
     from hgsearch.tasks import load_task
 
@@ -194,7 +196,7 @@ def _closing_table(cfg: Any) -> None:
 
 def _dry_run(cfg: Any) -> None:
     from hgsearch.config import format_budget
-    from hgsearch.display import df_table, plural
+    from hgsearch.tables import df_table, plural
     from hgsearch.preview import TIMED_STEPS, plan
 
     planned, notes = plan(cfg, cfg.trials)
@@ -284,9 +286,9 @@ def frontier(
 ) -> None:
     """Compare the families (hypervolume, domination, gap per budget) and write frontier.csv, trials.csv
     and summary.json (and figures with --plot) for a study."""
-    from hgsearch.display import analysis_tables, comparison_notes
-    from hgsearch.report import analyze, summary, write_outputs
+    from hgsearch.analysis import analyze, summary, write_outputs
     from hgsearch.studies import remove_figures
+    from hgsearch.tables import analysis_tables, comparison_notes
 
     name, out_dir, url = _find(study, storage, results_dir)
     an = analyze(name, url, data_dir=data_dir)
@@ -327,7 +329,7 @@ def show(study: StudyOpt = None, storage: StorageOpt = None, results_dir: Result
     if as_json:
         print(json.dumps({"study": name, "families": json.loads(state.to_json(orient="records"))}, indent=2))
     else:
-        from hgsearch.display import state_table
+        from hgsearch.tables import state_table
 
         out.print(state_table(name, state))
 
@@ -339,7 +341,7 @@ def _study_list(studies: list, results_dir: str, as_json: bool) -> None:
     import pandas as pd
 
     from hgsearch.config import format_budget
-    from hgsearch.display import df_table
+    from hgsearch.tables import df_table
 
     rows = [{"study": s.name, "task": s.task or "-", "dataset": s.dataset or "-",
              "budget": format_budget(s.budget) if s.budget else "-",
@@ -363,7 +365,7 @@ def confirm(
     """Retrain each frontier configuration with K seeds (kept in the storage; re-running is free) and
     print the frontier on seed means."""
     from hgsearch.confirm import confirm_seeds
-    from hgsearch.display import plural
+    from hgsearch.tables import plural
 
     from hgsearch.events import Event, RunEnd, RunStart, SeedsStart
 
@@ -397,7 +399,8 @@ def report(
                       ] = Device("auto"),
 ) -> None:
     """Write results/<study>/report.html: one self-contained offline page with every figure and table."""
-    from hgsearch.report import analyze, write_report
+    from hgsearch.analysis import analyze
+    from hgsearch.report import write_report
 
     name, out_dir, url = _find(study, storage, results_dir)
     an = analyze(name, url, data_dir=data_dir, device=device.value)
@@ -440,7 +443,7 @@ def train(
     trivial baseline, and wall time."""
     from hgsearch.baselines import baseline
     from hgsearch.config import load_config
-    from hgsearch.display import plural, psnr_verdict
+    from hgsearch.tables import plural, psnr_verdict
     from hgsearch.search import train_single
     from hgsearch.tasks import load_task
 
@@ -479,8 +482,16 @@ def _flag_given_a_value(args: list[str]) -> UsageError | None:
     return None
 
 
+def _setup_process() -> None:
+    """Process-wide settings that belong to the command line, not to the library (a notebook keeps its own)."""
+    # hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
+    # logging.disable rather than optuna.logging.set_verbosity: that would import Optuna (~1 s) for --help.
+    logging.disable(logging.INFO)
+
+
 def main() -> None:
     """Console entry point: every expected failure is one line on stderr and an exit code."""
+    _setup_process()
     args = sys.argv[1:] or ["--help"]
     try:
         wrong = _flag_given_a_value(args)

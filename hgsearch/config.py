@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
+from hgsearch.data import DATASETS
 from hgsearch.errors import UsageError
 from hgsearch.names import AUGMENTS, DEVICES, FAMILIES, FAMILY_CHOICES, TASKS
 from hgsearch.pruning import RULES as PRUNING_RULES
@@ -154,12 +156,69 @@ def sqlite_url(study_dir: str | Path) -> str:
     return f"sqlite:///{Path(study_dir) / STUDY_DB}"
 
 
-def _from_table(cls: type, table: dict[str, Any], where: str) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
+# The values a config file may give each string key; RunConfig checks them again for CLI options.
+_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "dataset": DATASETS, "augment": AUGMENTS,
+                                        "family": FAMILY_CHOICES, "device": DEVICES}
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _toml_type(value: Any) -> str:
+    """How TOML spells the value's type, for error messages."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return {bool: "a boolean", int: "a whole number", float: "a decimal number", str: "a string"}.get(
+        type(value), type(value).__name__)
+
+
+def _check_scalar(kind: type, value: Any) -> bool:
+    if kind is float:  # 5 means 5.0; TOML's true is not a number
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_value(key: str, value: Any, hint: Any, where: str) -> Any:
+    """The file's value converted to the field's type, or a UsageError naming key, file, value and what is allowed."""
+    def bad(allowed: str, what: str = "") -> UsageError:
+        shown = json.dumps(value, default=str)  # TOML's spelling: "abc", true, [1, 2]
+        return UsageError(f"{where}: {key} = {shown} is {what or _toml_type(value)}; {key} must be {allowed}")
+
+    if key == "budget":
+        if not _check_scalar(int, value) and not isinstance(value, str):
+            raise bad("a parameter count like \"5M\", \"1.5M\" or 2500000")
+        try:
+            return parse_budget(value)
+        except UsageError as e:
+            raise UsageError(f"{where}: {e}") from None
+    if hint in (tuple[int, int], tuple[float, float]):
+        kind = hint.__args__[0]
+        allowed = f"a list of two {'whole numbers' if kind is int else 'numbers'} [low, high]"
+        if not (isinstance(value, list) and len(value) == 2 and all(_check_scalar(kind, v) for v in value)):
+            raise bad(allowed)
+        return (kind(value[0]), kind(value[1]))
+    kind = next(k for k in (bool, int, float, str) if hint in (k, k | None))
+    if not _check_scalar(kind, value):
+        raise bad(_KINDS[kind])
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise bad(f"one of {', '.join(_CHOICES[key])}", "not a known value")
+    return float(value) if kind is float else value
+
+
+def _from_table(cls: type, table: Any, where: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A [run] or [space] table checked key by key against the dataclass's fields and their types."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{where} must be a table of key = value lines, not {_toml_type(table)}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)} - set(skip)
     unknown = sorted(set(table) - names)
     if unknown:
-        raise UsageError(f"unknown key(s) {', '.join(unknown)} in {where}: allowed are {', '.join(sorted(names))}")
-    return dict(table)
+        where_else = " ([space] is its own table)" if "space" in unknown and "space" in skip else ""
+        raise UsageError(f"unknown key(s) {', '.join(unknown)} in {where}{where_else}: allowed are "
+                         f"{', '.join(sorted(names))}")
+    return {k: _check_value(k, v, hints[k], where) for k, v in table.items()}
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
@@ -177,13 +236,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
         unknown = sorted(set(doc) - {"run", "space"})
         if unknown:
             raise UsageError(f"unknown table(s) {', '.join(unknown)} in {p}: use [run] and [space]")
-        run = _from_table(RunConfig, doc.get("run", {}), f"{p} [run]")
-        run.pop("space", None)
+        run = _from_table(RunConfig, doc.get("run", {}), f"{p} [run]", skip=("space",))
         space = _from_table(SpaceConfig, doc.get("space", {}), f"{p} [space]")
-    if "budget" in run:
-        run["budget"] = parse_budget(run["budget"])
+        try:
+            space_cfg = SpaceConfig(**space)
+        except UsageError as e:
+            raise UsageError(f"{p} [space]: {e}") from None
+    else:
+        space_cfg = SpaceConfig()
     run.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return RunConfig(**run, space=SpaceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()}))
-    except TypeError as e:
-        raise UsageError(f"bad value in config: {e}") from None
+    return RunConfig(**run, space=space_cfg)

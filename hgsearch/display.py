@@ -1,39 +1,17 @@
-"""Terminal display (rich): the live view of a running search (fed by run_search's reporter events)
-and the result tables of `frontier` and `show`."""
+"""A running search's progress: the live terminal view (rich) or plain lines when stdout is not a terminal."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-import pandas as pd
-from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from hgsearch.events import Event, Note, Progress, Start, TrialEnd, TrialStart
-from hgsearch.frontier import Frontier
-
-if TYPE_CHECKING:
-    from hgsearch.baselines import Baseline
-    from hgsearch.report import Analysis
-
-
-def plural(n: int, word: str) -> str:
-    """'1 trial', '2 trials': counts read as English (word is the singular)."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
-def psnr_verdict(psnr_val: float, base: "Baseline | None") -> str:
-    """What to print after a validation PSNR: the task's trivial baseline, and the flag when at or under it."""
-    if base is None:
-        return ""
-    if psnr_val <= base.psnr_val:
-        return (f" - LEARNED NOTHING: at or under the trivial baseline ({base.method}: "
-                f"{base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test)")
-    return f" (trivial baseline {base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test: {base.method})"
+from hgsearch.tables import plural
 
 
 class PlainProgress:
@@ -162,86 +140,3 @@ class LiveDisplay:
             lines += [Text(current), Text(self.status.get(w, ""), style="dim")]
         return Group(table, *lines,
                      Text(f"elapsed {elapsed / 60:.1f} min, ETA {eta}", style="dim"))
-
-
-def frontier_table(fr: Frontier, base: "Baseline | None" = None) -> Table:
-    """Each family's frontier as one table, smallest model first (what `run` prints at the end)."""
-    view = pd.DataFrame([{
-        "family": r["family"], "params": f"{int(r['params']):,}", "val dB": f"{r['psnr_val']:.2f}",
-        "test dB": f"{r['psnr_test']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
-        "lr": f"{r['lr']:.1e}", "trial": int(r["trial"]),
-        "note": "≤ baseline" if base is not None and r["psnr_val"] <= base.psnr_val else "",
-    } for _, r in fr.frontier.iterrows()])
-    flagged = (view["note"] != "").any()
-    if not flagged:
-        view = view.drop(columns="note")
-    title = f"Pareto frontiers of {fr.study} (selected on validation PSNR"
-    title += f"; trivial baseline {base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test)" if base else ")"
-    table = df_table(view, title)
-    if flagged:
-        table.caption = "≤ baseline: no better than the task's trivial baseline, so it learned nothing"
-    return table
-
-
-def df_table(df: pd.DataFrame, title: str = "") -> Table:
-    """A display DataFrame (already formatted strings) as a rich table; first column left-aligned."""
-    # Compact enough for an 80-column terminal: no outer edge, one space of padding shared by neighbours.
-    table = Table(title=title or None, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
-                  collapse_padding=True)
-    for i, col in enumerate(df.columns):
-        table.add_column(str(col), justify="left" if i == 0 or col == "note" else "right", no_wrap=col != "note")
-    for r in df.itertuples(index=False):
-        table.add_row(*(str(v) for v in r))
-    return table
-
-
-def analysis_tables(an: "Analysis") -> list[Table]:
-    """What `frontier` prints: the frontier on seed means, the comparison, the gap per budget, the shapes."""
-    from hgsearch.report import comparison_view, front_view, scaling_view
-
-    base = (f", baseline {an.baseline.psnr_val:.2f} dB val / {an.baseline.psnr_test:.2f} dB test"
-            if an.baseline else "")
-    tables = [df_table(front_view(an), f"Pareto frontiers of {an.fr.study} ({plural(an.seeds, 'seed')} per point{base})")]
-    if an.flagged:
-        tables[0].caption = "≤ baseline: no better than the task's trivial baseline, so it learned nothing"
-    if an.comparison:
-        head, bins = comparison_view(an.comparison)
-        tables += [df_table(head, "Hourglass vs conventional (validation PSNR)"),
-                   df_table(bins, "PSNR gap at each budget (best model within it)")]
-    if len(an.scaling):
-        tables.append(df_table(scaling_view(an.scaling), "Best shape per budget"))
-    return tables
-
-
-def comparison_notes(an: "Analysis") -> list[str]:
-    """Lines under the comparison when it cannot be trusted yet, each with the command that settles it."""
-    if not an.comparison:
-        return []
-    notes = []
-    if an.seeds < 2:
-        notes.append(f"the comparison rests on one seed per point, so a gap may be seed noise: run "
-                     f"`hgsearch confirm --study {an.fr.study} --seeds 3`, then `hgsearch frontier` again")
-    if an.flagged:
-        epochs = an.settings.get("epochs")
-        notes.append(f"{plural(len(an.flagged), 'frontier point')} learned nothing (at or under the trivial "
-                     f"baseline), so the comparison there is between untrained models: train longer, e.g. a "
-                     f"new study with more than --epochs {epochs}")
-    return notes
-
-
-def state_table(study: str, state: pd.DataFrame) -> Table:
-    """`show`: trials per state, best PSNRs and hours per family (and confirm's seed runs)."""
-    table = Table(title=f"study {study} (PSNR and size of each family's best model)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
-                  collapse_padding=True)
-    # val/test dB and params are those of the family's best model (by validation PSNR).
-    for col in ("family", "complete", "running", "failed", "val dB", "test dB", "params", "hours"):
-        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
-
-    def num(v: Any, fmt: str) -> str:
-        return "-" if v is None or pd.isna(v) else fmt.format(v)
-
-    for _, r in state.iterrows():
-        failed = str(r["failed"]) + (f" (+{r['other']} other)" if r["other"] else "")
-        table.add_row(r["family"], str(r["complete"]), str(r["running"]), failed, num(r["best_val"], "{:.2f}"),
-                      num(r["best_test"], "{:.2f}"), num(r["best_params"], "{:,.0f}"), f"{r['hours']:.2f}")
-    return table

@@ -147,7 +147,7 @@ class SerialExecutor:
         try:
             _, res = train(rec.spec, data, lr=rec.lr, epochs=rec.epochs, batch_size=c.batch_size, seed=rec.seed,
                            progress=progress, report_every=max(1, min(50, steps // 4)), resume=c.resume,
-                           on_epoch_end=on_epoch_end)
+                           on_epoch_end=on_epoch_end, stop_check=check_stop)
         except TrialFailed as e:
             return e
         except _EndTrial as e:

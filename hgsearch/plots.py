@@ -1,35 +1,41 @@
-"""Figures; the only module that imports matplotlib (headless Agg backend)."""
+"""Figures, drawn with matplotlib's object-oriented API on an Agg canvas.
+
+No pyplot: a Figure bound to its own FigureCanvasAgg renders headless without selecting a backend,
+so importing this module changes nothing for a notebook or an application that uses matplotlib.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from hgsearch.atomic import atomic_write  # noqa: E402
-from hgsearch.frontier import Frontier  # noqa: E402
+from hgsearch.atomic import atomic_write
+from hgsearch.frontier import Frontier
 
 STYLE = {"hourglass": {"color": "tab:blue", "marker": "o"}, "conventional": {"color": "tab:orange", "marker": "s"}}
 FORMATS = ("png", "svg")  # PNG for screens and the report, SVG for papers
 LOG_X_SPAN = 8.0  # a parameter axis spanning more than this factor is drawn on a log scale
 
 
-def _save(fig, path: Path) -> Path:
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A figure with its own Agg canvas: nothing is registered with pyplot, so nothing needs closing."""
+    fig = Figure(figsize=figsize, dpi=150)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
     atomic_write(path, lambda p: fig.savefig(p, format=path.suffix.lstrip(".") or "png"))
     return path
 
 
-def save_all(fig, stem: str | Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Write the figure as stem.png and stem.svg (atomically) and close it."""
-    try:
-        return [_save(fig, Path(f"{stem}.{fmt}")) for fmt in formats]
-    finally:
-        plt.close(fig)
+def save_all(fig: Figure, stem: str | Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write the figure as stem.png and stem.svg (atomically)."""
+    return [_save(fig, Path(f"{stem}.{fmt}")) for fmt in formats]
 
 
 def _title(fr: Frontier) -> str:
@@ -54,12 +60,13 @@ def frontier_figure(
     baseline: tuple[str, float] | None = None,
     published: pd.DataFrame | None = None,
     flagged: set[tuple[str, int]] | None = None,
-):
+) -> Figure:
     """Both families' frontiers: x = parameters (millions), y = test PSNR (dB) of the points chosen on
     validation PSNR. means (the paper's frontier on seed means, with psnr_test_std and n_seeds) replaces
     the single-seed frontier and adds a +-1 std band; baseline = (label, test dB) is a horizontal
     line; published adds the paper's MNIST frontiers, dashed."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+    fig = _figure((6.4, 4.4))
+    ax = fig.subplots()
     xs = []
     for fam, style in STYLE.items():
         pts = fr.trials[(fr.trials["family"] == fam) & (fr.trials["state"] == "COMPLETE")]
@@ -101,16 +108,13 @@ def frontier_figure(
 
 def plot_frontier(fr: Frontier, path: str | Path, **kw) -> Path:
     """The frontier figure (see frontier_figure) in the format of path's suffix."""
-    fig = frontier_figure(fr, **kw)
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return _save(frontier_figure(fr, **kw), Path(path))
 
 
-def scaling_figure(scaling: pd.DataFrame, title: str = ""):
+def scaling_figure(scaling: pd.DataFrame, title: str = "") -> Figure:
     """Per budget bin, the best configuration's depth, width, bottleneck and ratio, one line per family."""
-    fig, axes = plt.subplots(2, 2, figsize=(7.2, 5.2), dpi=150, sharex=True)
+    fig = _figure((7.2, 5.2))
+    axes = fig.subplots(2, 2, sharex=True)
     panels = [("depth", "depth L (blocks)"), ("width", "stream width d_z or d_x (units)"),
               ("bottleneck", "bottleneck d_h (units)"), ("ratio", "ratio d_h / d_z")]
     for ax, (col, label) in zip(axes.flat, panels):
@@ -136,10 +140,11 @@ def _image(flat: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def samples_figure(inputs: np.ndarray, outputs: np.ndarray, targets: np.ndarray,
-                   in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], title: str):
+                   in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], title: str) -> Figure:
     """Rows input / output / target for a few fixed test images (flattened, values in [0, 1])."""
     n = len(inputs)
-    fig, axes = plt.subplots(3, n, figsize=(1.1 * n + 0.9, 3.7), dpi=150, squeeze=False)
+    fig = _figure((1.1 * n + 0.9, 3.7))
+    axes = fig.subplots(3, n, squeeze=False)
     for row, (name, arr, shape) in enumerate((("input", inputs, in_shape), ("output", outputs, out_shape),
                                                ("target", targets, out_shape))):
         for j in range(n):

@@ -1,4 +1,4 @@
-"""A study's comparison: summary.json, figures and one self-contained offline HTML report."""
+"""A study's report: one self-contained offline HTML page with every figure, table and sample grid."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import base64
 import html
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,166 +13,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hgsearch.analysis import Comparison, compare, scaling_pattern
+from hgsearch.analysis import Analysis, figure_kw, json_ready
 from hgsearch.atomic import atomic_write
-from hgsearch.baselines import Baseline, baseline
-from hgsearch.confirm import frontier_model, load_checked_task, means_front, study_config
-from hgsearch.errors import DataError, StorageError
-from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, package_versions, seed_rows,
-                               write_tables)
-from hgsearch.storage import DIRECTIONS, METRIC_NAMES, safe_url
-from hgsearch.tasks import TaskData
+from hgsearch.confirm import frontier_model, study_config
+from hgsearch.errors import StorageError
+from hgsearch.frontier import package_versions
+from hgsearch.tables import comparison_view, front_view, scaling_view
 from hgsearch.train import as_float
 
-N_BINS = 6
 N_SAMPLES = 8  # test images per sample grid, evenly spaced over the test split (fixed, not random)
-
-
-@dataclass
-class Analysis:
-    """Everything `frontier` prints and `report` shows about one study."""
-
-    fr: Frontier
-    storage: str
-    settings: dict[str, Any]  # the study's stored settings (hourglass's, else conventional's)
-    rows: pd.DataFrame  # finished runs, one per (configuration, seed): search trials + confirm's seeds
-    front: pd.DataFrame  # the paper's frontier on seed means (psnr_test = mean test PSNR, psnr_test_std, n_seeds)
-    comparison: Comparison | None  # None when only one family has finished trials
-    scaling: pd.DataFrame
-    baseline: Baseline | None
-    baseline_note: str | None  # why there is no baseline (dataset not found here)
-    data: TaskData | None
-
-    @property
-    def seeds(self) -> int:
-        """Fewest seeds behind any frontier point (1 until `hgsearch confirm` ran)."""
-        return int(self.front["n_seeds"].min()) if len(self.front) else 0
-
-    @property
-    def flagged(self) -> set[tuple[str, int]]:
-        """(family, trial) of frontier points no better than the trivial baseline: they learned nothing."""
-        if self.baseline is None:
-            return set()
-        bad = self.front[self.front["psnr_val"] <= self.baseline.psnr_val]
-        return {(r["family"], int(r["trial"])) for _, r in bad.iterrows()}
-
-
-def analyze(study: str, storage: str, *, data_dir: str | None = None, device: str = "auto",
-            load_data: bool = True, n_bins: int = N_BINS) -> Analysis:
-    """Load a study (and confirm's seeds), compute baselines, the comparison and the scaling pattern.
-
-    The data is needed only for the baselines (and the report's pictures); when it cannot be found
-    here, the comparison is still made and summary.json says why the baseline is missing.
-    """
-    fr = load_frontier(study, storage)
-    settings = fr.settings.get("hourglass") or next(iter(fr.settings.values()))
-    seeds = load_seed_rows(study, storage)
-    rows = seed_rows(fr, seeds)
-    front = means_front(fr, seeds)
-    data, base, note = None, None, None
-    if load_data:
-        try:
-            data = load_checked_task(fr, study_config(fr, data_dir=data_dir, device=device))
-            base = baseline(data)
-        except DataError as e:
-            note = f"no baseline: {e}"
-    budget = float(settings["budget"])
-    families = set(rows["family"])
-    comp = None
-    if {"hourglass", "conventional"} <= families:
-        comp = compare(rows, budget, baseline_psnr=base.psnr_val if base else None, n_bins=n_bins)
-    return Analysis(fr, storage, settings, rows, front, comp, scaling_pattern(rows, budget, n_bins), base,
-                    note, data)
-
-
-def published(an: Analysis) -> pd.DataFrame | None:
-    """The paper's MNIST frontier for this task, when the study is that experiment (MNIST, same sizes)."""
-    from hgsearch.paper import D_IN, D_OUT, FRONTIERS, published_front
-
-    s = an.settings
-    if (s.get("dataset") != "mnist" or s.get("task") not in FRONTIERS or s.get("fixed_win")
-            or s.get("d_in") != D_IN[s["task"]] or s.get("d_out") != D_OUT):
-        return None
-    return published_front(s["task"])
-
-
-def _front_records(an: Analysis) -> list[dict[str, Any]]:
-    keep = ["family", "params", "trainable_params", "depth", "width", "bottleneck", "lr", "psnr_val",
-            "psnr_val_std", "psnr_test", "psnr_test_std", "n_seeds", "trial", "seed"]
-    flagged = an.flagged
-    out = []
-    for rec in an.front[keep].to_dict("records"):
-        rec["learned_nothing"] = (rec["family"], int(rec["trial"])) in flagged
-        out.append(rec)
-    return out
-
-
-def summary(an: Analysis) -> dict[str, Any]:
-    """summary.json: what was compared, how, on which data and software, and the answer."""
-    s = an.settings
-    comp = an.comparison.to_dict() if an.comparison else None
-    return _json_ready({
-        "study": an.fr.study,
-        "storage": safe_url(an.storage),
-        "objectives": dict(zip(METRIC_NAMES, DIRECTIONS)),
-        "selection": "frontier points chosen on validation PSNR (mean over seeds, best lr per shape); "
-                     "test PSNR reported only",
-        "budget": s.get("budget"),
-        "reference_point": comp["reference"] if comp else None,
-        "task": s.get("task"),
-        "dataset": {"name": s.get("dataset"), "checksum": s.get("dataset_checksum")},
-        "protocol": s.get("protocol"),
-        "settings": an.fr.settings,
-        "versions": package_versions(),
-        "seeds_per_point": an.seeds,
-        "comparison": comp,
-        "comparison_note": None if comp else "only one family has finished trials: nothing to compare",
-        "baseline": an.baseline.to_dict() if an.baseline else None,
-        "baseline_note": an.baseline_note,
-        "frontier": _front_records(an),
-        "scaling_pattern": an.scaling.to_dict("records"),
-    })
-
-
-def _json_ready(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_ready(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_ready(x) for x in v]
-    if isinstance(v, (np.bool_, bool)):
-        return bool(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return None if not np.isfinite(v) else float(v)
-    return v
-
-
-def _figure_kw(an: Analysis) -> dict[str, Any]:
-    base = (an.baseline.method.split(" of ")[0].split(" (")[0], an.baseline.psnr_test) if an.baseline else None
-    return {"means": an.front, "baseline": base, "published": published(an), "flagged": an.flagged}
-
-
-def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> list[Path]:
-    """frontier.csv, trials.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
-    out = Path(out_dir)
-    paths = write_tables(an.fr, out, an.baseline.psnr_val if an.baseline else None)
-    try:
-        text = json.dumps(summary(an), indent=2)
-        paths.append(out / "summary.json")
-        atomic_write(paths[-1], lambda p: Path(p).write_text(text + "\n"))
-        if an.seeds > 1:
-            paths.append(out / "frontier_means.csv")
-            atomic_write(paths[-1], lambda p: an.front.to_csv(p, index=False))
-        if plot:
-            from hgsearch import plots
-
-            paths += plots.save_all(plots.frontier_figure(an.fr, **_figure_kw(an)), out / "frontier")
-            paths += plots.save_all(plots.scaling_figure(an.scaling, f"{an.fr.study}: best shape per budget"),
-                                    out / "scaling")
-    except OSError as e:
-        raise StorageError(f"cannot write to {out} ({e.strerror}): pass a writable --results-dir") from None
-    return paths
 
 
 def sample_grids(an: Analysis, study_dir: str | Path) -> list[tuple[pd.Series, Any, dict[str, Any]]]:
@@ -201,11 +49,8 @@ def sample_grids(an: Analysis, study_dir: str | Path) -> list[tuple[pd.Series, A
 
 
 def _png_b64(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -218,55 +63,6 @@ def _table(df: pd.DataFrame) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
                    for r in df.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
-
-
-def front_view(an: Analysis) -> pd.DataFrame:
-    """The frontier as displayed: one row per point, mean ± std over seeds, baseline flag."""
-    flagged = an.flagged
-    view = pd.DataFrame([{
-        "family": r["family"], "params": f"{int(r['params']):,}", "val dB": _pm(r["psnr_val"], r["psnr_val_std"]),
-        "test dB": _pm(r["psnr_test"], r["psnr_test_std"]), "seeds": int(r["n_seeds"]),
-        "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}", "lr": f"{r['lr']:.1e}",
-        "trial": int(r["trial"]), "note": "≤ baseline" if (r["family"], int(r["trial"])) in flagged else "",
-    } for _, r in an.front.iterrows()])
-    # "≤ baseline": the model is no better than the task's trivial baseline, so it learned nothing.
-    if not flagged:
-        view = view.drop(columns="note", errors="ignore")
-    return view if an.seeds > 1 else view.drop(columns="seeds")
-
-
-def comparison_view(comp: Comparison) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(headline numbers, per-bin gaps) as display tables."""
-    head = pd.DataFrame([
-        ("hypervolume hourglass (dB x M params)", f"{comp.hv_hourglass:.3f}"),
-        ("hypervolume conventional (dB x M params)", f"{comp.hv_conventional:.3f}"),
-        ("difference hourglass - conventional", f"{comp.hv_difference:+.3f}"),
-        ("reference point (params, dB)", f"({comp.reference[0]:,.0f}, {comp.reference[1]:.2f})"),
-        ("frontier points (hourglass, conventional)", f"{comp.front_sizes[0]}, {comp.front_sizes[1]}"),
-        ("hourglass points dominated by conventional", f"{comp.hourglass_dominated:.0%}"),
-        ("conventional points dominated by hourglass", f"{comp.conventional_dominated:.0%}"),
-    ], columns=["quantity", "value"])
-
-    def f(v: float | None, fmt: str = "{:.2f}") -> str:
-        return "-" if v is None else fmt.format(v)
-
-    bins = pd.DataFrame([{
-        "budget <=": f"{b.hi / 1e6:.3f}M", "hourglass dB": f(b.hourglass), "conventional dB": f(b.conventional),
-        "gap dB": f(b.gap, "{:+.2f}"), "95% CI": "-" if b.ci is None else f"[{b.ci[0]:+.2f}, {b.ci[1]:+.2f}]",
-    } for b in comp.bins])
-    return head, bins
-
-
-def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "budget <=": f"{r['hi'] / 1e6:.3f}M", "family": r["family"], "params": f"{int(r['params']):,}",
-        "depth": int(r["depth"]), "width": int(r["width"]), "d_h": int(r["bottleneck"]),
-        "d_h/width": f"{r['ratio']:.3f}", "val dB": f"{r['psnr_val']:.2f}",
-    } for _, r in scaling.iterrows()])
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -293,7 +89,7 @@ def render_html(an: Analysis, study_dir: str | Path, *, samples: bool = True) ->
     if an.flagged:
         parts.append(f"<p class=warn>{len(an.flagged)} frontier point(s) do not beat the baseline: "
                      f"they learned nothing.</p>")
-    parts += ["<h2>Frontiers</h2>", _img(plots.frontier_figure(an.fr, **_figure_kw(an)), "frontier plot"),
+    parts += ["<h2>Frontiers</h2>", _img(plots.frontier_figure(an.fr, **figure_kw(an)), "frontier plot"),
               _table(front_view(an))]
     parts.append("<h2>Comparison</h2>")
     if an.comparison:
@@ -316,7 +112,7 @@ def render_html(an: Analysis, study_dir: str | Path, *, samples: bool = True) ->
             parts.append(f"<p>weights {e(info['source'])}; validation PSNR of this model {own} dB "
                          f"(seed {int(row['seed'])}); frontier value {row['psnr_val']:.2f} dB{mean}.</p>")
     parts += ["<h2>Settings and versions</h2>",
-              f"<pre>{e(json.dumps(_json_ready({'settings': an.fr.settings, 'versions': package_versions()}), indent=2))}</pre>"]
+              f"<pre>{e(json.dumps(json_ready({'settings': an.fr.settings, 'versions': package_versions()}), indent=2))}</pre>"]
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{e(an.fr.study)}</title>"
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")

@@ -64,6 +64,13 @@ def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.S
     Safe to call from several processes or hosts on one storage (see the module docstring). Stops
     with Stopped (a KeyboardInterrupt) after request_stop() or a signal under stop_on_signals().
     """
+    try:
+        return _run_search(cfg, reporter)
+    finally:
+        set_listener(None)  # this run's reporter must not hear a later run's storage outages
+
+
+def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
     if cfg.budget <= 0:
         raise UsageError("run needs a parameter budget: pass --budget, e.g. --budget 5M")
     data = load_task(cfg)

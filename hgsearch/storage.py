@@ -27,10 +27,6 @@ from hgsearch.resilient import ResilientStorage, wait_out
 from hgsearch.space import SpaceConfig
 from hgsearch.tasks import TaskData
 
-# hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 DIRECTIONS = ["minimize", "maximize"]  # (parameter count, validation PSNR)
 
 

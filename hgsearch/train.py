@@ -24,6 +24,10 @@ EpochEnd = Callable[[dict[str, Any]], None]
 # every `report_every` steps (loss = last batch); the live display and checkpointing hang off it.
 Progress = Callable[[int, int, int, float], None]
 
+# Called before every step; whatever it raises ends training there (search: claims.check_stop raising
+# Stopped after Ctrl-C). Every step, not every report, so a stop waits for at most one step.
+StopCheck = Callable[[], None]
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -113,6 +117,7 @@ def train(
     resume: dict[str, Any] | None = None,
     on_epoch_end: EpochEnd | None = None,
     epoch_eval: Split | None = None,
+    stop_check: StopCheck | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train one configuration and evaluate it; raises TrialFailed on a non-finite loss or OOM.
 
@@ -154,6 +159,8 @@ def train(
             perm = torch.randperm(n, generator=gen, device=device)
             loss_sum = torch.zeros((), device=device)
             for i, idx in enumerate(perm.split(batch_size)):
+                if stop_check is not None:
+                    stop_check()
                 group["lr"] = lrs[step]
                 x, y = data.train.batch(idx)  # float32; uint8 images converted per batch
                 if data.train_noise:

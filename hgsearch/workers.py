@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import pickle
 import queue
 import signal
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Event, Note, Progress, Reporter, Start, from_worker
+from hgsearch.storage import first_line
 
 STOP_GRACE_S = 60.0  # after Ctrl-C, how long workers get to close their trials before they are killed
 PROGRESS_EVERY_S = 0.5  # progress events are per step; the parent's display needs a few per second at most
+# Test hook: HGSEARCH_TEST_CRASH_WORKER=<index> makes that worker raise a RuntimeError (a stand-in for a bug)
+# right after it starts, so a test can check what a crash looks like to the user.
+CRASH_ENV = "HGSEARCH_TEST_CRASH_WORKER"
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
     # torch is already imported (unpickling cfg loads config -> models), but CUDA reads
     # CUDA_VISIBLE_DEVICES only when it is first initialised, which comes later.
     os.environ.update(plan.env)
+    logging.disable(logging.INFO)  # as cli.main does for the parent: no Optuna INFO lines under the display
     # Its own process group: a Ctrl-C at the terminal reaches the parent only, which forwards it once,
     # so a worker never sees two interrupts for one key press.
     os.setpgrp()
@@ -112,6 +120,8 @@ def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
         from hgsearch.stop import stop_on_signals
         from hgsearch.search import run_search
 
+        if os.environ.get(CRASH_ENV) == str(plan.index):
+            raise RuntimeError(f"crash requested by the test hook {CRASH_ENV}")
         # The same stop as a single `run`: the first signal stops after the current step (the trial is
         # queued to continue from its checkpoint), a second one at once.
         with stop_on_signals():
@@ -121,7 +131,8 @@ def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
     except HgsearchError as e:
         reporter.put("error", {"message": str(e), "exit_code": e.exit_code})
     except BaseException as e:  # a bug: the parent reports it in one line, the traceback goes with it
-        reporter.put("crash", {"message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        reporter.put("crash", {"message": f"{type(e).__name__}: {first_line(e)}",
+                               "traceback": traceback.format_exc()})
     else:
         reporter.put("exit", {"code": 0})
 
@@ -228,7 +239,7 @@ def run_parallel(cfg: RunConfig, n: int, reporter: Reporter) -> None:
                 p.kill()  # what it was running is retried, as after kill -9
                 p.join()
         events.close()
-    _outcome(ended, stop, reporter, time.perf_counter() - t0)
+    _outcome(ended, stop, reporter, time.perf_counter() - t0, cfg.study_dir / "logs")
 
 
 def _note_dead(procs: dict[int, Any], ended: dict[int, tuple[str, dict[str, Any]]], events: Any,
@@ -249,17 +260,33 @@ def _note_dead(procs: dict[int, Any], ended: dict[int, tuple[str, dict[str, Any]
         reporter(Note(f"worker {i} died ({how}); the other workers retry the trial it was running"))
 
 
-def _outcome(ended: dict[int, tuple[str, dict[str, Any]]], stop: _Stop, reporter: Reporter, seconds: float) -> None:
+def _crash_log(log_dir: Path, index: int, text: str) -> Path:
+    """Keep a crashed worker's traceback in a file (the study's logs/, else the temp dir); return its path."""
+    name = f"worker-{index}-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (log_dir, Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue
+    raise HgsearchError(f"a worker crashed and its traceback could not be written to {log_dir} or "
+                        f"{tempfile.gettempdir()}: free some space and run again to see it")
+
+
+def _outcome(ended: dict[int, tuple[str, dict[str, Any]]], stop: _Stop, reporter: Reporter, seconds: float,
+             log_dir: Path) -> None:
     """Turn the workers' endings into the parent's: an error, an interrupt, or done."""
     for kind, info in ended.values():
         if kind == "error":
             err = HgsearchError(info["message"])
             err.exit_code = info["exit_code"]  # usage errors stay exit code 2
             raise err
-    for kind, info in ended.values():
+    for index, (kind, info) in ended.items():
         if kind == "crash":
-            raise HgsearchError(f"a worker crashed: {info['message']} (please report this with the traceback:\n"
-                                f"{info['traceback'].rstrip()})")
+            log = _crash_log(log_dir, index, info["traceback"])
+            raise HgsearchError(f"worker {index} crashed: {info['message']}; the full traceback is in {log} "
+                                "(please report it with that file)")
     if stop.count:
         from hgsearch.stop import Stopped
 

@@ -165,6 +165,7 @@ def test_t_quantile_matches_tables(p, dof, expected):
     assert t_quantile(p, dof) == pytest.approx(expected, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_welch_interval_coverage_with_three_seeds():
     rng = np.random.default_rng(0)
     hits = 0

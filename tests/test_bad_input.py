@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
-from hgsearch.cli import main
 from tests.conftest import hgsearch
 
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in sorted(root.rglob("*"))}
-
-
-def cli(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    """The CLI's entry point in this process (fast), exactly as the console script calls it."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["hgsearch", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 @pytest.fixture
@@ -74,12 +62,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("args,code,text", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_run_bad_input(args, code, text, inputs, tmp_path, monkeypatch, capsys):
+def test_run_bad_input(args, code, text, inputs, tmp_path, cli):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = [a.format(**inputs) for a in ["run", *args, *([] if "--dataset" in args else ["--dataset", "idx"])]]
     before = tree(tmp_path)
-    rc, out, err = cli(args, cwd, monkeypatch, capsys)
+    rc, out, err = cli(*args, cwd=cwd)
     lines = err.strip().splitlines()
     assert rc == code, err
     assert len(lines) == 1 and text.format(**inputs) in lines[0] and lines[0].startswith("error: ")
@@ -87,33 +75,34 @@ def test_run_bad_input(args, code, text, inputs, tmp_path, monkeypatch, capsys):
     assert tree(tmp_path) == before  # nothing written: no results dir, no database, no checkpoint
 
 
-def test_frontier_of_a_missing_study(tmp_path, monkeypatch, capsys):
-    rc, _, err = cli(["frontier", "--study", "nope"], tmp_path, monkeypatch, capsys)
+def test_frontier_of_a_missing_study(tmp_path, cli):
+    rc, _, err = cli("frontier", "--study", "nope", cwd=tmp_path)
     assert rc == 2 and err.strip() == ("error: no study 'nope' under results/: there is none there yet; check "
                                        "--results-dir, or run `hgsearch run --budget ...` first")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_frontier_of_a_study_without_completed_trials(tmp_path, monkeypatch, capsys):
+def test_frontier_of_a_study_without_completed_trials(tmp_path, cli):
     (tmp_path / "results" / "s").mkdir(parents=True)
     study = optuna.create_study(study_name="s.hourglass", storage=f"sqlite:///{tmp_path}/results/s/study.db",
                                 directions=["minimize", "maximize"])
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     before = tree(tmp_path)
-    rc, _, err = cli(["frontier", "--study", "s"], tmp_path, monkeypatch, capsys)
+    rc, _, err = cli("frontier", "--study", "s", cwd=tmp_path)
     assert rc == 2 and "study 's' has no completed trial yet" in err and len(err.strip().splitlines()) == 1
     assert tree(tmp_path) == before
 
 
-def test_frontier_of_a_corrupted_database(tmp_path, monkeypatch, capsys):
+def test_frontier_of_a_corrupted_database(tmp_path, cli):
     (tmp_path / "results" / "s").mkdir(parents=True)
     (tmp_path / "results" / "s" / "study.db").write_bytes(b"\x00" * 4096)
     before = tree(tmp_path)
-    rc, _, err = cli(["frontier", "--study", "s"], tmp_path, monkeypatch, capsys)
+    rc, _, err = cli("frontier", "--study", "s", cwd=tmp_path)
     assert rc == 1 and "cannot read storage sqlite:///results/s/study.db" in err
     assert len(err.strip().splitlines()) == 1 and tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_real_process_bad_budget_and_password(tiny_idx, tmp_path):
     """Two of the above through the console entry in a real process: same line, same code, no traceback."""
     res = hgsearch("run", "--budget", "5X", cwd=tmp_path)

@@ -69,7 +69,9 @@ def test_train_command(tiny_idx, tmp_path):
                    "--lr", "1e-3", "--dataset", "idx", "--data-dir", str(tiny_idx), "--epochs", "1",
                    "--save", str(tmp_path / "m.pt"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "27,000 parameters" in res.stdout or "parameters" in res.stdout
+    # Closed form P = width*d_in + d_out*width + 2*L*width*d_h; superres on 12x12 images: d_in 6*6, d_out 144.
+    params = 150 * 36 + 144 * 150 + 2 * 2 * 150 * 12
+    assert f"hourglass: width 150, bottleneck 12, depth 2, {params:,} parameters ({params:,} trainable)" in res.stdout
     assert re.search(r"validation PSNR \d+\.\d+ dB, test PSNR \d+\.\d+ dB", res.stdout)
     assert (tmp_path / "m.pt").stat().st_size > 0
 
@@ -89,6 +91,7 @@ def test_readme_documents_every_command_and_option():
                     assert opt in readme, f"{name} {opt} is not in README.md"
 
 
+@pytest.mark.slow
 def test_help_documents_every_command():
     top = hgsearch("--help")
     assert top.returncode == 0
@@ -96,3 +99,27 @@ def test_help_documents_every_command():
         assert cmd in top.stdout
         sub = hgsearch(cmd, "--help")
         assert sub.returncode == 0 and "Usage" in sub.stdout and "--help" in sub.stdout
+
+
+def test_run_passes_its_options_to_the_library(tmp_path, monkeypatch, cli):
+    """The command's only job is to build the RunConfig: patch the library call and check what it gets."""
+    import hgsearch.cli
+    import hgsearch.search
+    from hgsearch.config import RunConfig
+    from hgsearch.space import SpaceConfig
+
+    got = []
+    monkeypatch.setattr(hgsearch.search, "run_search", lambda cfg, reporter: got.append(cfg))
+    monkeypatch.setattr(hgsearch.cli, "_closing_table", lambda cfg: None)  # it reads the study and the data
+    conf = tmp_path / "c.toml"
+    conf.write_text("[run]\nepochs = 9\nnoise_sigma = 0.5\n[space]\nlr = [1e-4, 1e-3]\n")
+    code, out, err = cli("run", "--budget", "2M", "--epochs", "3", "--trials", "5", "--family", "hourglass",
+                         "--task", "denoise", "--dataset", "mnist", "--seed", "7", "--fixed-win", "--train-size",
+                         "1000", "--augment", "flips", "--device", "cpu", "--study", "s1", "--results-dir",
+                         str(tmp_path / "r"), "--config", str(conf), cwd=tmp_path)
+    assert code == 0, err
+    assert got == [RunConfig(budget=2_000_000, task="denoise", dataset="mnist", augment="flips", train_size=1000,
+                             family="hourglass", trials=5, epochs=3, study="s1", results_dir=str(tmp_path / "r"),
+                             seed=7, device="cpu", fixed_win=True, noise_sigma=0.5,
+                             space=SpaceConfig(lr=(1e-4, 1e-3)))]  # the option beats the file's epochs = 9
+    assert "budget 2M (2,000,000), 5 trials per family, 3 epochs each" in out

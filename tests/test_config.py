@@ -1,5 +1,7 @@
 """Budget parsing and TOML configuration."""
 
+import subprocess
+import sys
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
@@ -69,3 +71,52 @@ def test_overrides_beat_file(tmp_path):
 def test_bad_values(field, value):
     with pytest.raises(UsageError):
         RunConfig(**{field: value})
+
+
+@pytest.mark.parametrize("table,line,allowed", [
+    ("run", 'trials = "abc"', "trials must be a whole number"),
+    ("run", "epochs = 2.5", "epochs must be a whole number"),
+    ("run", "seed = true", "seed must be a whole number"),  # TOML's true is not the number 1
+    ("run", 'fixed_win = "yes"', "fixed_win must be true or false"),
+    ("run", "batch_size = { a = 1 }", "batch_size must be a whole number"),
+    ("run", 'task = "segment"', "task must be one of denoise, superres, classify"),
+    ("run", 'dataset = "mnits"', "dataset must be one of"),
+    ("run", "data_dir = 3", "data_dir must be a string"),
+    ("run", "budget = true", "budget must be a parameter count"),
+    ("run", "space = { lr = [1e-4, 1e-3] }", "[space] is its own table"),
+    ("space", "lr = 5", "lr must be a list of two numbers"),
+    ("space", "lr = [1e-3]", "lr must be a list of two numbers"),
+    ("space", 'lr = ["a", "b"]', "lr must be a list of two numbers"),
+    ("space", "hourglass_depth = [1.5, 4]", "hourglass_depth must be a list of two whole numbers"),
+    ("space", "ratio = [0.5, 0.1]", "low <= high"),
+    ("space", 'min_fraction = "x"', "min_fraction must be a number"),
+])
+def test_config_values_are_type_checked(tmp_path, table, line, allowed):
+    p = tmp_path / "bad.toml"
+    p.write_text(f"[{table}]\n{line}\n")
+    with pytest.raises(UsageError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert allowed in msg and str(p) in msg and f"[{table}]" in msg and "\n" not in msg
+    key = line.split(" =")[0]
+    assert key in msg
+
+
+def test_config_numbers_widen_but_never_narrow(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[run]\nnoise_sigma = 1\n[space]\nlr = [1, 2]\nmin_fraction = 1\n")
+    cfg = load_config(p)
+    assert cfg.noise_sigma == 1.0 and isinstance(cfg.noise_sigma, float)
+    assert cfg.space.lr == (1.0, 2.0) and all(isinstance(v, float) for v in cfg.space.lr)
+
+
+@pytest.mark.slow
+def test_config_error_through_the_cli(tmp_path):
+    """The real command: one line on stderr naming file, key, value and what is allowed; exit 2."""
+    p = tmp_path / "bad.toml"
+    p.write_text('[run]\ntrials = "abc"\n')
+    r = subprocess.run([sys.executable, "-m", "hgsearch", "run", "--budget", "1M", "--config", str(p)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f'error: {p} [run]: trials = "abc" is a string; trials must be a whole number'
+    assert not list(tmp_path.glob("results*"))

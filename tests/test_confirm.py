@@ -11,7 +11,8 @@ import pytest
 from hgsearch.confirm import confirm_seeds
 from hgsearch.record import weights_path
 from hgsearch.frontier import load_seed_rows
-from hgsearch.report import analyze, write_report
+from hgsearch.analysis import analyze
+from hgsearch.report import write_report
 from tests.conftest import hgsearch
 
 

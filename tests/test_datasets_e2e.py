@@ -80,6 +80,7 @@ def test_imagenet32_run_with_flips_and_frontier(tmp_path: Path) -> None:
     assert plain.returncode != 0 and "augment" in plain.stderr and "'flips'" in plain.stderr, plain.stderr
 
 
+@pytest.mark.slow
 def test_download_offline_is_one_line_naming_files_and_directory(tmp_path: Path) -> None:
     with socket.socket() as sock:  # bound but not listening: connections are refused at once
         sock.bind(("127.0.0.1", 0))

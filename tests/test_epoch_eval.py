@@ -7,7 +7,7 @@ from hgsearch.errors import UsageError
 from hgsearch.models import ArchSpec
 from hgsearch.tasks import prepare
 from hgsearch.train import epoch_eval_split, train
-from tests.test_tasks import dataset
+from tests.conftest import dataset
 
 
 @pytest.fixture(scope="module")

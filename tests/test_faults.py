@@ -29,8 +29,7 @@ from hgsearch.resilient import CLAIM_KEY, ResilientStorage
 from hgsearch.storage import DIRECTIONS, safe_url
 from tests.conftest import hgsearch
 from tests.tcp_proxy import TcpProxy
-from tests.test_postgres import postgres_url, study  # noqa: F401 (fixtures)
-from tests.test_workers import FAMILIES, assert_exactly, popen, states, wait_for
+from tests.conftest import FAMILIES, assert_exactly, popen, states, wait_for
 
 
 def _dropped() -> sa_exc.OperationalError:

@@ -145,29 +145,29 @@ def test_executor_choice(tiny_idx, tmp_path):
 def test_sigint_then_sigkill_mid_pack_then_resume(tiny_idx, tmp_path):
     """Ctrl-C closes every member for retry; kill -9 of the resumed pack; the next run continues each
     member from its own epoch-1 checkpoint and ends with exact counts and the uninterrupted results."""
-    from test_resilience import checkpoints, start, states, study_trials, wait_for
+    from tests.conftest import run_checkpoints, run_trials, start_run, state_counts, wait_marker
 
     args = ("--trials", "3", "--family", "hourglass", "--pack-size", "4", "--seed", "3")
-    proc = start(tmp_path, tiny_idx, *args, pause="epoch:3")  # the pack of 3 claims, mid-epoch 2
-    wait_for(proc, "HGSEARCH_PAUSED epoch")
+    proc = start_run(tmp_path, tiny_idx, *args, pause="epoch:3")  # the pack of 3 claims, mid-epoch 2
+    wait_marker(proc, "HGSEARCH_PAUSED epoch")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
-    assert states(study_trials(tmp_path)["hourglass"]) == {"FAIL": 3, "WAITING": 3}
-    assert checkpoints(tmp_path) == ["hourglass-0.pt", "hourglass-1.pt", "hourglass-2.pt"]
+    assert state_counts(run_trials(tmp_path)["hourglass"]) == {"FAIL": 3, "WAITING": 3}
+    assert run_checkpoints(tmp_path) == ["hourglass-0.pt", "hourglass-1.pt", "hourglass-2.pt"]
 
-    proc = start(tmp_path, tiny_idx, *args, pause="epoch:3")  # the 3 retries, resumed, mid-epoch 2 again
-    wait_for(proc, "HGSEARCH_PAUSED epoch")
+    proc = start_run(tmp_path, tiny_idx, *args, pause="epoch:3")  # the 3 retries, resumed, mid-epoch 2 again
+    wait_marker(proc, "HGSEARCH_PAUSED epoch")
     proc.kill()
     proc.wait()
-    assert states(study_trials(tmp_path)["hourglass"]) == {"FAIL": 3, "RUNNING": 3}
+    assert state_counts(run_trials(tmp_path)["hourglass"]) == {"FAIL": 3, "RUNNING": 3}
 
     cfg = RunConfig(budget=100_000, dataset="idx", data_dir=str(tiny_idx), family="hourglass", trials=3, epochs=2,
                     results_dir=str(tmp_path / "results"), seed=3, pack_size=4)
     starts = []
     search.run_search(cfg, reporter=lambda e: starts.append(e) if isinstance(e, TrialStart) else None)
     assert [(s.retry_of, s.resumed_epoch) for s in starts] == [([0, 3], 1), ([1, 4], 1), ([2, 5], 1)]
-    ts = study_trials(tmp_path)["hourglass"]
-    assert states(ts) == {"FAIL": 6, "COMPLETE": 3} and checkpoints(tmp_path) == []
+    ts = run_trials(tmp_path)["hourglass"]
+    assert state_counts(ts) == {"FAIL": 6, "COMPLETE": 3} and run_checkpoints(tmp_path) == []
     data = load_task(cfg)
     for t in ts[6:]:
         assert t.params == ts[t.user_attrs["retry_of"][0]].params

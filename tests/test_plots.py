@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,3 +91,24 @@ def test_samples_figure(tmp_path, c):
     fig = plots.samples_figure(x, y * 0.9, y, (c, 6, 6), (c, 12, 12), "samples")
     assert [ax.get_ylabel() for ax in fig.axes[::4]] == ["input", "output", "target"]
     non_blank(decode(plots.save_all(fig, tmp_path / f"samples{c}", ("png",))[0]))
+
+
+@pytest.mark.slow
+def test_importing_the_library_changes_no_process_settings():
+    """A notebook that imports hgsearch keeps its Optuna logging, warning filters and matplotlib backend."""
+    code = """
+import logging, sys, warnings
+import matplotlib, optuna, pandas, torch  # their own import-time filters are not ours
+optuna.logging.set_verbosity(optuna.logging.DEBUG)
+before = (optuna.logging.get_verbosity(), logging.root.manager.disable, list(warnings.filters),
+          dict.__getitem__(matplotlib.rcParams, "backend"))
+import hgsearch.storage, hgsearch.plots, hgsearch.report, hgsearch.search
+after = (optuna.logging.get_verbosity(), logging.root.manager.disable, list(warnings.filters),
+         dict.__getitem__(matplotlib.rcParams, "backend"))
+assert before == after, (before, after)
+assert "matplotlib.pyplot" not in sys.modules, "pyplot imported: it picks a backend and keeps global figures"
+print("unchanged")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "unchanged", r.stderr

@@ -7,47 +7,13 @@ a CI that silently stopped testing PostgreSQL would look green while testing not
 
 from __future__ import annotations
 
-import os
-import uuid
 
-import optuna
 import pandas as pd
 import pytest
 
-from hgsearch.storage import safe_url
-from tests.conftest import hgsearch
-from tests.test_workers import FAMILIES, assert_exactly, popen, states, wait_for
+from tests.conftest import FAMILIES, assert_exactly, hgsearch, popen, states, wait_for
 
-ENV = "HGSEARCH_TEST_POSTGRES"
 N = 3
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> str:
-    url = os.environ.get(ENV)
-    if not url:
-        if os.environ.get("HGSEARCH_CI") == "1":
-            pytest.fail(f"{ENV} is not set, but this is CI (HGSEARCH_CI=1): .ci/run must start PostgreSQL")
-        pytest.skip(f"no PostgreSQL: set {ENV} to run these tests (.ci/postgres.sh starts one)")
-    import sqlalchemy
-
-    try:
-        with sqlalchemy.create_engine(url).connect() as con:
-            con.execute(sqlalchemy.text("select 1"))
-    except Exception as e:  # asked for and not there: always a failure, in CI or not
-        pytest.fail(f"PostgreSQL at {safe_url(url)} is unreachable: {str(e).splitlines()[0]}")
-    return url
-
-
-@pytest.fixture
-def study(postgres_url):
-    name = f"pg-{uuid.uuid4().hex[:10]}"
-    yield name
-    for fam in FAMILIES:  # leave the shared database as it was
-        try:
-            optuna.delete_study(study_name=f"{name}.{fam}", storage=postgres_url)
-        except KeyError:
-            pass
 
 
 @pytest.mark.slow

@@ -16,21 +16,10 @@ from optuna.trial import TrialState, create_trial
 
 from hgsearch.baselines import baseline
 from hgsearch.frontier import seeds_study_name, study_state
-from hgsearch.report import analyze, render_html, summary, write_outputs
+from hgsearch.analysis import analyze, summary, write_outputs
+from hgsearch.report import render_html
 from hgsearch.storage import DIRECTIONS, SETTINGS_KEY, family_study_name
 from hgsearch.tasks import Split, TaskData
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The real entry point in-process (a subprocess per call would re-import torch each time)."""
-    from hgsearch.cli import main
-
-    monkeypatch.setattr("sys.argv", ["hgsearch", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    got = capsys.readouterr()
-    return e.value.code, got.out, got.err
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BUDGET = 4_000_000
@@ -105,6 +94,7 @@ def test_comparison_numbers_through_storage(stub):
     assert doc["scaling_pattern"][-1]["family"] == "hourglass" and doc["scaling_pattern"][-1]["depth"] == 8
 
 
+@pytest.mark.slow
 def test_seeds_give_means_std_and_intervals(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     # Extra seeds: hourglass 2M -> 32 (search), 33, 34: mean 33, std 1; conventional 3M -> 31, 30, 32.
@@ -123,6 +113,7 @@ def test_seeds_give_means_std_and_intervals(tmp_path):
     assert summary(an)["comparison"]["bins"][-1]["ci"] == [pytest.approx(lo), pytest.approx(hi)]
 
 
+@pytest.mark.slow
 def test_report_is_offline_and_embeds_decodable_images(stub):
     from PIL import Image
 
@@ -163,7 +154,8 @@ def _clone_trials(db: str, study_name: str, copies: int) -> None:
     con.close()
 
 
-def test_show_on_a_2000_trial_study(stub, monkeypatch, capsys):
+@pytest.mark.slow
+def test_show_on_a_2000_trial_study(stub, cli):
     url, out = stub
     _clone_trials(str(out / "study.db"), family_study_name(STUDY, "hourglass"), 2000)
     state = study_state(STUDY, url).set_index("family")
@@ -173,15 +165,15 @@ def test_show_on_a_2000_trial_study(stub, monkeypatch, capsys):
     assert (hg["complete"], hg["failed"], hg["running"]) == (3 + 1800 + 67, 1 + 67, 66)
     assert hg["best_val"] == 32.0 and hg["best_params"] == 2_000_000
     assert state.loc["conventional", "complete"] == 3
-    code, stdout, stderr = cli(monkeypatch, capsys, "show", "--study", STUDY, "--storage", url)
+    code, stdout, stderr = cli("show", "--study", STUDY, "--storage", url)
     assert code == 0, stderr
     assert re.search(r"hourglass\s+1870\s+66\s+68", stdout), stdout
 
 
-def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, capsys):
+def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
     for cmd in ("show", "report", "confirm"):
-        code, _, err = cli(monkeypatch, capsys, cmd, *(("--seeds", "2") if cmd == "confirm" else ()), "--study", "nope")
+        code, _, err = cli(cmd, *(("--seeds", "2") if cmd == "confirm" else ()), "--study", "nope")
         assert code == 2 and err.strip().count("\n") == 0 and "no study 'nope'" in err
 
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import selectors
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,67 +21,11 @@ from hgsearch.events import Note, quiet
 from hgsearch.models import ArchSpec
 from hgsearch.tasks import load_task
 from hgsearch.train import train
-
-ARGS = ("--budget", "100K", "--dataset", "idx", "--epochs", "2")
-STUDY = "superres-idx-100K"
-# One thread per process: these runs share 2 busy cores, where spinning OpenMP threads cost seconds.
-ENV = {"PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-
-
-def start(cwd: Path, data: Path, *extra: str, pause: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, **ENV}
-    env.pop(lifecycle.PAUSE_ENV, None)
-    if pause:
-        env[lifecycle.PAUSE_ENV] = pause
-    return subprocess.Popen([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
-    """Read the process's stderr until a line contains marker; return what was read."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    seen, deadline = "", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.5):
-            line = proc.stderr.readline()
-            seen += line
-            if marker in line:
-                return seen
-            if not line and proc.poll() is not None:
-                break
-    proc.kill()
-    raise AssertionError(f"no {marker!r} from hgsearch (rc {proc.poll()}): {seen}")
-
-
-def finish(cwd: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != lifecycle.PAUSE_ENV}
-    res = subprocess.run([sys.executable, "-m", "hgsearch", "run", *ARGS, "--data-dir", str(data), *extra],
-                         cwd=cwd, env={**env, **ENV}, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    return res
-
-
-def study_trials(cwd: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    url = f"sqlite:///{cwd / 'results' / STUDY / 'study.db'}"
-    names = optuna.get_all_study_names(storage=url)
-    return {n.rsplit(".", 1)[1]: optuna.load_study(study_name=n, storage=url).get_trials() for n in names}
-
-
-def states(trials: list) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in trials:
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
-
+from tests.conftest import (finish_run, run_checkpoints, run_trials, start_run,
+                            state_counts, wait_marker)
 
 def complete_values(by_family: dict) -> dict[tuple[str, int], list[float]]:
     return {(f, t.number): t.values for f, ts in by_family.items() for t in ts if t.state == TrialState.COMPLETE}
-
-
-def checkpoints(cwd: Path) -> list[str]:
-    d = cwd / "results" / STUDY / "checkpoints"
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
 def retrain(t: optuna.trial.FrozenTrial, data_dir: Path) -> float:
@@ -101,26 +42,26 @@ def retrain(t: optuna.trial.FrozenTrial, data_dir: Path) -> float:
                                           ("complete:1", "hourglass"), ("claimed:2", "hourglass")])
 def test_sigkill_then_same_command_loses_nothing(point, family, tiny_idx, tmp_path):
     n = 2
-    proc = start(tmp_path, tiny_idx, "--trials", str(n), "--family", family, pause=point)
+    proc = start_run(tmp_path, tiny_idx, "--trials", str(n), "--family", family, pause=point)
     point = point.split(":")[0]
-    wait_for(proc, f"HGSEARCH_PAUSED {point}")
-    before = study_trials(tmp_path)
+    wait_marker(proc, f"HGSEARCH_PAUSED {point}")
+    before = run_trials(tmp_path)
     proc.kill()
     proc.wait()
     running = [(f, t) for f, ts in before.items() for t in ts if t.state == TrialState.RUNNING]
     if point == "complete":
-        assert not running and checkpoints(tmp_path)  # completed, its checkpoint not yet removed
+        assert not running and run_checkpoints(tmp_path)  # completed, its checkpoint not yet removed
     else:
         assert len(running) == 1
-        assert bool(checkpoints(tmp_path)) == (point in ("epoch", "eval"))
+        assert bool(run_checkpoints(tmp_path)) == (point in ("epoch", "eval"))
 
-    finish(tmp_path, tiny_idx, "--trials", str(n), "--family", family)
-    after = study_trials(tmp_path)
+    finish_run(tmp_path, tiny_idx, "--trials", str(n), "--family", family)
+    after = run_trials(tmp_path)
     for fam, ts in after.items():
-        assert states(ts).get("COMPLETE") == n and "RUNNING" not in states(ts) and "WAITING" not in states(ts)
+        assert state_counts(ts).get("COMPLETE") == n and "RUNNING" not in state_counts(ts) and "WAITING" not in state_counts(ts)
     old = complete_values(before)
     assert old and {k: v for k, v in complete_values(after).items() if k in old} == old  # kept their values
-    assert checkpoints(tmp_path) == []
+    assert run_checkpoints(tmp_path) == []
     if point == "complete":
         assert all(t.state == TrialState.COMPLETE for ts in after.values() for t in ts)  # not trained twice
         return
@@ -140,8 +81,8 @@ def test_sigkill_then_same_command_loses_nothing(point, family, tiny_idx, tmp_pa
 
 @pytest.mark.slow
 def test_sigint_stops_cleanly_and_resumes(tiny_idx, tmp_path):
-    proc = start(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass", pause="epoch")
-    wait_for(proc, "HGSEARCH_PAUSED epoch")
+    proc = start_run(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass", pause="epoch")
+    wait_marker(proc, "HGSEARCH_PAUSED epoch")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     err = proc.stderr.read()
@@ -149,28 +90,28 @@ def test_sigint_stops_cleanly_and_resumes(tiny_idx, tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("stopped by SIGINT; the study is consistent")
     assert "Resume with: hgsearch run --budget 100K" in err
-    ts = study_trials(tmp_path)["hourglass"]
-    assert states(ts) == {"FAIL": 1, "WAITING": 1}  # nothing left RUNNING; the retry is queued
+    ts = run_trials(tmp_path)["hourglass"]
+    assert state_counts(ts) == {"FAIL": 1, "WAITING": 1}  # nothing left RUNNING; the retry is queued
     assert "interrupted by SIGINT" in ts[0].user_attrs["fail_reason"]
-    assert checkpoints(tmp_path) == ["hourglass-0.pt"]  # kept for the retry
-    finish(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass")
-    ts = study_trials(tmp_path)["hourglass"]
-    assert states(ts) == {"FAIL": 1, "COMPLETE": 1} and ts[1].params == ts[0].params
-    assert checkpoints(tmp_path) == []
+    assert run_checkpoints(tmp_path) == ["hourglass-0.pt"]  # kept for the retry
+    finish_run(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass")
+    ts = run_trials(tmp_path)["hourglass"]
+    assert state_counts(ts) == {"FAIL": 1, "COMPLETE": 1} and ts[1].params == ts[0].params
+    assert run_checkpoints(tmp_path) == []
 
 
 @pytest.mark.slow
 def test_second_sigint_exits_at_once_and_stays_consistent(tiny_idx, tmp_path):
-    proc = start(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass", pause="epoch")
-    wait_for(proc, "HGSEARCH_PAUSED epoch")
+    proc = start_run(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass", pause="epoch")
+    wait_marker(proc, "HGSEARCH_PAUSED epoch")
     proc.send_signal(signal.SIGTERM)
-    wait_for(proc, "stopping after the current step")
+    wait_marker(proc, "stopping after the current step")
     proc.send_signal(signal.SIGINT)
     err = proc.stderr.read()
     assert proc.wait(timeout=10) in (130, 143) and "Traceback" not in err
-    finish(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass")
-    assert states(study_trials(tmp_path)["hourglass"]).get("COMPLETE") == 1
-    assert "RUNNING" not in states(study_trials(tmp_path)["hourglass"])
+    finish_run(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass")
+    assert state_counts(run_trials(tmp_path)["hourglass"]).get("COMPLETE") == 1
+    assert "RUNNING" not in state_counts(run_trials(tmp_path)["hourglass"])
 
 
 # ---------------------------------------------------------------- in-process: stale trials, claims, checkpoints
@@ -182,6 +123,7 @@ def _cfg(tiny_idx: Path, tmp_path: Path, **kw) -> RunConfig:
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.slow
 def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path)
     study = search.run_search(cfg)["hourglass"]
@@ -197,13 +139,14 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
     notes = []
     search.run_search(_cfg(tiny_idx, tmp_path, trials=2), reporter=lambda e: notes.append(e) if isinstance(e, Note) else None)
     ts = study.get_trials()
-    assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
+    assert state_counts(ts) == {"COMPLETE": 2, "FAIL": 1}
     assert "no heartbeat for over 60 s from its worker gone-host:1" in ts[1].user_attrs["fail_reason"]
     assert ts[2].user_attrs["retry_of"] == [1] and ts[2].params == ts[1].params
     assert any("trial #1" in n.message for n in notes)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.slow
 def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path)
     study = search.run_search(cfg)["hourglass"]
@@ -246,10 +189,11 @@ def test_concurrent_workers_reach_exactly_the_target(tmp_path):
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     ts = optuna.load_study(study_name="race.hourglass", storage=url).get_trials()
-    assert states(ts).get("COMPLETE") == 20 and "RUNNING" not in states(ts)
+    assert state_counts(ts).get("COMPLETE") == 20 and "RUNNING" not in state_counts(ts)
     assert all("surplus" in t.user_attrs["fail_reason"] for t in ts if t.state == TrialState.FAIL)
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_names_each_field(tiny_idx, tmp_path):
     search.run_search(_cfg(tiny_idx, tmp_path))
     with pytest.raises(StudyMismatchError) as e:
@@ -265,6 +209,7 @@ def test_resume_with_other_settings_names_each_field(tiny_idx, tmp_path):
     search.run_search(_cfg(tiny_idx, tmp_path, trials=2, device="cpu", data_dir=str(copy)))
 
 
+@pytest.mark.slow
 def test_failed_trials_record_their_reason_and_the_study_goes_on(tiny_idx, tmp_path, monkeypatch):
     import hgsearch.train as train_mod
     from hgsearch.frontier import load_frontier, write_tables

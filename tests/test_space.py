@@ -15,8 +15,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def sampled(family, budget, d_in, n=300, seed=0):
-    """Specs drawn through a real Optuna study (TPE, seeded), as a search would draw them."""
-    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.TPESampler(seed=seed))
+    """Specs drawn through a real Optuna study. What is tested is the space (fit by construction, spread
+    over the range), not TPE, so a seeded RandomSampler draws them: 300 TPE trials cost seconds each test."""
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=seed))
     specs = []
     for _ in range(n):
         trial = study.ask()
@@ -65,7 +66,7 @@ def test_paper_frontier_configs_are_reachable(task, family, points):
             assert space.ratio[0] <= d_h / width <= space.ratio[1]
         spec = realize(family, exact, depth, d_h / width, d_in, 784)
         # Rounding down may cost one unit of width or bottleneck, never more.
-        assert (spec.depth, spec.width) == (depth, width) or abs(spec.width - width) <= 1
+        assert spec.depth == depth and abs(spec.width - width) <= 1
         assert abs(spec.bottleneck - d_h) <= 1 and spec.params <= exact
 
 

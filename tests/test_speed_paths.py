@@ -14,8 +14,7 @@ from hgsearch.models import ArchSpec, build
 from hgsearch.packed import PackedMLP, check_packable, evaluate_packed, train_packed
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import EVAL_BATCHES, _autocast, evaluate, train
-from tests.conftest import REPO
-from tests.test_tasks import dataset
+from tests.conftest import REPO, dataset
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -77,6 +76,7 @@ def test_bf16_autocast_never_on_cpu():
 
 
 @pytest.mark.parametrize("task", ["data", "noisy"])
+@pytest.mark.slow
 def test_packed_training_equals_separate_runs(task, request):
     d = request.getfixturevalue(task)
     specs = [ArchSpec("hourglass", d.d_in, d.d_out, 180, 12, depth) for depth in (1, 3, 2)]

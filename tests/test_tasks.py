@@ -1,24 +1,13 @@
 """The three tasks: shapes, value ranges, splits and the paper's definitions."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hgsearch.data import Dataset, ImageSet
 from hgsearch.errors import UsageError
 from hgsearch.space import smallest
 from hgsearch.tasks import add_noise, as_float, prepare
-from tests.conftest import smooth_images
-
-
-def dataset(n_train=120, n_test=30, side=28, channels=1):
-    imgs, labels = smooth_images(n_train + n_test, side, 0)
-    # Colour channels differ (the image, its mirror, its negative), so a channel mix-up shows.
-    imgs = np.stack([imgs, imgs[:, :, ::-1], 255 - imgs][:channels], axis=1)
-    labels = labels.astype(np.int64)
-    return Dataset("synthetic", ImageSet(imgs[:n_train], labels[:n_train]),
-                   ImageSet(imgs[n_train:], labels[n_train:]), "0" * 64, "memory")
+from tests.conftest import dataset
 
 
 @pytest.mark.parametrize("task,d_in", [("denoise", 784), ("superres", 196), ("classify", 784)])

@@ -10,7 +10,7 @@ from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.models import ArchSpec, build
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import as_float, evaluate, train
-from tests.test_tasks import dataset
+from tests.conftest import dataset
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,7 @@ def test_fixed_win_stays_fixed(data):
     assert torch.equal(model.w_in.weight, w0)
 
 
+@pytest.mark.slow
 def test_resume_from_epoch_state_matches_uninterrupted_run(data):
     spec = ArchSpec("hourglass", data.d_in, data.d_out, 180, 12, 2)
     states = []
@@ -92,3 +93,22 @@ def test_uint8_splits_train_like_float(data):
     a = train(spec, floats, lr=2e-3, epochs=1, seed=1)[1]
     b = train(spec, data, lr=2e-3, epochs=1, seed=1)[1]
     assert (a.psnr_val, a.psnr_test, a.train_loss) == (b.psnr_val, b.psnr_test, b.train_loss)  # per-batch = upfront
+
+
+def test_a_stop_is_seen_before_the_very_next_step(data):
+    """stop_check runs before every step, not every report (report_every=50 > the epoch's 4 steps)."""
+    spec = ArchSpec("hourglass", data.d_in, data.d_out, 64, 8, 1)
+    calls, progress = [], []
+
+    class Stop(Exception):
+        pass
+
+    def stop_check() -> None:
+        calls.append(1)
+        if len(calls) == 3:  # a stop arrived during step 2: step 3 does not start
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(spec, data, lr=1e-3, epochs=1, report_every=50, stop_check=stop_check,
+              progress=lambda *a: progress.append(a))
+    assert len(calls) == 3 and progress == []  # stopped mid-epoch, before any report

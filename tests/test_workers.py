@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-import optuna
 import pytest
 
 from hgsearch.workers import plan_workers, visible_gpus
-
-FAMILIES = ("hourglass", "conventional")
+from tests.conftest import assert_exactly, hgsearch, popen, states, wait_for
 
 
 def test_gpus_round_robin_and_cpu_threads_shared():
@@ -34,42 +28,13 @@ def test_cuda_visible_devices_is_honoured():
     assert visible_gpus("cpu", {"CUDA_VISIBLE_DEVICES": "0"}) == []
 
 
-def states(url: str, study: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    return {f: optuna.load_study(study_name=f"{study}.{f}", storage=url).get_trials() for f in FAMILIES}
-
-
-def assert_exactly(trials: dict[str, list[optuna.trial.FrozenTrial]], n: int) -> None:
-    """n COMPLETE per family, nothing left RUNNING or WAITING, no configuration completed twice."""
-    for fam, ts in trials.items():
-        count = Counter(t.state.name for t in ts)
-        assert count["COMPLETE"] == n, (fam, count)
-        assert count["RUNNING"] == count["WAITING"] == 0, (fam, count)
-        done = [tuple(sorted(t.params.items())) for t in ts if t.state.name == "COMPLETE"]
-        assert len(set(done)) == len(done), f"{fam}: a configuration completed twice"
-
-
 def run_args(data: Path, trials: int, epochs: int) -> list[str]:
     return ["run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(data), "--trials", str(trials),
             "--epochs", str(epochs), "--study", "w", "--workers", "2"]
 
 
-def popen(args: list[str], cwd: Path, stderr: Path, **env: str) -> subprocess.Popen:
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **env}
-    return subprocess.Popen([sys.executable, "-m", "hgsearch", *args], cwd=cwd, env=full,
-                            stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True)
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_two_workers_reach_exactly_n_without_lock_errors(tiny_idx, tmp_path):
-    from tests.conftest import hgsearch
-
     res = hgsearch(*run_args(tiny_idx, 4, 2), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "2 workers" in res.stdout and "worker 1: CPU" in res.stdout
@@ -105,11 +70,23 @@ def test_ctrl_c_stops_every_worker_then_the_same_command_finishes(tiny_idx, tmp_
     assert sum(t.state.name == "WAITING" for t in trials) == 2  # ... and queued to continue
     assert sum("interrupted by SIGINT" in t.user_attrs.get("fail_reason", "") for t in trials) == 2
 
-    from tests.conftest import hgsearch
-
     again = hgsearch(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     final = states(url, "w")
     assert_exactly(final, 3)
     retried = [t for ts in final.values() for t in ts if t.state.name == "COMPLETE" and t.user_attrs.get("retry_of")]
     assert len(retried) == 2
+
+
+@pytest.mark.slow
+def test_a_crashing_worker_is_one_line_naming_its_traceback_file(tiny_idx, tmp_path):
+    # The test hook makes worker 0 raise a RuntimeError, as a bug in the search would.
+    res = hgsearch(*run_args(tiny_idx, 1, 1), cwd=tmp_path, env={"HGSEARCH_TEST_CRASH_WORKER": "0"})
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("error: worker 0 crashed: RuntimeError: crash requested by the test hook")
+    logs = list((tmp_path / "results" / "w" / "logs").glob("worker-0-crash-*.log"))
+    assert len(logs) == 1 and str(logs[0].relative_to(tmp_path)) in lines[0]
+    text = logs[0].read_text()
+    assert text.startswith("Traceback (most recent call last):") and "RuntimeError: crash requested" in text
