@@ -24,7 +24,7 @@ from hgsearch import optuna_seam as seam
 from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
 from hgsearch.models import FAMILIES
 from hgsearch.resilient import ResilientStorage, wait_out
-from hgsearch.space import SpaceConfig
+from hgsearch.space import SPACE_VERSION, SpaceConfig
 from hgsearch.tasks import TaskData
 
 DIRECTIONS = ["minimize", "maximize"]  # (parameter count, validation PSNR)
@@ -155,7 +155,7 @@ def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_second
 
 
 # Settings added after studies already existed, with the value those studies implicitly used.
-ADDED_SETTINGS = {"augment": "none", "train_size": 0}
+ADDED_SETTINGS = {"augment": "none", "train_size": 0, "space_version": 1}
 
 
 def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
@@ -178,6 +178,7 @@ def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
         "val_size": cfg.val_size,
         "noise_sigma": cfg.noise_sigma if cfg.task == "denoise" else None,
         "space": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg.space).items()},
+        "space_version": SPACE_VERSION,  # how trials map to shapes: another version's trials do not mix
         "seed": cfg.seed,
         "protocol": "AdamW(wd=0.01), linear decay to 0, MSE on sigmoid, PSNR per batch of 128",
         "d_in": data.d_in,
@@ -242,7 +243,7 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
             wanted = settings(cfg, data, fam)
             for k in [*wanted, *(k for k in stored if k not in wanted)]:
                 if stored.get(k, ADDED_SETTINGS.get(k)) != wanted.get(k):
-                    diffs.setdefault(k, f"{k} (study: {stored.get(k)!r}, now: {wanted.get(k)!r})")
+                    diffs.setdefault(k, f"{k} (study: {stored.get(k, ADDED_SETTINGS.get(k))!r}, now: {wanted.get(k)!r})")
         if diffs:
             new = next(f"{cfg.study_name}-{i}" for i in range(2, 10**6)
                        if not any(n.startswith(f"{cfg.study_name}-{i}.") for n in names))

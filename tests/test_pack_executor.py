@@ -96,7 +96,7 @@ def test_a_diverging_member_fails_alone_and_the_target_still_holds(tiny_idx, tmp
     data = load_task(cfg)
     study = open_studies(cfg, ["hourglass"], data)["hourglass"]
     for lr in (1e-3, 1e30, 2e-3):  # 1e30: AdamW decay alone overflows float32 at once
-        study.enqueue_trial({"size": 0.5, "depth": 2, "ratio": 0.05, "lr": lr})
+        study.enqueue_trial({"size": 0.5, "depth": 2, "width_pos": 0.5, "lr": lr})
     search.run_search(cfg)
     ts = study.get_trials()
     assert [t.state for t in ts[:3]] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
