@@ -231,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     full = trials * epochs * len(families)
     ref = (float(args.budget), args.ref_psnr)
     best = hypervolume([(c.params, c.psnr_test) for cs in table.values() for c in cs], ref)
+    if best <= 0:
+        print(f"no configuration in {args.csv} beats the reference ({args.budget:,} parameters, {args.ref_psnr} dB "
+              f"test PSNR): pass the task's --ref-psnr and --budget", file=sys.stderr)
+        return 2
     spaces = {f: TableSpace(f, args.budget, *FMNIST_SUPERRES) for f in families}
     rules = [r for r in RULES if r != "none"]
     print(f"# {args.csv}: {', '.join(f'{f} {len(table[f])}' for f in families)} complete configurations, "
