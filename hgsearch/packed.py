@@ -65,6 +65,10 @@ MemberEpochEnd = Callable[[int, dict[str, Any]], bool]
 # progress) that reads nothing from the device.
 StepHook = Callable[[int, int, int], None]
 
+# Called after each finished epoch (after the member hooks) as on_pack_epoch(model, epochs_done): a
+# host-side hook that may evaluate the pack (evaluate_packed reads the weights and changes nothing).
+PackEpoch = Callable[["PackedMLP", int], None]
+
 
 def check_packable(specs: Sequence[ArchSpec]) -> None:
     """Packable specs share the input and output sizes; widths, bottlenecks, depths and families may differ."""
@@ -358,6 +362,7 @@ def train_packed(
     resume: Sequence[dict[str, Any] | None] | None = None,
     on_epoch_end: MemberEpochEnd | None = None,
     on_step: StepHook | None = None,
+    on_pack_epoch: PackEpoch | None = None,
 ) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
     """Train specs[k] at lrs[k] together; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
 
@@ -425,6 +430,8 @@ def train_packed(
                     stepper.retire(i, failed=False)
                     retired.add(i)
                     epochs_done[i] = epoch + 1
+            if on_pack_epoch is not None:
+                on_pack_epoch(model, epoch + 1)
             if len(retired) == k:
                 break
         psnr_val = evaluate_packed(model, data.val, batch_size)
