@@ -18,6 +18,7 @@ from hgsearch.analysis import Comparison, compare, scaling_pattern
 from hgsearch.atomic import atomic_write
 from hgsearch.baselines import Baseline, baseline
 from hgsearch.confirm import frontier_model, load_checked_task, means_front, study_config
+from hgsearch.curves import curves_figure, load_curves, write_curves
 from hgsearch.errors import DataError, StorageError
 from hgsearch.frontier import (Frontier, load_frontier, load_seed_rows, package_versions, seed_rows,
                                write_tables)
@@ -154,10 +155,20 @@ def _figure_kw(an: Analysis) -> dict[str, Any]:
     return {"means": an.front, "baseline": base, "published": published(an), "flagged": an.flagged}
 
 
+_CURVES_TITLE = "validation PSNR per epoch (frontier trials thick, stopped trials faint)"
+
+
+def frontier_trials(an: Analysis) -> dict[str, set[int]]:
+    """Each family's frontier trial numbers, the curves a learning-curve figure draws thick."""
+    return {fam: {int(t) for t in g["trial"]} for fam, g in an.fr.frontier.groupby("family")}
+
+
 def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> list[Path]:
-    """frontier.csv, trials.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
+    """frontier.csv, trials.csv, curves.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
     out = Path(out_dir)
     paths = write_tables(an.fr, out, an.baseline.psnr_val if an.baseline else None)
+    lines = load_curves(an.fr.study, an.storage)
+    paths.append(write_curves(lines, out))
     try:
         text = json.dumps(summary(an), indent=2)
         paths.append(out / "summary.json")
@@ -171,6 +182,7 @@ def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> l
             paths += plots.save_all(plots.frontier_figure(an.fr, **_figure_kw(an)), out / "frontier")
             paths += plots.save_all(plots.scaling_figure(an.scaling, f"{an.fr.study}: best shape per budget"),
                                     out / "scaling")
+            paths += plots.save_all(curves_figure(lines, frontier_trials(an), _CURVES_TITLE), out / "curves")
     except OSError as e:
         raise StorageError(f"cannot write to {out} ({e.strerror}): pass a writable --results-dir") from None
     return paths
@@ -304,6 +316,13 @@ def render_html(an: Analysis, study_dir: str | Path, *, samples: bool = True) ->
         parts.append("<p>Only one family has finished trials: nothing to compare.</p>")
     parts += ["<h2>Scaling pattern</h2>", _table(scaling_view(an.scaling)),
               _img(plots.scaling_figure(an.scaling, "best configuration per budget"), "scaling plot")]
+    lines = load_curves(an.fr.study, an.storage)
+    if len(lines):
+        stopped = lines.loc[lines["state"] == "PRUNED", ["family", "trial"]].drop_duplicates()
+        parts += ["<h2>Learning curves</h2>", _img(curves_figure(lines, frontier_trials(an), _CURVES_TITLE),
+                                                   "learning curves"),
+                  f"<p>{len(stopped)} trial(s) stopped early by the pruner (faint, dashed); validation PSNR on the "
+                  f"fixed per-epoch subset.</p>"]
     if samples:
         parts.append("<h2>Samples (fixed test images)</h2>")
         grids = sample_grids(an, study_dir)
