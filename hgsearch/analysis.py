@@ -464,10 +464,22 @@ def figure_kw(an: Analysis) -> dict[str, Any]:
     return {"means": an.front, "baseline": base, "published": published(an), "flagged": an.flagged}
 
 
+CURVES_TITLE = "validation PSNR per epoch (frontier trials thick, stopped trials faint)"
+
+
+def frontier_trials(an: Analysis) -> dict[str, set[int]]:
+    """Each family's frontier trial numbers, the curves a learning-curve figure draws thick."""
+    return {fam: {int(t) for t in g["trial"]} for fam, g in an.fr.frontier.groupby("family")}
+
+
 def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> list[Path]:
-    """frontier.csv, trials.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
+    """frontier.csv, trials.csv, curves.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
+    from hgsearch.curves import load_curves, write_curves
+
     out = Path(out_dir)
     paths = write_tables(an.fr, out, an.baseline.psnr_val if an.baseline else None)
+    lines = load_curves(an.fr.study, an.storage)
+    paths.append(write_curves(lines, out))
     try:
         text = json.dumps(summary(an), indent=2)
         paths.append(out / "summary.json")
@@ -481,6 +493,7 @@ def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> l
             paths += plots.save_all(plots.frontier_figure(an.fr, **figure_kw(an)), out / "frontier")
             paths += plots.save_all(plots.scaling_figure(an.scaling, f"{an.fr.study}: best shape per budget"),
                                     out / "scaling")
+            paths += plots.save_all(plots.curves_figure(lines, frontier_trials(an), CURVES_TITLE), out / "curves")
     except OSError as e:
         raise StorageError(f"cannot write to {out} ({e.strerror}): pass a writable --results-dir") from None
     return paths

@@ -21,7 +21,7 @@ from hgsearch.config import RunConfig
 from hgsearch.events import Note, Reporter
 from hgsearch.record import CONFIG_ATTRS
 from hgsearch.stop import check_stop
-from hgsearch.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_sampler
+from hgsearch.storage import FINISHED, GRACE_PERIOD, HEARTBEAT_INTERVAL, make_sampler
 
 MAX_RETRIES = 3  # a configuration cut off more often than this (e.g. it gets the process OOM-killed) is dropped
 
@@ -182,12 +182,17 @@ def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSa
 WAIT = object()  # claim's answer while other workers hold the last trials of a family
 
 
+COUNTED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # trials towards the target, finished or not
+
+
 def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) -> optuna.Trial | None | object:
     """A RUNNING trial of ours towards the target, None when the family is done, or WAIT.
 
+    The target counts finished trials: COMPLETE and PRUNED (stopped early, as final as COMPLETE,
+    never retried), so compute stays bounded by trials x epochs (notes/early-stopping.md).
     No overshoot, with any number of workers: a worker keeps a trial only if, reading the study
-    after its trial became RUNNING, it sees at most cfg.trials trials that are COMPLETE, RUNNING or
-    WAITING. Of any N+1 trials that would complete, the one whose read came last would have seen
+    after its trial became RUNNING, it sees at most cfg.trials trials that are COMPLETE, PRUNED,
+    RUNNING or WAITING. Of any N+1 trials that would complete, the one whose read came last would have seen
     all the others (each RUNNING or COMPLETE from before its own read onwards) and given up. A trial
     closed as stale cannot complete afterwards (tell refuses), so it cannot add to the count either.
     The losers of a tie give up (FAIL, reason "surplus") and back off a random moment.
@@ -196,8 +201,8 @@ def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) 
         check_stop()
         reap(study, family, reporter)
         trials = study.get_trials(deepcopy=False)
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
-        active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials)
+        done = sum(t.state in FINISHED for t in trials)
+        active = sum(t.state in COUNTED for t in trials)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if done >= cfg.trials:
             return None
@@ -206,7 +211,7 @@ def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) 
         trial = ask(study, lambda number: make_sampler(cfg, family, number))
         try:
             trials = study.get_trials(deepcopy=False)
-            active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials)
+            active = sum(t.state in COUNTED for t in trials)
             if active <= cfg.trials:
                 return trial
             close_trial(study, seam.frozen(study, trial),

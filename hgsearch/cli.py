@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,6 +21,7 @@ from hgsearch import __version__
 from hgsearch.data import DATASETS
 from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.names import AUGMENTS, DEVICES, FAMILIES, FAMILY_CHOICES, TASKS
+from hgsearch.pruning import RULES as PRUNING_RULES
 
 # Library modules that pull in torch and Optuna (about 2 s) are imported inside the commands: `--help`
 # and option errors do not need them. The choice lists come from hgsearch.names, which imports nothing.
@@ -47,12 +49,14 @@ Augment = _choices("Augment", AUGMENTS)
 Device = _choices("Device", DEVICES)
 Family = _choices("Family", FAMILY_CHOICES)
 OneFamily = _choices("OneFamily", FAMILIES)
+PruneRule = _choices("PruneRule", PRUNING_RULES)
 
 # RunConfig's defaults, shown in --help. The options themselves default to None ("take the config
 # file's value, else RunConfig's"); tests/test_cli_usability.py checks these against RunConfig().
 RUN_DEFAULTS: dict[str, Any] = {"task": "superres", "dataset": "fashion-mnist", "augment": "none", "train_size": 0,
                                 "family": "both", "trials": 20, "epochs": 2, "seed": 0, "device": "auto",
-                                "fixed_win": False, "results_dir": "results", "download": False}
+                                "fixed_win": False, "results_dir": "results", "download": False,
+                                "pruning": "pareto-asha"}
 # train's default peak lr: the log-midpoint of the default search range (space.SpaceConfig.lr, 5e-5 to
 # 5e-3), i.e. the value the search centres on; a test checks it against SpaceConfig.
 TRAIN_LR = 5e-4
@@ -117,7 +121,8 @@ def run(
     family: Annotated[Optional[Family], typer.Option("--family", help="Which families to search.",
                                                      show_default=RUN_DEFAULTS["family"])] = None,
     trials: Annotated[Optional[int], typer.Option(
-        "--trials", help="Completed trials per family the study ends with, across restarts.",
+        "--trials", help="Finished trials per family the study ends with, across restarts (completed or "
+        "stopped early by the pruner).",
         show_default=str(RUN_DEFAULTS["trials"]))] = None,
     epochs: EpochsOpt = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Study name.",
@@ -141,16 +146,24 @@ def run(
     pack_size: Annotated[Optional[int], typer.Option(
         "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
         "(one at a time on a CPU), 1 = one at a time.", show_default="0")] = None,
+    pruner: Annotated[Optional[PruneRule], typer.Option(
+        "--pruner", help="Stop clearly dominated trials early at rungs of 1, 3, 9... epochs (none: train every "
+        "trial in full); part of the study's identity; see notes/early-stopping.md.",
+        show_default=RUN_DEFAULTS["pruning"])] = None,
+    timeout: Annotated[Optional[str], typer.Option(
+        "--timeout", help="Stop cleanly after this long (e.g. 45s, 90m, 2h), as Ctrl-C does: the trial in "
+        "progress continues from its last epoch on resume.", show_default="none")] = None,
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
-    from hgsearch.config import load_config, parse_budget
+    from hgsearch.config import load_config, parse_budget, parse_duration
     from hgsearch.stop import stop_on_signals
 
     cfg = load_config(config, budget=parse_budget(budget), task=_value(task), dataset=_value(dataset),
                       data_dir=data_dir, download=download, augment=_value(augment), train_size=train_size,
                       family=_value(family), trials=trials, epochs=epochs, study=study, storage=storage, seed=seed,
                       device=_value(device), fixed_win=fixed_win, results_dir=results_dir,
-                      pack_size=pack_size)
+                      pack_size=pack_size, pruning=_value(pruner))
+    seconds = parse_duration(timeout) if timeout is not None else None
     if dry_run:
         _dry_run(cfg)
         return
@@ -163,8 +176,14 @@ def run(
     # A live panel only on a terminal: in a log file (nohup, batch jobs, CI) it would be a garble of
     # redraws, so there each trial gets plain lines instead.
     progress = LiveDisplay(out, cfg.trials) if out.is_terminal else PlainProgress(sys.stdout, cfg.trials)
+    # --timeout is a Ctrl-C sent to ourselves when the time is up: the same clean stop, with or
+    # without --workers (the parent forwards it to its workers).
+    timer = threading.Timer(seconds, _time_up) if seconds is not None else None
     try:
         with progress:
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
             if workers != 1:
                 from hgsearch.workers import run_parallel
 
@@ -175,12 +194,27 @@ def run(
                 with stop_on_signals(_stopping):
                     run_search(cfg, reporter=progress)
     except KeyboardInterrupt as e:
+        if _timed_out:
+            say(f"stopped at the --timeout of {timeout}; the study is consistent and an unfinished trial is "
+                f"queued to continue from its last epoch. Resume with: {_resume_command()}")
+            return
         name = getattr(e, "signame", "SIGINT")
         err.print(f"stopped by {name}; the study is consistent and an unfinished trial is queued to continue "
                   f"from its last epoch. Resume with: {_resume_command()}", highlight=False, markup=False,
                   soft_wrap=True)
         raise typer.Exit(128 + signal.Signals[name].value)
+    finally:
+        if timer is not None:
+            timer.cancel()
     _closing_table(cfg)
+
+
+_timed_out: list[bool] = []  # set once run's --timeout has fired
+
+
+def _time_up() -> None:
+    _timed_out.append(True)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _closing_table(cfg: Any) -> None:
@@ -245,7 +279,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same data as JS
 
 def _stopping(signame: str) -> None:
     """Called from the signal handler: say at once that the first signal was heard (no rich: re-entrancy)."""
-    os.write(2, f"{signame}: stopping after the current step; press Ctrl-C again to stop at once\n".encode())
+    why = "--timeout reached" if _timed_out else signame
+    os.write(2, f"{why}: stopping after the current step; press Ctrl-C again to stop at once\n".encode())
 
 
 def _resume_command() -> str:

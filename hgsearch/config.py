@@ -48,6 +48,22 @@ def parse_budget(text: str | int) -> int:
     return int(value)
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.I)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'45s', '90m', '2h', '1h30m', '1.5h' -> seconds; else a UsageError."""
+    compact = re.sub(r"\s+", "", str(text))
+    parts = _DURATION.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise UsageError(f"invalid duration {text!r}: write it like 45s, 90m, 2h or 1h30m")
+    seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in parts)
+    if seconds <= 0:
+        raise UsageError(f"invalid duration {text!r}: it must be longer than 0 s")
+    return seconds
+
+
 def format_budget(n: int) -> str:
     """Shortest exact label for a budget, for study names: 5000000 -> '5M', 1500000 -> '1.5M'."""
     for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
@@ -72,7 +88,7 @@ class RunConfig:
     augment: str = "none"  # "flips": the paper's ImageNet-32 flip augmentation x4 (4x steps per epoch)
     train_size: int = 0  # train on only this many images (after validation is carved out); 0 = all
     family: str = "both"
-    trials: int = 20  # completed trials per family the study should end with
+    trials: int = 20  # finished trials per family the study should end with (completed or stopped early)
     epochs: int = 2  # per trial; small enough for a CPU search, 50 is the paper protocol
     study: str | None = None  # default derived from task, dataset and budget
     storage: str | None = None  # default sqlite:///<results_dir>/<study>/study.db
@@ -84,7 +100,7 @@ class RunConfig:
     batch_size: int = 128
     val_size: int = 10_000  # carved from the training set with a fixed seed, at most a sixth of it
     noise_sigma: float = 0.25
-    pruning: str = "none"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.pruning)
+    pruning: str = "pareto-asha"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.pruning)
     min_epochs: int = 1  # first rung; rungs are min_epochs * reduction_factor^k below --epochs
     reduction_factor: int = 3  # about 1 in reduction_factor trials passes each rung
     prune_margin: float = 0.5  # dB a no-larger peer must lead by before a trial can be stopped

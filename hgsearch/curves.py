@@ -1,4 +1,4 @@
-"""Learning curves: per-epoch validation PSNR stored on each trial, curves.csv and their figure.
+"""Learning curves: per-epoch validation PSNR stored on each trial and curves.csv (the figure: plots.curves_figure).
 
 Optuna refuses trial.report() in multi-objective studies, and writing intermediate values through
 the storage instead would break TPE (it ranks PRUNED trials by their last intermediate value using
@@ -9,15 +9,12 @@ CURVE_SECONDS_KEY (the trial's wall seconds at each epoch end); optuna-dashboard
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hgsearch.atomic import atomic_write
 from hgsearch.errors import StorageError
@@ -28,7 +25,6 @@ from hgsearch.storage import family_study_name
 CURVE_KEY = "curve"
 CURVE_SECONDS_KEY = "curve_seconds"
 CURVE_COLUMNS = ["family", "trial", "state", "epoch", "psnr_val_epoch", "seconds"]
-STYLE = {"hourglass": "tab:blue", "conventional": "tab:orange"}
 
 
 def curve_attrs(curve: list[float], seconds: list[float]) -> dict[str, list[float]]:
@@ -76,29 +72,3 @@ def write_curves(curves: pd.DataFrame, out_dir: str | Path) -> Path:
     except OSError as e:
         raise StorageError(f"cannot write to {path.parent} ({e.strerror}): pass a writable --results-dir") from None
     return path
-
-
-def curves_figure(curves: pd.DataFrame, highlight: Mapping[str, set[int]] | None = None,
-                  title: str = "") -> Figure:
-    """Validation PSNR against epoch, one panel per family: finished trials solid, stopped ones
-    faint, highlighted trials (e.g. each family's frontier) thick."""
-    families = [f for f in FAMILIES if (curves["family"] == f).any()] or list(FAMILIES[:1])
-    fig = Figure(figsize=(5.0 * len(families), 4.0), layout="constrained")
-    FigureCanvasAgg(fig)  # attaches the Agg canvas, so fig.savefig works without pyplot
-    axes = fig.subplots(1, len(families), squeeze=False, sharey=True)[0]
-    for ax, fam in zip(axes, families):
-        marked = (highlight or {}).get(fam, set())
-        for (trial, state), g in curves[curves["family"] == fam].groupby(["trial", "state"], sort=True):
-            style: dict[str, Any] = {"color": STYLE.get(fam, "gray"), "linewidth": 1.0, "alpha": 0.7}
-            if state == TrialState.PRUNED.name:
-                style.update(alpha=0.2, linestyle="--")
-            if trial in marked:
-                style.update(linewidth=2.5, alpha=1.0)
-            ax.plot(g["epoch"], g["psnr_val_epoch"], marker="." if len(g) < 30 else None, **style)
-        ax.set_title(f"{fam} ({curves.loc[curves['family'] == fam, 'trial'].nunique()} trials)")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation PSNR after the epoch (dB)")
-    if title:
-        fig.suptitle(title)
-    return fig

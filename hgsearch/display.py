@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
+from optuna.trial import TrialState
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -68,8 +69,18 @@ class PlainProgress:
                 self._line(f"done {fam} #{t.number}: val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, "
                            f"{plural(a['epochs'], 'epoch')}{steps} in {a['seconds']:.1f} s "
                            f"({fam} {self.done[fam]}/{self.target})", w)
+            elif t.state == TrialState.PRUNED:  # final: counts towards --trials
+                self.done[fam] = self.done.get(fam, 0) + 1
+                self._line(f"stopped {fam} #{t.number} at epoch {t.user_attrs.get('stopped_at_epoch')}: {_why(ev.reason)} "
+                           f"({fam} {self.done[fam]}/{self.target})", w)
             else:
                 self._line(f"failed {fam} #{t.number}: {ev.reason}", w)
+
+
+def _why(reason: str | None) -> str:
+    """A stopped trial's reason without its leading "stopped after epoch k:" (the line says it)."""
+    head, _, rest = (reason or "").partition(": ")
+    return rest if head.startswith("stopped after epoch") and rest else (reason or "")
 
 
 class LiveDisplay:
@@ -123,6 +134,10 @@ class LiveDisplay:
                 a = t.user_attrs
                 self.console.print(f"  {ev.family} #{t.number}: {a['params'] / 1e6:.3f}M params, "
                                    f"val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, {a['seconds']:.1f} s")
+            elif t.state == TrialState.PRUNED:
+                self.done[ev.family] = self.done.get(ev.family, 0) + 1
+                self.console.print(f"  [dim]{ev.family} #{t.number} stopped at epoch "
+                                   f"{t.user_attrs.get('stopped_at_epoch')}:[/] {_why(ev.reason)}", highlight=False)
             else:
                 self.console.print(f"  [red]{ev.family} #{t.number} failed:[/] {ev.reason}")
         self.live.update(self._render())

@@ -121,7 +121,7 @@ def seed_rows(fr: Frontier, seeds: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates(subset=keys, keep="first").reset_index(drop=True)
 
 
-STATE_COLUMNS = ["family", "complete", "running", "failed", "other", "best_val", "best_test",
+STATE_COLUMNS = ["family", "complete", "pruned", "running", "failed", "other", "best_val", "best_test",
                  "best_params", "hours"]
 
 
@@ -138,7 +138,7 @@ def study_state(study: str, storage: str) -> pd.DataFrame:
         name = seeds_study_name(study) if fam == SEEDS else family_study_name(study, fam)
         if name not in names:
             continue
-        counts = {"COMPLETE": 0, "RUNNING": 0, "FAIL": 0}
+        counts = {"COMPLETE": 0, "PRUNED": 0, "RUNNING": 0, "FAIL": 0}
         other, seconds, best = 0, 0.0, None
         for t in optuna.load_study(study_name=name, storage=_open(storage)).get_trials(deepcopy=False):
             if t.state.name in counts:
@@ -150,7 +150,8 @@ def study_state(study: str, storage: str) -> pd.DataFrame:
             if t.state == TrialState.COMPLETE and (best is None or t.values[1] > best.values[1]):
                 best = t
         a = best.user_attrs if best is not None else {}
-        rows.append({"family": fam, "complete": counts["COMPLETE"], "running": counts["RUNNING"],
+        rows.append({"family": fam, "complete": counts["COMPLETE"], "pruned": counts["PRUNED"],
+                     "running": counts["RUNNING"],
                      "failed": counts["FAIL"], "other": other,
                      "best_val": best.values[1] if best is not None else None,
                      "best_test": a.get("psnr_test"), "best_params": a.get("params"), "hours": seconds / 3600})

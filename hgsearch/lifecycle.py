@@ -6,13 +6,14 @@ Two seams for what comes next:
   trains them one after the other through train.train (today's loop). A GPU executor that trains a
   pack of trials at once implements the same method.
 - on_epoch(claimed, epoch, metrics) -> bool, called by the executor after each finished epoch
-  (epoch counts finished epochs: 1 .. record.epochs, from resumed + 1 after a resume), once the
-  epoch's checkpoint is written. True keeps training (the default, keep_going). False ends the
-  trial there: it is told to Optuna as PRUNED, keeping its record's attrs plus `stopped_at_epoch`
-  and the metrics it was stopped on, and its checkpoint is deleted. A PRUNED trial does not count
-  towards the study's target (claims.claim counts COMPLETE ones), so a new one is sampled in its
-  place. metrics holds train_loss (the epoch's mean) and seconds (wall time so far); an early
-  stopping rule that needs validation PSNR per epoch adds it in the executor.
+  (epoch counts finished epochs: 1 .. record.epochs, from resumed + 1 after a resume), before the
+  epoch's checkpoint is written: a kill after a decision resumes from the previous epoch and decides
+  again (see early_stop.py). True keeps training (the default, keep_going) and writes the checkpoint.
+  False ends the trial there: it is told to Optuna as PRUNED, keeping its record's attrs plus
+  `stopped_at_epoch` and the metrics it was stopped on, and its checkpoint is deleted. A PRUNED
+  trial is final and counts towards the study's target like a COMPLETE one (claims.claim).
+  metrics holds train_loss (the epoch's mean), seconds (wall time so far) and, when the executor
+  evaluates each epoch, psnr_val_epoch (validation PSNR on the fixed per-epoch subset).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from hgsearch.record import TrialRecord, result_attrs
 from hgsearch.stop import Stopped, check_stop, stop_requested
 from hgsearch.storage import first_line, make_sampler
 from hgsearch.tasks import TaskData
-from hgsearch.train import TrainResult, train
+from hgsearch.train import TrainResult, epoch_eval_split, train
 
 PAUSE_ENV = "HGSEARCH_TEST_PAUSE_AT"
 
@@ -51,8 +52,8 @@ _trials_run = [0]  # trials this process has started, for the test hook
 def _pause_at(point: str) -> None:
     """Test hook: with HGSEARCH_TEST_PAUSE_AT=<point>[:<k>], print a marker and wait there, in the k-th
     trial this process runs (default 1), so a test can kill the process at a known place. Points:
-    claimed (no configuration stored yet), epoch (mid-epoch, a checkpoint on disk), eval (training
-    done, evaluation next), complete (told COMPLETE, checkpoint not yet removed). Returns on a stop."""
+    claimed (no configuration stored yet), epoch (mid-epoch, a checkpoint on disk), decided (an
+    epoch's on_epoch decision taken, its checkpoint not written), eval (training done, evaluation next), complete (told COMPLETE, checkpoint not yet removed). Returns on a stop."""
     want = os.environ.get(PAUSE_ENV)
     if not want or want.partition(":")[0] != point or int(want.partition(":")[2] or 1) != _trials_run[0]:
         return
@@ -115,8 +116,31 @@ class _EndTrial(Exception):
         self.stopped = stopped
 
 
+def epoch_metrics(state: dict[str, Any]) -> dict[str, float]:
+    """What on_epoch gets from an epoch-end state: train_loss, seconds, and psnr_val_epoch when evaluated."""
+    metrics = {"train_loss": float(state["loss"]), "seconds": float(state["seconds"])}
+    if "psnr_val_epoch" in state:
+        metrics["psnr_val_epoch"] = float(state["psnr_val_epoch"])
+    return metrics
+
+
+def save_checkpoint(c: ClaimedTrial, state: dict[str, Any]) -> None:
+    try:
+        checkpoint.save(c.checkpoint, state, c.meta)
+    except OSError as e:
+        raise StorageError(f"cannot write checkpoint {c.checkpoint} ({e.strerror}): free space or pass a "
+                           "writable --results-dir") from None
+
+
 class SerialExecutor:
-    """One trial after the other through train.train, checkpointing each epoch."""
+    """One trial after the other through train.train, checkpointing each epoch.
+
+    epoch_eval_size: score each epoch on the first that many validation images (0: all of them) and
+    pass it to on_epoch as psnr_val_epoch; None: no per-epoch evaluation.
+    """
+
+    def __init__(self, epoch_eval_size: int | None = None) -> None:
+        self.epoch_eval_size = epoch_eval_size
 
     def run(self, claimed: Sequence[ClaimedTrial], data: TaskData, reporter: Reporter,
             on_epoch: EpochHook) -> list[Outcome]:
@@ -132,22 +156,21 @@ class SerialExecutor:
                 _pause_at("epoch")  # mid-epoch, with an earlier epoch's checkpoint on disk
 
         def on_epoch_end(state: dict[str, Any]) -> None:
-            try:
-                checkpoint.save(c.checkpoint, state, c.meta)
-            except OSError as e:
-                raise StorageError(f"cannot write checkpoint {c.checkpoint} ({e.strerror}): free space or pass a "
-                                   "writable --results-dir") from None
+            metrics = epoch_metrics(state)
+            keep = on_epoch(c, int(state["epoch"]), metrics)
+            _pause_at("decided")  # the epoch's decision taken, its checkpoint not yet written
+            if not keep:
+                raise _EndTrial(StoppedEarly(int(state["epoch"]), metrics))
+            save_checkpoint(c, state)
             if state["epoch"] == rec.epochs:
                 _pause_at("eval")  # training done, evaluation next
-            metrics = {"train_loss": float(state["loss"]), "seconds": float(state["seconds"])}
-            if not on_epoch(c, int(state["epoch"]), metrics):
-                raise _EndTrial(StoppedEarly(int(state["epoch"]), metrics))
 
         steps = -(-len(data.train) // c.batch_size)
+        epoch_eval = None if self.epoch_eval_size is None else epoch_eval_split(data.val, self.epoch_eval_size)
         try:
             _, res = train(rec.spec, data, lr=rec.lr, epochs=rec.epochs, batch_size=c.batch_size, seed=rec.seed,
                            progress=progress, report_every=max(1, min(50, steps // 4)), resume=c.resume,
-                           on_epoch_end=on_epoch_end, stop_check=check_stop)
+                           on_epoch_end=on_epoch_end, epoch_eval=epoch_eval, stop_check=check_stop)
         except TrialFailed as e:
             return e
         except _EndTrial as e:
@@ -241,7 +264,7 @@ def _finish(c: ClaimedTrial, outcome: Outcome, heartbeat: Heartbeat, reporter: R
     if isinstance(outcome, StoppedEarly):
         attrs: dict[str, Any] = {"stopped_at_epoch": outcome.epoch, **outcome.metrics}
         told: dict[str, Any] = {"state": TrialState.PRUNED}
-        reason = f"stopped early after epoch {outcome.epoch} of {c.record.epochs}"
+        reason = trial.user_attrs.get("fail_reason") or f"stopped early after epoch {outcome.epoch} of {c.record.epochs}"
     else:
         attrs, told, reason = result_attrs(outcome), {"values": [float(c.record.params), outcome.psnr_val]}, None
     for k, v in attrs.items():

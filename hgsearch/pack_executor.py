@@ -13,7 +13,8 @@ What a serial trial promises holds per member:
   that runs out of memory alone fails.
 - Ctrl-C: the stop flag is checked after every step (a host-side list check, no device sync), so
   the pack stops within a step; run_trials closes every member for retry.
-- Early stopping: on_epoch(claimed, epoch, metrics) after the member's checkpoint is written; False
+- Early stopping: on_epoch(claimed, epoch, metrics) with the member's psnr_val_epoch (one packed
+  evaluation on the per-epoch subset), before the member's checkpoint is written; False
   retires the member (its weights freeze; it still costs its padded FLOPs until the pack ends) and
   its outcome is StoppedEarly, told PRUNED like a serial trial.
 """
@@ -31,13 +32,14 @@ import torch
 from hgsearch import checkpoint
 from hgsearch.buckets import pack_limits, plan_packs
 from hgsearch.config import RunConfig
-from hgsearch.errors import StorageError, TrialFailed
+from hgsearch.errors import TrialFailed
 from hgsearch.events import Progress, Reporter
-from hgsearch.lifecycle import ClaimedTrial, EpochHook, Executor, Outcome, StoppedEarly, _pause_at
+from hgsearch.lifecycle import (ClaimedTrial, EpochHook, Executor, Outcome, SerialExecutor, StoppedEarly, _pause_at,
+                                epoch_metrics, save_checkpoint)
 from hgsearch.packed import train_packed
 from hgsearch.stop import check_stop
 from hgsearch.tasks import TaskData
-from hgsearch.train import CUDA_BF16
+from hgsearch.train import CUDA_BF16, epoch_eval_split
 
 PROGRESS_EVERY = 50  # steps between Progress events, as train.train's default report_every
 
@@ -45,8 +47,9 @@ PROGRESS_EVERY = 50  # steps between Progress events, as train.train's default r
 class PackExecutor:
     """Trains claimed trials in packs of at most max_k members (None: as many as the device holds)."""
 
-    def __init__(self, max_k: int | None = None) -> None:
+    def __init__(self, max_k: int | None = None, epoch_eval_size: int | None = None) -> None:
         self.max_k = max_k
+        self.epoch_eval_size = epoch_eval_size  # as SerialExecutor's: psnr_val_epoch from evaluate_packed
 
     def run(self, claimed: Sequence[ClaimedTrial], data: TaskData, reporter: Reporter,
             on_epoch: EpochHook) -> list[Outcome]:
@@ -103,38 +106,39 @@ class PackExecutor:
 
         def on_epoch_end(j: int, state: dict[str, Any]) -> bool:
             c = members[j]
-            try:
-                checkpoint.save(c.checkpoint, state, c.meta)
-            except OSError as e:
-                raise StorageError(f"cannot write checkpoint {c.checkpoint} ({e.strerror}): free space or pass a "
-                                   "writable --results-dir") from None
             epoch = int(state["epoch"])
             if reported[0] < epoch:  # the epoch's end, with the loss of its first live member
                 reported[0] = epoch
                 reporter(Progress(family, epoch - 1, epochs, steps, steps, float(state["loss"])))
+            metrics = epoch_metrics(state)
+            # Decide before the checkpoint, as the serial loop does (see early_stop.py).
+            keep = on_epoch(c, epoch, metrics)
+            _pause_at("decided")
+            if not keep:
+                outcomes[pack[j]] = StoppedEarly(epoch, metrics)
+                return False
+            save_checkpoint(c, state)
             if epoch == epochs and j == len(members) - 1:
                 _pause_at("eval")  # training done (the members' last checkpoints written), evaluation next
-            metrics = {"train_loss": float(state["loss"]), "seconds": float(state["seconds"])}
-            if on_epoch(c, epoch, metrics):
-                return True
-            outcomes[pack[j]] = StoppedEarly(epoch, metrics)
-            return False
+            return True
 
         _, results = train_packed(
             [c.record.spec for c in members], data, lrs=[c.record.lr for c in members], epochs=epochs,
             batch_size=first.batch_size, seed=first.record.seed, device=data.train.inputs.device,
-            bf16=CUDA_BF16, resume=[c.resume for c in members], on_epoch_end=on_epoch_end, on_step=on_step)
+            bf16=CUDA_BF16, resume=[c.resume for c in members], on_epoch_end=on_epoch_end, on_step=on_step,
+            epoch_eval=None if self.epoch_eval_size is None else epoch_eval_split(data.val, self.epoch_eval_size))
         for i, res in zip(pack, results):
             outcomes.setdefault(i, res)  # a member stopped early keeps that outcome
 
 
-def executor_for(cfg: RunConfig, device: torch.device) -> tuple[Executor | None, int]:
+def executor_for(cfg: RunConfig, device: torch.device) -> tuple[Executor, int]:
     """(the executor, trials to claim per round) for this run: packs on CUDA or with --pack-size K > 1.
 
     pack_size 0 (the default) means packs sized by the device on CUDA and the serial loop on a CPU,
-    where packs measured 0.5-0.8x serial; 1 is the serial loop everywhere. None means SerialExecutor.
+    where packs measured 0.5-0.8x serial; 1 is the serial loop everywhere. Either evaluates every
+    epoch on cfg.epoch_eval_size validation images: the learning curves (early_stop.py).
     """
     if cfg.pack_size == 1 or (cfg.pack_size == 0 and device.type != "cuda"):
-        return None, 1
-    executor = PackExecutor(cfg.pack_size or None)
+        return SerialExecutor(cfg.epoch_eval_size), 1
+    executor = PackExecutor(cfg.pack_size or None, cfg.epoch_eval_size)
     return executor, pack_limits(device, executor.max_k)[0]

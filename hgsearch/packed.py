@@ -363,6 +363,7 @@ def train_packed(
     on_epoch_end: MemberEpochEnd | None = None,
     on_step: StepHook | None = None,
     on_pack_epoch: PackEpoch | None = None,
+    epoch_eval: Split | None = None,
 ) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
     """Train specs[k] at lrs[k] together; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
 
@@ -370,7 +371,9 @@ def train_packed(
     CUDA. A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
     does not disturb the others; `seconds` is the pack's wall time for each member (plus the seconds
     of its resumed state). resume[k] is member k's train.train checkpoint state (None: from the start);
-    a pack shares one data order, so every member must resume from the same epoch.
+    a pack shares one data order, so every member must resume from the same epoch. epoch_eval adds
+    "psnr_val_epoch" (member k's PSNR on that split after the epoch) to on_epoch_end's states, as
+    train.train does.
     """
     if len(lrs) != len(specs):
         raise UsageError(f"{len(specs)} configurations but {len(lrs)} learning rates")
@@ -415,6 +418,9 @@ def train_packed(
                 if on_step is not None:
                     on_step(epoch, i_step + 1, steps_per_epoch)
             epoch_losses = stepper.take_epoch_losses(n)
+            # One packed evaluation for all members (a retired member's frozen weights are scored too, unused).
+            epoch_psnr = (evaluate_packed(model, epoch_eval, batch_size)
+                          if epoch_eval is not None and on_epoch_end is not None else None)
             for i in range(k):
                 if i in retired:
                     continue
@@ -426,7 +432,8 @@ def train_packed(
                 elif ((on_epoch is not None and not on_epoch(i, epoch, {"loss": losses[i]}))
                       or (on_epoch_end is not None and not on_epoch_end(i, _member_state(
                           model, stepper, gen, i, lrs[i], epoch + 1, (epoch + 1) * steps_per_epoch, losses[i],
-                          time.perf_counter() - t0 + offsets[i])))):
+                          time.perf_counter() - t0 + offsets[i],
+                          None if epoch_psnr is None else epoch_psnr[i])))):
                     stepper.retire(i, failed=False)
                     retired.add(i)
                     epochs_done[i] = epoch + 1
@@ -452,8 +459,11 @@ def train_packed(
 
 
 def _member_state(model: PackedMLP, stepper: PackStep, gen: torch.Generator, k: int, lr: float, epoch: int,
-                  step: int, loss: float, seconds: float) -> dict[str, Any]:
+                  step: int, loss: float, seconds: float, psnr_val_epoch: float | None = None) -> dict[str, Any]:
     """Member k's state after `epoch` finished epochs, in train.train's on_epoch_end format (copies)."""
     member = model.unpack(k)
-    return {"model": member.state_dict(), "optimizer": stepper.member_optimizer_state(k, member, lr),
-            "generator": gen.get_state(), "epoch": epoch, "step": step, "loss": loss, "seconds": seconds}
+    state = {"model": member.state_dict(), "optimizer": stepper.member_optimizer_state(k, member, lr),
+             "generator": gen.get_state(), "epoch": epoch, "step": step, "loss": loss, "seconds": seconds}
+    if psnr_val_epoch is not None:
+        state["psnr_val_epoch"] = psnr_val_epoch
+    return state

@@ -6,7 +6,9 @@ so importing this module changes nothing for a notebook or an application that u
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from matplotlib.figure import Figure
 
 from hgsearch.atomic import atomic_write
 from hgsearch.frontier import Frontier
+from hgsearch.names import FAMILIES
 
 STYLE = {"hourglass": {"color": "tab:blue", "marker": "o"}, "conventional": {"color": "tab:orange", "marker": "s"}}
 FORMATS = ("png", "svg")  # PNG for screens and the report, SVG for papers
@@ -155,4 +158,30 @@ def samples_figure(inputs: np.ndarray, outputs: np.ndarray, targets: np.ndarray,
         axes[row, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: pd.DataFrame, highlight: Mapping[str, set[int]] | None = None,
+                  title: str = "") -> Figure:
+    """Validation PSNR against epoch, one panel per family: finished trials solid, stopped ones
+    faint, highlighted trials (e.g. each family's frontier) thick."""
+    families = [f for f in FAMILIES if (curves["family"] == f).any()] or list(FAMILIES[:1])
+    fig = Figure(figsize=(5.0 * len(families), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)  # attaches the Agg canvas, so fig.savefig works without pyplot
+    axes = fig.subplots(1, len(families), squeeze=False, sharey=True)[0]
+    for ax, fam in zip(axes, families):
+        marked = (highlight or {}).get(fam, set())
+        for (trial, state), g in curves[curves["family"] == fam].groupby(["trial", "state"], sort=True):
+            style: dict[str, Any] = {"color": STYLE[fam]["color"], "linewidth": 1.0, "alpha": 0.7}
+            if state == "PRUNED":  # stopped early by the pruner
+                style.update(alpha=0.2, linestyle="--")
+            if trial in marked:
+                style.update(linewidth=2.5, alpha=1.0)
+            ax.plot(g["epoch"], g["psnr_val_epoch"], marker="." if len(g) < 30 else None, **style)
+        ax.set_title(f"{fam} ({curves.loc[curves['family'] == fam, 'trial'].nunique()} trials)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation PSNR after the epoch (dB)")
+    if title:
+        fig.suptitle(title)
     return fig

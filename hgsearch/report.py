@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hgsearch.analysis import Analysis, figure_kw, json_ready
+from hgsearch.analysis import CURVES_TITLE, Analysis, figure_kw, frontier_trials, json_ready
 from hgsearch.atomic import atomic_write
 from hgsearch.confirm import frontier_model, study_config
+from hgsearch.curves import load_curves
+from hgsearch.plots import curves_figure
 from hgsearch.errors import StorageError
 from hgsearch.frontier import package_versions
 from hgsearch.tables import comparison_view, front_view, scaling_view
@@ -100,6 +102,13 @@ def render_html(an: Analysis, study_dir: str | Path, *, samples: bool = True) ->
         parts.append("<p>Only one family has finished trials: nothing to compare.</p>")
     parts += ["<h2>Scaling pattern</h2>", _table(scaling_view(an.scaling)),
               _img(plots.scaling_figure(an.scaling, "best configuration per budget"), "scaling plot")]
+    lines = load_curves(an.fr.study, an.storage)
+    if len(lines):
+        stopped = lines.loc[lines["state"] == "PRUNED", ["family", "trial"]].drop_duplicates()
+        parts += ["<h2>Learning curves</h2>", _img(curves_figure(lines, frontier_trials(an), CURVES_TITLE),
+                                                   "learning curves"),
+                  f"<p>{len(stopped)} trial(s) stopped early by the pruner (faint, dashed); validation PSNR on the "
+                  f"fixed per-epoch subset.</p>"]
     if samples:
         parts.append("<h2>Samples (fixed test images)</h2>")
         grids = sample_grids(an, study_dir)

@@ -1,7 +1,8 @@
-"""The search loop: one Optuna study per family in one storage, run to N completed trials.
+"""The search loop: one Optuna study per family in one storage, run to N finished trials.
 
 Guarantees of run_search (one process, or any number of processes/hosts on one storage):
-- each family ends with exactly cfg.trials COMPLETE trials (never more: see claims.claim);
+- each family ends with exactly cfg.trials finished trials, COMPLETE or PRUNED (stopped early by
+  the pruner, final like COMPLETE; never more: see claims.claim);
 - a trial cut off (kill -9, Ctrl-C, lost host) is failed with its reason and queued again with the
   same configuration (up to MAX_RETRIES times); the retry continues from the trial's last
   per-epoch checkpoint (hgsearch.checkpoint), so the result is the one an uninterrupted run gives;
@@ -24,13 +25,14 @@ from hgsearch.claims import WAIT, claim, close_trial, reap
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Note, Reporter, Start, quiet
+from hgsearch.early_stop import hook_for
 from hgsearch.lifecycle import run_trials, sweep_checkpoints
 from hgsearch.pack_executor import executor_for
 from hgsearch.models import ArchSpec
 from hgsearch.record import TrialRecord, save_weights
 from hgsearch.resilient import set_listener
 from hgsearch.stop import check_stop
-from hgsearch.storage import GRACE_PERIOD, completed, open_studies, safe_url
+from hgsearch.storage import GRACE_PERIOD, finished, open_studies, safe_url
 from hgsearch.tasks import TaskData, load_task
 from hgsearch.train import TrainResult, train
 
@@ -59,7 +61,7 @@ def feasible_families(cfg: RunConfig, d_in: int, d_out: int) -> tuple[list[str],
 
 
 def run_search(cfg: RunConfig, reporter: Reporter = quiet) -> dict[str, optuna.Study]:
-    """Create or resume the studies and run until each family has cfg.trials completed trials.
+    """Create or resume the studies and run until each family has cfg.trials finished trials.
 
     Safe to call from several processes or hosts on one storage (see the module docstring). Stops
     with Stopped (a KeyboardInterrupt) after request_stop() or a signal under stop_on_signals().
@@ -83,9 +85,10 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
     for fam, study in studies.items():
         reap(study, fam, reporter)
         sweep_checkpoints(study, cfg, fam)
-    reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: completed(s) for f, s in studies.items()}))
+    reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: finished(s) for f, s in studies.items()}))
     failures = dict.fromkeys(families, 0)
     executor, per_round = executor_for(cfg, data.train.inputs.device)
+    on_epoch = hook_for(cfg)  # learning curves, and the pruner's stops at rungs
     t0 = time.perf_counter()
     pending = list(families)
     waited = False
@@ -100,7 +103,8 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
             if trials is WAIT:
                 continue
             all_wait = False
-            for frozen in run_trials(studies[fam], cfg, fam, data, reporter, trials, executor=executor):
+            for frozen in run_trials(studies[fam], cfg, fam, data, reporter, trials, executor=executor,
+                                     on_epoch=on_epoch):
                 failures[fam] = failures[fam] + 1 if frozen.state == TrialState.FAIL else 0
                 if failures[fam] >= MAX_CONSECUTIVE_FAILURES:
                     raise HgsearchError(

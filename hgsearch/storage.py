@@ -155,7 +155,15 @@ def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_second
 
 
 # Settings added after studies already existed, with the value those studies implicitly used.
-ADDED_SETTINGS = {"augment": "none", "train_size": 0, "space_version": 1}
+ADDED_SETTINGS = {"augment": "none", "train_size": 0, "space_version": 1, "pruning": {"rule": "none"}}
+
+
+def pruning_settings(cfg: RunConfig) -> dict[str, Any]:
+    """What decides which trials are stopped early; under "none" the other knobs change nothing."""
+    if cfg.pruning == "none":
+        return {"rule": "none"}
+    return {"rule": cfg.pruning, "min_epochs": cfg.min_epochs, "reduction_factor": cfg.reduction_factor,
+            "margin": cfg.prune_margin, "min_peers": cfg.prune_min_peers, "epoch_eval_size": cfg.epoch_eval_size}
 
 
 def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
@@ -179,6 +187,7 @@ def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
         "noise_sigma": cfg.noise_sigma if cfg.task == "denoise" else None,
         "space": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg.space).items()},
         "space_version": SPACE_VERSION,  # how trials map to shapes: another version's trials do not mix
+        "pruning": pruning_settings(cfg),
         "seed": cfg.seed,
         "protocol": "AdamW(wd=0.01), linear decay to 0, MSE on sigmoid, PSNR per batch of 128",
         "d_in": data.d_in,
@@ -198,6 +207,11 @@ def config_from_settings(stored: dict[str, Any], study: str, *, data_dir: str | 
     s = {**ADDED_SETTINGS, **stored}
     space = {k: tuple(v) if isinstance(v, list) else v for k, v in (s.get("space") or {}).items()}
     extra = {"noise_sigma": s["noise_sigma"]} if s.get("noise_sigma") is not None else {}
+    prune = s["pruning"]
+    extra.update({"pruning": prune["rule"]} if prune["rule"] == "none" else {
+        "pruning": prune["rule"], "min_epochs": int(prune["min_epochs"]), "reduction_factor": int(prune["reduction_factor"]),
+        "prune_margin": float(prune["margin"]), "prune_min_peers": int(prune["min_peers"]),
+        "epoch_eval_size": int(prune["epoch_eval_size"])})
     return RunConfig(budget=int(s["budget"]), task=s["task"], dataset=s["dataset"], data_dir=data_dir,
                      epochs=int(s["epochs"]), seed=int(s["seed"]), device=device, fixed_win=bool(s["fixed_win"]),
                      batch_size=int(s["batch_size"]), val_size=int(s["val_size"]), study=study,
@@ -273,6 +287,13 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
 
 def completed(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # final outcomes: what --trials counts
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def default_study_dir(results_dir: str | Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hgsearch.errors import StorageError, UsageError
 
-FIGURES = ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg")
+FIGURES = ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "curves.png", "curves.svg")
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def state_table(study: str, state: pd.DataFrame) -> Table:
     table = Table(title=f"study {study} (PSNR and size of each family's best model)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
                   collapse_padding=True)
     # val/test dB and params are those of the family's best model (by validation PSNR).
-    for col in ("family", "complete", "running", "failed", "val dB", "test dB", "params", "hours"):
+    for col in ("family", "complete", "stopped early", "running", "failed", "val dB", "test dB", "params", "hours"):
         table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
 
     def num(v: Any, fmt: str) -> str:
@@ -153,6 +153,6 @@ def state_table(study: str, state: pd.DataFrame) -> Table:
 
     for _, r in state.iterrows():
         failed = str(r["failed"]) + (f" (+{r['other']} other)" if r["other"] else "")
-        table.add_row(r["family"], str(r["complete"]), str(r["running"]), failed, num(r["best_val"], "{:.2f}"),
+        table.add_row(r["family"], str(r["complete"]), str(r["pruned"]), str(r["running"]), failed, num(r["best_val"], "{:.2f}"),
                       num(r["best_test"], "{:.2f}"), num(r["best_params"], "{:,.0f}"), f"{r['hours']:.2f}")
     return table

@@ -6,7 +6,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from hgsearch.curves import CURVE_COLUMNS, curve_attrs, curves_figure, load_curves, observation, write_curves
+from hgsearch.curves import CURVE_COLUMNS, curve_attrs, load_curves, observation, write_curves
+from hgsearch.plots import curves_figure
 from hgsearch.pruning import Pruner
 from hgsearch.storage import DIRECTIONS, family_study_name
 

@@ -13,7 +13,7 @@ from hgsearch.packed import PackedMLP, evaluate_packed
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import train
 from tests.conftest import REPO
-from tests.test_tasks import dataset
+from tests.conftest import dataset
 
 
 def load_table_module():

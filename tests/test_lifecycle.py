@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from hgsearch import lifecycle
@@ -29,7 +30,9 @@ def test_the_hook_sees_every_epoch_once_and_the_trial_completes(tiny_idx, tmp_pa
     calls = []
 
     def hook(claimed: lifecycle.ClaimedTrial, epoch: int, metrics: dict[str, float]) -> bool:
-        assert claimed.checkpoint.is_file()  # the epoch's checkpoint is written before the decision
+        # The decision comes first: on disk is the previous epoch's checkpoint (none before epoch 2).
+        on_disk = torch.load(claimed.checkpoint, weights_only=False)["state"]["epoch"] if claimed.checkpoint.is_file() else 0
+        assert on_disk == epoch - 1
         calls.append((claimed.trial.number, epoch, sorted(metrics)))
         return True
 

@@ -22,7 +22,7 @@ from hgsearch.record import TrialRecord
 from hgsearch.space import SpaceConfig
 from hgsearch.storage import open_studies
 from hgsearch.tasks import load_task, prepare
-from hgsearch.train import train
+from hgsearch.train import epoch_eval_split, evaluate, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
@@ -119,13 +119,21 @@ def test_on_epoch_stops_one_member_which_is_pruned(tiny_idx, tmp_path):
     seen = []
 
     def stop_second(c: lifecycle.ClaimedTrial, epoch: int, metrics: dict) -> bool:
-        assert c.checkpoint.is_file() and set(metrics) == {"train_loss", "seconds"}
+        # Decided before the epoch's checkpoint is written; the member's PSNR on the subset comes with it.
+        assert c.checkpoint.is_file() == (epoch > 1)
+        assert set(metrics) == {"train_loss", "seconds", "psnr_val_epoch"}
         seen.append((c.trial.number, epoch))
+        psnr[c.trial.number] = metrics["psnr_val_epoch"]
         return c.trial.number != 1
 
-    frozen = lifecycle.run_trials(study, cfg, "hourglass", data, quiet, trials, executor=PackExecutor(4),
-                                  on_epoch=stop_second)
+    psnr: dict[int, float] = {}
+    frozen = lifecycle.run_trials(study, cfg, "hourglass", data, quiet, trials,
+                                  executor=PackExecutor(4, epoch_eval_size=64), on_epoch=stop_second)
     assert sorted(seen) == [(0, 1), (0, 2), (1, 1), (2, 1), (2, 2)]
+    for t in (frozen[0], frozen[2]):  # the pack's per-epoch PSNR is each member's own, as alone
+        rec = TrialRecord.from_attrs(t.user_attrs)
+        model = train(rec.spec, data, lr=rec.lr, epochs=2, seed=rec.seed)[0]
+        assert psnr[t.number] == pytest.approx(evaluate(model, epoch_eval_split(data.val, 64)), abs=1e-3)
     assert [t.state for t in frozen] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     assert frozen[1].user_attrs["stopped_at_epoch"] == 1 and "psnr_val" not in frozen[1].user_attrs
     assert not list((cfg.study_dir / "checkpoints").glob("*.pt"))
@@ -133,10 +141,11 @@ def test_on_epoch_stops_one_member_which_is_pruned(tiny_idx, tmp_path):
 
 def test_executor_choice(tiny_idx, tmp_path):
     cpu = torch.device("cpu")
-    assert executor_for(_cfg(tiny_idx, tmp_path), cpu) == (None, 1)  # CPU default: serial
-    assert executor_for(_cfg(tiny_idx, tmp_path, pack_size=1), cpu) == (None, 1)
+    for cfg in (_cfg(tiny_idx, tmp_path), _cfg(tiny_idx, tmp_path, pack_size=1)):  # CPU default: serial
+        ex, k = executor_for(cfg, cpu)
+        assert isinstance(ex, lifecycle.SerialExecutor) and k == 1 and ex.epoch_eval_size == cfg.epoch_eval_size
     ex, k = executor_for(_cfg(tiny_idx, tmp_path, pack_size=3), cpu)
-    assert isinstance(ex, PackExecutor) and k == 3
+    assert isinstance(ex, PackExecutor) and k == 3 and ex.epoch_eval_size == 2048
     with pytest.raises(Exception, match="--pack-size must be 0"):
         _cfg(tiny_idx, tmp_path, pack_size=-1)
 

@@ -84,7 +84,7 @@ def test_comparison_numbers_through_storage(stub):
     assert all(b.ci is None for b in c.bins)  # one seed per point: no interval
     paths = write_outputs(an, out)
     doc = json.loads((out / "summary.json").read_text())
-    assert {p.name for p in paths} == {"frontier.csv", "trials.csv", "summary.json"}
+    assert {p.name for p in paths} == {"frontier.csv", "trials.csv", "curves.csv", "summary.json"}
     assert doc["objectives"] == {"params": "minimize", "psnr_val": "maximize"}
     assert doc["reference_point"] == [BUDGET, 29.0] and doc["budget"] == BUDGET
     assert doc["comparison"]["hv_difference"] == pytest.approx(5.0)
@@ -167,7 +167,7 @@ def test_show_on_a_2000_trial_study(stub, cli):
     assert state.loc["conventional", "complete"] == 3
     code, stdout, stderr = cli("show", "--study", STUDY, "--storage", url)
     assert code == 0, stderr
-    assert re.search(r"hourglass\s+1870\s+66\s+68", stdout), stdout
+    assert re.search(r"hourglass\s+1870\s+0\s+66\s+68", stdout), stdout  # complete, stopped early, running, failed
 
 
 def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, cli):
