@@ -81,7 +81,7 @@ def evaluate(model: PackedMLP, val_head: Split, val_rest: Split | None, test: Sp
         return head, head, test_psnr
     rest = evaluate_packed(model, val_rest)
     n, m = len(val_head.inputs), len(val_rest.inputs)
-    full = [(n * a + m * b) / (n + m) for a, b in zip(head, rest)]
+    full = [(n * a + m * b) / (n + m) for a, b in zip(head, rest, strict=True)]
     return full, head, test_psnr
 
 

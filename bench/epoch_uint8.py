@@ -66,4 +66,5 @@ print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={N}, bat
 for name, times in results.items():
     print(f"{name:42s} {statistics.median(times):8.2f} ms/batch  (min {min(times):.2f})")
 print(f"host memory of the rows: float32 {N * 3072 * 4 / 2**30:.2f} GiB, uint8 {N * 3072 / 2**30:.2f} GiB; "
-      f"ImageNet-32 (1,281,167 images): float32 {1281167 * 3072 * 4 / 2**30:.1f} GiB, uint8 {1281167 * 3072 / 2**30:.1f} GiB")
+      f"ImageNet-32 (1,281,167 images): float32 {1281167 * 3072 * 4 / 2**30:.1f} GiB, "
+      f"uint8 {1281167 * 3072 / 2**30:.1f} GiB")

@@ -45,7 +45,7 @@ def main() -> None:
         dev = diff - diff.groupby([df["family"], df["epoch"]]).transform("mean")
         flips = wide = wide_flips = 0
         for _, g in df.groupby(["family", "epoch"]):
-            for (fa, sa), (fb, sb) in itertools.combinations(zip(g["psnr_val"], g[col]), 2):
+            for (fa, sa), (fb, sb) in itertools.combinations(zip(g["psnr_val"], g[col], strict=True), 2):
                 flip = (fa - fb) * (sa - sb) < 0
                 flips += flip
                 if abs(fa - fb) > 0.1:

@@ -186,7 +186,8 @@ def naive_rows(spec: ArchSpec, device: torch.device, steps: int, bf16: bool):
     yield {"K": 1, "graphs": False, "bf16": bf16, "samples_s": sps, "useful_tflops": 6 * spec.params * sps / 1e12}
 
 
-def time_steps(stepper: PackStep, x: torch.Tensor, y: torch.Tensor, device: torch.device, seconds: float) -> tuple[int, float]:
+def time_steps(stepper: PackStep, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               seconds: float) -> tuple[int, float]:
     """Warm up (this captures the graph), then run whole blocks of 5 steps for about `seconds`."""
     for _ in range(2):
         stepper.step(x, y)
@@ -238,7 +239,7 @@ def hetero_rows(budget: int, n: int, d: int, device: torch.device, variants, sec
     for graphs, bf16 in variants:
         total = 0.0  # seconds to give every member the same number of samples
         per_pack = max(seconds / len(packs), 0.05)
-        for p, model in zip(packs, models):
+        for p, model in zip(packs, models, strict=True):
             stepper = PackStep(model, [1e-3] * len(p), total_steps=10**6, weight_decay=0.01, graphs=graphs, bf16=bf16)
             steps, dt = time_steps(stepper, x, y, device, per_pack)
             total += dt / steps  # one step of every pack = one batch for every member
@@ -275,7 +276,7 @@ def exact_rows(device: torch.device, side: int, n_train: int, graphs: bool, epoc
         lrs = [2e-3, 1e-3, 1.5e-3, 3e-3]
         _, packed = train_packed(specs, d, lrs=lrs, epochs=epochs, device=device, graphs=graphs, seed=5)
         diffs = []
-        for spec, lr, res in zip(specs, lrs, packed):
+        for spec, lr, res in zip(specs, lrs, packed, strict=True):
             _, alone = train_mod.train(spec, d, lr=lr, epochs=epochs, device=device, seed=5)
             diffs.append(abs(res.psnr_val - alone.psnr_val))
         yield {"task": task, "graphs": graphs, "members": len(specs), "max_dpsnr_db": max(diffs),
@@ -310,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.quick:  # CPU smoke test: tiny shapes, eager only
-        spec, ks, variants, hetero = ArchSpec("hourglass", 64, 64, 96, 16, 4), (1, 4), [(False, False)], (60_000, 16, 64)
+        spec, ks, hetero = ArchSpec("hourglass", 64, 64, 96, 16, 4), (1, 4), (60_000, 16, 64)
+        variants = [(False, False)]
     else:
         spec, ks, hetero = HG5M, (1, 8, 32, 128), (5_000_000, 128, 784)
         variants = [(False, False), (True, False), (False, True), (True, True)]
@@ -321,17 +323,20 @@ def main(argv: list[str] | None = None) -> int:
                                                "tf32_allowed": torch.backends.cuda.matmul.allow_tf32}])
     print(f"## naive: train.train, {spec}")
     for bf16 in ([False, True] if cuda else [False]):
-        bench.case("naive", f"train.train bf16={bf16}", lambda bf16=bf16: naive_rows(spec, device, 20 if args.quick else 300, bf16))
+        bench.case("naive", f"train.train bf16={bf16}",
+                   lambda bf16=bf16: naive_rows(spec, device, 20 if args.quick else 300, bf16))
     print("## packed: same-shape pack, samples/s over all members")
-    bench.case("packed", str(spec), lambda: packed_rows(spec, ks, device, variants, 0.3 if args.quick else args.seconds))
+    bench.case("packed", str(spec),
+               lambda: packed_rows(spec, ks, device, variants, 0.3 if args.quick else args.seconds))
     print("## hetero: a default-space pool grouped into packs")
     bench.case("hetero", f"budget {hetero[0]:,}", lambda: hetero_rows(
-        hetero[0], hetero[1], hetero[2], device, [v for v in variants if v[0] or not cuda], 0.5 if args.quick else 4 * args.seconds,
-        args.pack_size), min_left=30)
+        hetero[0], hetero[1], hetero[2], device, [v for v in variants if v[0] or not cuda],
+        0.5 if args.quick else 4 * args.seconds, args.pack_size), min_left=30)
     print("## exact: heterogeneous pack vs train.train per member, fp32, |dPSNR val| in dB")
     if cuda:
         for graphs in (True, False):
-            bench.case("exact", f"cuda graphs={graphs}", lambda graphs=graphs: exact_rows(device, 16, 1200, graphs), min_left=20)
+            bench.case("exact", f"cuda graphs={graphs}", lambda graphs=graphs: exact_rows(device, 16, 1200, graphs),
+                       min_left=20)
     else:
         bench.case("exact", "cpu eager", lambda: exact_rows(device, 8, 300, False, epochs=1), min_left=10)
 
@@ -344,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(rows: list[dict]) -> None:
     """The compact table: one line per throughput case, ratios against train.train fp32."""
-    base = next((r["samples_s"] for r in rows if r["section"] == "naive" and not r.get("bf16") and "samples_s" in r), None)
+    base = next((r["samples_s"] for r in rows
+                 if r["section"] == "naive" and not r.get("bf16") and "samples_s" in r), None)
     print("| section | K | graphs | bf16 | samples/s | x train.train fp32 | useful TFLOP/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -101,7 +101,8 @@ def search_once(name: str, cfg: RunConfig, cap: float) -> dict:
         except Exception as e:
             counts[fam] = {"error": str(e)}
             continue
-        counts[fam] = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+        counts[fam] = {s.name: sum(t.state == s for t in trials) for s in TrialState
+                       if any(t.state == s for t in trials)}
         psnr[fam] = {t.number: [t.params, t.user_attrs["psnr_val"], t.user_attrs.get("seconds")]
                      for t in trials if t.state == TrialState.COMPLETE}
     done = sum(len(p) for p in psnr.values())

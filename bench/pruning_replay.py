@@ -63,7 +63,7 @@ def main() -> None:
     fronts = {}
     for f, obs in truth.items():
         ranks = front_ranks([(o.params, o.curve[-1]) for o in obs])
-        fronts[f] = {o.key for o, r in zip(obs, ranks) if r == 0}
+        fronts[f] = {o.key for o, r in zip(obs, ranks, strict=True) if r == 0}
     best = {f: max(obs, key=lambda o: o.curve[-1]).key for f, obs in truth.items()}
     n = sum(len(v) for v in families.values())
     print(f"# {args.csv}: {n} configurations ({', '.join(f'{f} {len(v)}' for f, v in families.items())}), "

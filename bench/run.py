@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                                       initializer=_worker_init, initargs=(args,))
         pids = set(pool.map(_worker_ready, [0.5] * args.workers))  # W tasks at once start W workers
         assert len(pids) == args.workers, "worker processes did not all start"
-    results: dict[str, dict[str, list[dict]]] = {c.name: {"naive": [], "ours": [], "workers": [], "packed": []} for c in configs}
+    results: dict[str, dict[str, list[dict]]] = {c.name: {"naive": [], "ours": [], "workers": [], "packed": []}
+                                                 for c in configs}
     failures = []
     for rnd in range(args.rounds):
         for cfg in configs:
@@ -403,7 +404,7 @@ def report(results: dict, configs: tuple[Config, ...], data: dict[str, TaskData]
             trial_s = [fixed_trial_seconds(r, storage_s, args.eval) for r in runs]
             tph = [3600 * k / t for t in trial_s]
             over = [100 * (r["startup_s"] + r["eval_s"] * FULL_EVAL / args.eval + storage_s) / t
-                    for r, t in zip(runs, trial_s)]
+                    for r, t in zip(runs, trial_s, strict=True)]
             med = statistics.median
             row[path] = {"sps": med(sps), "tph": med(tph), "psnr": med(r["psnr_val"] for r in runs)}
             label = {"naive": "naive", "ours": "ours", "workers": f"ours x{w} procs",
@@ -414,7 +415,8 @@ def report(results: dict, configs: tuple[Config, ...], data: dict[str, TaskData]
                   f"| {row[path]['psnr']:.3f} | {med(trial_s):.1f} | {med(over):.1f} "
                   f"| {med(tph):.0f} [{min(tph):.0f}-{max(tph):.0f}] |")
         ratios.append((cfg.name, row))
-    print("\nratios vs naive (medians): training samples/s, trials/hour of the fixed protocol, PSNR val difference (dB)")
+    print("\nratios vs naive (medians): training samples/s, trials/hour of the fixed protocol, "
+          "PSNR val difference (dB)")
     for name, row in ratios:
         parts = []
         for path in ("ours", "workers", "packed"):

@@ -189,7 +189,8 @@ def to_reach(trajectories: Sequence[Trajectory], target: float, ref: tuple[float
     return math.inf
 
 
-def strategies(epochs: int, rules: Sequence[str]) -> dict[str, Callable[[Sequence[Config], int, TableSpace], Trajectory]]:
+def strategies(epochs: int,
+               rules: Sequence[str]) -> dict[str, Callable[[Sequence[Config], int, TableSpace], Trajectory]]:
     cfg = RunConfig()
 
     def pruner(rule: str) -> Pruner:
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("csv")
     ap.add_argument("--column", default=None, help="PSNR the pruner sees (default: psnr_val_2048 if present)")
     ap.add_argument("--seeds", type=int, default=30)
-    ap.add_argument("--trials", type=int, default=None, help="full-fidelity trials per family (default: a third of the table)")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="full-fidelity trials per family (default: a third of the table)")
     ap.add_argument("--budget", type=int, default=3_000_000)
     ap.add_argument("--ref-psnr", type=float, default=BICUBIC_TEST_PSNR, help="reference test PSNR (bicubic)")
     args = ap.parse_args(argv)
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{q[1]:.3f} [{q[0]:.3f}-{q[2]:.3f}]")
         reach = quartiles([to_reach(r, 0.95 * best, ref) / full for r in runs])
         exhaust = statistics.median(max(t[-1][0] for t in r) for r in runs)
-        print(f"| {name} | " + " | ".join(cells) + f" | {reach[1]:.2f} C [{reach[0]:.2f}-{reach[2]:.2f}] | {exhaust:.0f} |")
+        print(f"| {name} | " + " | ".join(cells)
+              + f" | {reach[1]:.2f} C [{reach[0]:.2f}-{reach[2]:.2f}] | {exhaust:.0f} |")
     print("# cells: median [25th-75th percentile] over seeds, hypervolume / whole-table hypervolume; "
           "compute in units of C")
     target = med["tpe"][1.0]

@@ -59,7 +59,7 @@ def hypervolume(front_xy, ref: tuple[float, float]) -> float:
     area, best_y = 0.0, ref_y
     # Left to right, the strip from one point's x to the next is covered up to the best y so far.
     edges = np.append(pts[:, 0], ref_x)
-    for (x, y), next_x in zip(pts, edges[1:]):
+    for (x, y), next_x in zip(pts, edges[1:], strict=True):
         best_y = max(best_y, y)
         area += (next_x - x) * (best_y - ref_y)
     return float(area)
@@ -227,13 +227,13 @@ def bin_gaps(
     edges = budget_edges(_min_params(dfs, min_params, y), budget, n_bins)
     configs = [best_lr(seed_means(df), y) for df in dfs]
     gaps = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         best = [_best_at(c, hi, y) for c in configs]
         vals = [None if b is None else float(b[y]) for b in best]
         gap, ci = None, None
         if best[0] is not None and best[1] is not None:
             gap = vals[0] - vals[1]
-            ci = welch_interval(*(_seed_values(df, b, y) for df, b in zip(dfs, best)))
+            ci = welch_interval(*(_seed_values(df, b, y) for df, b in zip(dfs, best, strict=True)))
         sizes = [None if b is None else int(b["params"]) for b in best]
         gaps.append(BinGap(float(lo), float(hi), vals[0], vals[1], gap, ci, sizes[0], sizes[1]))
     return gaps
@@ -252,7 +252,7 @@ def scaling_pattern(
     rows = []
     for family, part in df.groupby("family", sort=True):
         configs = best_lr(seed_means(part), y)
-        for lo, hi in zip(edges[:-1], edges[1:]):
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             b = _best_at(configs, hi, y)
             if b is not None:
                 rows.append({
@@ -425,7 +425,7 @@ def summary(an: Analysis) -> dict[str, Any]:
     return json_ready({
         "study": an.fr.study,
         "storage": safe_url(an.storage),
-        "objectives": dict(zip(METRIC_NAMES, DIRECTIONS)),
+        "objectives": dict(zip(METRIC_NAMES, DIRECTIONS, strict=True)),
         "selection": "frontier points chosen on validation PSNR (mean over seeds, best lr per shape); "
                      "test PSNR reported only",
         "budget": s.get("budget"),

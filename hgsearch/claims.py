@@ -8,8 +8,8 @@ import random
 import socket
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -92,7 +92,7 @@ class Heartbeat:
             if self.stopped.wait(HEARTBEAT_INTERVAL):
                 return
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self.storage.record_heartbeat(self.trial_id)  # the first beat before any work
         self.thread.start()
         return self

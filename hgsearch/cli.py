@@ -11,7 +11,7 @@ import sys
 import threading
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -47,6 +47,7 @@ Task = _choices("Task", TASKS)
 Dataset = _choices("Dataset", DATASETS)
 Augment = _choices("Augment", AUGMENTS)
 Device = _choices("Device", DEVICES)
+DEVICE_AUTO = Device("auto")  # a module-level default: no call in the signatures
 Family = _choices("Family", FAMILY_CHOICES)
 OneFamily = _choices("OneFamily", FAMILIES)
 PruneRule = _choices("PruneRule", PRUNING_RULES)
@@ -79,29 +80,29 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 
 # Options shared by `run` and `train`; None means "take the config file's or the default value".
-TaskOpt = Annotated[Optional[Task], typer.Option(
+TaskOpt = Annotated[Task | None, typer.Option(
     "--task", help="What the models learn: x2 super-resolution, denoising or generative classification.",
     show_default=RUN_DEFAULTS["task"])]
-DatasetOpt = Annotated[Optional[Dataset], typer.Option(
+DatasetOpt = Annotated[Dataset | None, typer.Option(
     "--dataset", help="Which dataset (idx: any set of MNIST-format files in --data-dir).",
     show_default=RUN_DEFAULTS["dataset"])]
-DataDirOpt = Annotated[Optional[str], typer.Option(
+DataDirOpt = Annotated[str | None, typer.Option(
     "--data-dir", help="Directory holding the dataset's files.",
     show_default="look in $HGSEARCH_DATA_DIR, system locations, the cache")]
-DownloadOpt = Annotated[Optional[bool], typer.Option(
+DownloadOpt = Annotated[bool | None, typer.Option(
     "--download/--no-download", help="Fetch a dataset found nowhere locally from its canonical source, "
     "md5-verified, into --data-dir or the cache.", show_default="--no-download")]
-AugmentOpt = Annotated[Optional[Augment], typer.Option(
+AugmentOpt = Annotated[Augment | None, typer.Option(
     "--augment", help="flips: the paper's flip augmentation x4 (each image also flipped left-right, up-down "
     "and both; 4x the steps per epoch).", show_default=RUN_DEFAULTS["augment"])]
-EpochsOpt = Annotated[Optional[int], typer.Option(
+EpochsOpt = Annotated[int | None, typer.Option(
     "--epochs", help="Epochs of training (the paper uses 50).", show_default=str(RUN_DEFAULTS["epochs"]))]
-DeviceOpt = Annotated[Optional[Device], typer.Option(
+DeviceOpt = Annotated[Device | None, typer.Option(
     "--device", help="auto: CUDA when PyTorch sees one, else the CPU.", show_default=RUN_DEFAULTS["device"])]
-WinOpt = Annotated[Optional[bool], typer.Option(
+WinOpt = Annotated[bool | None, typer.Option(
     "--fixed-win/--trained-win", help="Keep W_in fixed at its random initialisation, or train it.",
     show_default="--trained-win")]
-ConfigOpt = Annotated[Optional[Path], typer.Option(
+ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="TOML file with [run] and [space] tables (see configs/default.toml); options given "
     "on the command line override it.", show_default="none")]
 
@@ -115,26 +116,26 @@ def run(
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
     augment: AugmentOpt = None,
-    train_size: Annotated[Optional[int], typer.Option(
+    train_size: Annotated[int | None, typer.Option(
         "--train-size", help="Train on only N images (validation is unchanged), e.g. for a quick look "
         "at a large dataset; part of the study's identity; 0 = all.", show_default="0")] = None,
-    family: Annotated[Optional[Family], typer.Option("--family", help="Which families to search.",
+    family: Annotated[Family | None, typer.Option("--family", help="Which families to search.",
                                                      show_default=RUN_DEFAULTS["family"])] = None,
-    trials: Annotated[Optional[int], typer.Option(
+    trials: Annotated[int | None, typer.Option(
         "--trials", help="Finished trials per family the study ends with, across restarts (completed or "
         "stopped early by the pruner).",
         show_default=str(RUN_DEFAULTS["trials"]))] = None,
     epochs: EpochsOpt = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="Study name.",
+    study: Annotated[str | None, typer.Option("--study", help="Study name.",
                                                  show_default="<task>-<dataset>-<budget>")] = None,
-    storage: Annotated[Optional[str], typer.Option(
+    storage: Annotated[str | None, typer.Option(
         "--storage", help="Optuna RDB URL (e.g. postgresql://user@host/db for many hosts).",
         show_default="sqlite:///<results-dir>/<study>/study.db")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampler and of each trial's "
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the sampler and of each trial's "
                                                 "initialisation.", show_default=str(RUN_DEFAULTS["seed"]))] = None,
     device: DeviceOpt = None,
     fixed_win: WinOpt = None,
-    results_dir: Annotated[Optional[str], typer.Option(
+    results_dir: Annotated[str | None, typer.Option(
         "--results-dir", help="Where studies and their files live.", show_default=RUN_DEFAULTS["results_dir"])] = None,
     config: ConfigOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine for this one "
@@ -143,14 +144,14 @@ def run(
         "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family, "
         "at most 10), each with its training time per epoch estimated from 3 timed steps here; train "
         "nothing, write nothing.")] = False,
-    pack_size: Annotated[Optional[int], typer.Option(
+    pack_size: Annotated[int | None, typer.Option(
         "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
         "(one at a time on a CPU), 1 = one at a time.", show_default="0")] = None,
-    pruner: Annotated[Optional[PruneRule], typer.Option(
+    pruner: Annotated[PruneRule | None, typer.Option(
         "--pruner", help="Stop clearly dominated trials early at rungs of 1, 3, 9... epochs (none: train every "
         "trial in full); part of the study's identity; see notes/early-stopping.md.",
         show_default=RUN_DEFAULTS["pruning"])] = None,
-    timeout: Annotated[Optional[str], typer.Option(
+    timeout: Annotated[str | None, typer.Option(
         "--timeout", help="Stop cleanly after this long (e.g. 45s, 90m, 2h), as Ctrl-C does: the trial in "
         "progress continues from its last epoch on resume.", show_default="none")] = None,
 ) -> None:
@@ -202,7 +203,7 @@ def run(
         err.print(f"stopped by {name}; the study is consistent and an unfinished trial is queued to continue "
                   f"from its last epoch. Resume with: {_resume_command()}", highlight=False, markup=False,
                   soft_wrap=True)
-        raise typer.Exit(128 + signal.Signals[name].value)
+        raise typer.Exit(128 + signal.Signals[name].value) from None
     finally:
         if timer is not None:
             timer.cancel()
@@ -220,8 +221,8 @@ def _time_up() -> None:
 def _closing_table(cfg: Any) -> None:
     """run's last word: each frontier with the task's trivial baseline, and what to do next."""
     from hgsearch.baselines import baseline
-    from hgsearch.tables import frontier_table
     from hgsearch.frontier import load_frontier
+    from hgsearch.tables import frontier_table
     from hgsearch.tasks import load_task
 
     out.print(frontier_table(load_frontier(cfg.study_name, cfg.storage_url), baseline(load_task(cfg))))
@@ -230,8 +231,8 @@ def _closing_table(cfg: Any) -> None:
 
 def _dry_run(cfg: Any) -> None:
     from hgsearch.config import format_budget
-    from hgsearch.tables import df_table, plural
     from hgsearch.preview import TIMED_STEPS, plan
+    from hgsearch.tables import df_table, plural
 
     planned, notes = plan(cfg, cfg.trials)
     for note in notes:
@@ -265,12 +266,12 @@ def note(text: str) -> None:
     err.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-StudyOpt = Annotated[Optional[str], typer.Option("--study", help="Study name.",
+StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name.",
                                                  show_default="the one changed last under --results-dir")]
-StorageOpt = Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB URL.",
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL.",
                                                    show_default="the study's SQLite file")]
 ResultsDirOpt = Annotated[str, typer.Option("--results-dir", help="Where studies and their files live.")]
-StudyDataDirOpt = Annotated[Optional[str], typer.Option(
+StudyDataDirOpt = Annotated[str | None, typer.Option(
     "--data-dir", help="The study's dataset directory, if not where `run` found it.",
     show_default="where `run` found it")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same data as JSON on stdout (messages go to "
@@ -395,14 +396,13 @@ def confirm(
     results_dir: ResultsDirOpt = "results",
     data_dir: StudyDataDirOpt = None,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
-                      ] = Device("auto"),
+                      ] = DEVICE_AUTO,
 ) -> None:
     """Retrain each frontier configuration with K seeds (kept in the storage; re-running is free) and
     print the frontier on seed means."""
     from hgsearch.confirm import confirm_seeds
-    from hgsearch.tables import plural
-
     from hgsearch.events import Event, RunEnd, RunStart, SeedsStart
+    from hgsearch.tables import plural
 
     def seed_run(ev: Event) -> None:
         if isinstance(ev, SeedsStart):
@@ -431,7 +431,7 @@ def report(
     samples: Annotated[bool, typer.Option("--samples/--no-samples", help="Sample grids per frontier point "
                                           "(retrains points without saved weights).")] = True,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
-                      ] = Device("auto"),
+                      ] = DEVICE_AUTO,
 ) -> None:
     """Write results/<study>/report.html: one self-contained offline page with every figure and table."""
     from hgsearch.analysis import analyze
@@ -451,7 +451,7 @@ def train(
     bottleneck: Annotated[int, typer.Option("--bottleneck", min=1, help="Inner width d_h of each block's branch: "
                                             "under --width for hourglass, over it for conventional.",
                                             show_default=False)],
-    width: Annotated[Optional[int], typer.Option(
+    width: Annotated[int | None, typer.Option(
         "--width", min=1, help="Stream width d_z; hourglass needs it wider than the image (784 values on 28x28), "
         "conventional's is the image size.", show_default="the image size, conventional only")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (decayed "
@@ -462,24 +462,24 @@ def train(
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
     augment: AugmentOpt = None,
-    train_size: Annotated[Optional[int], typer.Option(
+    train_size: Annotated[int | None, typer.Option(
         "--train-size", help="Train on only N images (validation and test are unchanged); 0 = all.",
         show_default="0")] = None,
     epochs: EpochsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initialisation and the batch order.",
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initialisation and the batch order.",
                                                 show_default=str(RUN_DEFAULTS["seed"]))] = None,
     device: DeviceOpt = None,
     fixed_win: WinOpt = None,
     config: ConfigOpt = None,
-    save: Annotated[Optional[Path], typer.Option("--save", help="Write the trained weights (state_dict) here.",
+    save: Annotated[Path | None, typer.Option("--save", help="Write the trained weights (state_dict) here.",
                                                  show_default="not saved")] = None,
 ) -> None:
     """Train one configuration with the same code a trial uses; print its size, PSNRs beside the task's
     trivial baseline, and wall time."""
     from hgsearch.baselines import baseline
     from hgsearch.config import load_config
-    from hgsearch.tables import plural, psnr_verdict
     from hgsearch.search import train_single
+    from hgsearch.tables import plural, psnr_verdict
     from hgsearch.tasks import load_task
 
     cfg = load_config(config, task=_value(task), dataset=_value(dataset), data_dir=data_dir, download=download,
@@ -511,7 +511,8 @@ def _flag_given_a_value(args: list[str]) -> UsageError | None:
         opt, eq, value = arg.partition("=")
         if opt in flags and (eq or (i + 1 < len(args) and args[i + 1].lower() in _BOOL_WORDS)):
             p = flags[opt]
-            off = f" and {p.secondary_opts[0]} to turn it off" if p.secondary_opts else " and leave it out to turn it off"
+            off = (f" and {p.secondary_opts[0]} to turn it off" if p.secondary_opts
+                   else " and leave it out to turn it off")
             return UsageError(f"{opt} is a flag and takes no value: write {p.opts[0]} alone to turn it on{off} "
                               f"(see hgsearch {args[0]} --help)")
     return None

@@ -23,6 +23,7 @@ from hgsearch.storage import DIRECTIONS, METRIC_NAMES, config_from_settings, saf
 from hgsearch.tasks import TaskData, load_task
 from hgsearch.train import train
 
+
 def stored_settings(fr: Frontier) -> dict[str, Any]:
     """The settings stored with the study (every family's study stores the same defining ones)."""
     return next(iter(fr.settings.values()), {})

@@ -103,14 +103,16 @@ _SPECS: dict[str, _Spec] = {
         system_dirs=("/usr/share/datasets/fashion-mnist",),
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",),
         downloads=tuple(zip(_IDX_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                                         "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+                                         "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+                            strict=True)),
         hint="the Debian package dataset-fashion-mnist provides it offline",
     ),
     "mnist": _Spec(
         _IDX_FILES, _IDX_WANTED, load_idx_set, names=variants, classes=10,
         urls=("https://ossci-datasets.s3.amazonaws.com/mnist", "http://yann.lecun.com/exdb/mnist"),
         downloads=tuple(zip(_IDX_FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                                         "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
+                                         "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+                            strict=True)),
     ),
     "cifar10": _Spec(
         (*cifar.TRAIN_FILES, cifar.TEST_FILE), "data_batch_1..5 and test_batch (from cifar-10-python.tar.gz)",

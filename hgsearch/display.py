@@ -30,7 +30,7 @@ class PlainProgress:
         self.last_line: dict[Any, float] = {}  # per worker: when its trial last printed
         self.steps: dict[Any, int] = {}  # per worker: steps per epoch of its current trial
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -71,7 +71,8 @@ class PlainProgress:
                            f"({fam} {self.done[fam]}/{self.target})", w)
             elif t.state == TrialState.PRUNED:  # final: counts towards --trials
                 self.done[fam] = self.done.get(fam, 0) + 1
-                self._line(f"stopped {fam} #{t.number} at epoch {t.user_attrs.get('stopped_at_epoch')}: {_why(ev.reason)} "
+                self._line(f"stopped {fam} #{t.number} at epoch {t.user_attrs.get('stopped_at_epoch')}: "
+                           f"{_why(ev.reason)} "
                            f"({fam} {self.done[fam]}/{self.target})", w)
             else:
                 self._line(f"failed {fam} #{t.number}: {ev.reason}", w)
@@ -100,7 +101,7 @@ class LiveDisplay:
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
         self.started = False
 
-    def __enter__(self) -> "LiveDisplay":
+    def __enter__(self) -> LiveDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -53,7 +53,8 @@ def _pause_at(point: str) -> None:
     """Test hook: with HGSEARCH_TEST_PAUSE_AT=<point>[:<k>], print a marker and wait there, in the k-th
     trial this process runs (default 1), so a test can kill the process at a known place. Points:
     claimed (no configuration stored yet), epoch (mid-epoch, a checkpoint on disk), decided (an
-    epoch's on_epoch decision taken, its checkpoint not written), eval (training done, evaluation next), complete (told COMPLETE, checkpoint not yet removed). Returns on a stop."""
+    epoch's on_epoch decision taken, its checkpoint not written), eval (training done, evaluation next),
+    complete (told COMPLETE, checkpoint not yet removed). Returns on a stop."""
     want = os.environ.get(PAUSE_ENV)
     if not want or want.partition(":")[0] != point or int(want.partition(":")[2] or 1) != _trials_run[0]:
         return
@@ -248,7 +249,8 @@ def run_trials(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData,
             with contextlib.suppress(Exception):  # best effort: if this fails, the next run reaps it
                 close_trial(study, seam.frozen(study, trial), reason, retry=True)
         raise
-    return [_finish(c, outcome, heartbeat, reporter) for c, outcome, heartbeat in zip(claimed, outcomes, heartbeats)]
+    return [_finish(c, outcome, heartbeat, reporter)
+            for c, outcome, heartbeat in zip(claimed, outcomes, heartbeats, strict=True)]
 
 
 def _finish(c: ClaimedTrial, outcome: Outcome, heartbeat: Heartbeat, reporter: Reporter) -> FrozenTrial:
@@ -264,7 +266,8 @@ def _finish(c: ClaimedTrial, outcome: Outcome, heartbeat: Heartbeat, reporter: R
     if isinstance(outcome, StoppedEarly):
         attrs: dict[str, Any] = {"stopped_at_epoch": outcome.epoch, **outcome.metrics}
         told: dict[str, Any] = {"state": TrialState.PRUNED}
-        reason = trial.user_attrs.get("fail_reason") or f"stopped early after epoch {outcome.epoch} of {c.record.epochs}"
+        reason = (trial.user_attrs.get("fail_reason")
+                  or f"stopped early after epoch {outcome.epoch} of {c.record.epochs}")
     else:
         attrs, told, reason = result_attrs(outcome), {"values": [float(c.record.params), outcome.psnr_val]}, None
     for k, v in attrs.items():

@@ -34,8 +34,17 @@ from hgsearch.buckets import pack_limits, plan_packs
 from hgsearch.config import RunConfig
 from hgsearch.errors import TrialFailed
 from hgsearch.events import Progress, Reporter
-from hgsearch.lifecycle import (ClaimedTrial, EpochHook, Executor, Outcome, SerialExecutor, StoppedEarly, _pause_at,
-                                epoch_metrics, save_checkpoint)
+from hgsearch.lifecycle import (
+    ClaimedTrial,
+    EpochHook,
+    Executor,
+    Outcome,
+    SerialExecutor,
+    StoppedEarly,
+    _pause_at,
+    epoch_metrics,
+    save_checkpoint,
+)
 from hgsearch.packed import train_packed
 from hgsearch.stop import check_stop
 from hgsearch.tasks import TaskData
@@ -127,7 +136,7 @@ class PackExecutor:
             batch_size=first.batch_size, seed=first.record.seed, device=data.train.inputs.device,
             bf16=CUDA_BF16, resume=[c.resume for c in members], on_epoch_end=on_epoch_end, on_step=on_step,
             epoch_eval=None if self.epoch_eval_size is None else epoch_eval_split(data.val, self.epoch_eval_size))
-        for i, res in zip(pack, results):
+        for i, res in zip(pack, results, strict=True):
             outcomes.setdefault(i, res)  # a member stopped early keeps that outcome
 
 

@@ -97,14 +97,14 @@ class PackedMLP(nn.Module):
             w, h = spec.width, spec.bottleneck
             w_in[i, :w] = m.w_in.weight.detach()
             w_out[i, :, :w] = m.w_out.weight.detach()
-            for l, block in enumerate(m.blocks):
-                down[l, i, :h, :w] = block.down.weight.detach()
-                up[l, i, :w, :h] = block.up.weight.detach()
+            for layer, block in enumerate(m.blocks):
+                down[layer, i, :h, :w] = block.down.weight.detach()
+                up[layer, i, :w, :h] = block.up.weight.detach()
         self.w_in = nn.Parameter(w_in, requires_grad=not all(s.fixed_win for s in specs))
         self.w_out = nn.Parameter(w_out)
         self.down = nn.ParameterList(nn.Parameter(d.clone()) for d in down)
         self.up = nn.ParameterList(nn.Parameter(u.clone()) for u in up)
-        self.register_buffer("mask", torch.tensor([[1.0 if l < s.depth else 0.0 for l in range(depth)]
+        self.register_buffer("mask", torch.tensor([[1.0 if layer < s.depth else 0.0 for layer in range(depth)]
                                                    for s in specs]).T.reshape(depth, k, 1, 1).contiguous())
         self.register_buffer("running_mean", torch.zeros(depth, k, 1, width))
         self.register_buffer("running_var", torch.ones(depth, k, 1, width))
@@ -115,20 +115,21 @@ class PackedMLP(nn.Module):
         """x (B, d_in), shared by all members -> (K, B, d_out)."""
         z = torch.matmul(x, self.w_in.transpose(1, 2))  # (K, B, width)
         n = z.shape[1]
-        for l in range(len(self.down)):
+        for layer in range(len(self.down)):
             # BatchNorm in float32 even under bf16 autocast, as autocast runs nn.BatchNorm1d.
             zf = z.float()
             if self.training:
                 mean = zf.mean(1, keepdim=True)
                 var = zf.var(1, unbiased=False, keepdim=True)
                 with torch.no_grad():  # nn.BatchNorm1d keeps the unbiased variance
-                    self.running_mean[l].lerp_(mean, self.momentum)
-                    self.running_var[l].lerp_(var * (n / max(n - 1, 1)), self.momentum)
+                    self.running_mean[layer].lerp_(mean, self.momentum)
+                    self.running_var[layer].lerp_(var * (n / max(n - 1, 1)), self.momentum)
             else:
-                mean, var = self.running_mean[l], self.running_var[l]
+                mean, var = self.running_mean[layer], self.running_var[layer]
             zn = (zf - mean) * torch.rsqrt(var + BN_EPS)
-            branch = torch.bmm(torch.relu(torch.bmm(zn, self.down[l].transpose(1, 2))), self.up[l].transpose(1, 2))
-            z = z + self.mask[l] * branch
+            branch = torch.bmm(torch.relu(torch.bmm(zn, self.down[layer].transpose(1, 2))),
+                               self.up[layer].transpose(1, 2))
+            z = z + self.mask[layer] * branch
         return torch.sigmoid(torch.bmm(z, self.w_out.transpose(1, 2)))
 
     def member_slices(self, k: int) -> dict[str, tuple[nn.Parameter, tuple[int | slice, ...]]]:
@@ -136,9 +137,9 @@ class PackedMLP(nn.Module):
         spec = self.specs[k]
         w, h = slice(0, spec.width), slice(0, spec.bottleneck)
         slices: dict[str, tuple[nn.Parameter, tuple[int | slice, ...]]] = {"w_in.weight": (self.w_in, (k, w))}
-        for l in range(spec.depth):
-            slices[f"blocks.{l}.down.weight"] = (self.down[l], (k, h, w))
-            slices[f"blocks.{l}.up.weight"] = (self.up[l], (k, w, h))
+        for layer in range(spec.depth):
+            slices[f"blocks.{layer}.down.weight"] = (self.down[layer], (k, h, w))
+            slices[f"blocks.{layer}.up.weight"] = (self.up[layer], (k, w, h))
         slices["w_out.weight"] = (self.w_out, (k, slice(None), w))
         return slices
 
@@ -150,9 +151,9 @@ class PackedMLP(nn.Module):
         with torch.no_grad():
             for name, (packed, idx) in self.member_slices(k).items():
                 params[name].copy_(packed[idx])
-            for l, block in enumerate(model.blocks):
-                block.norm.running_mean.copy_(self.running_mean[l, k, 0, :spec.width])
-                block.norm.running_var.copy_(self.running_var[l, k, 0, :spec.width])
+            for layer, block in enumerate(model.blocks):
+                block.norm.running_mean.copy_(self.running_mean[layer, k, 0, :spec.width])
+                block.norm.running_var.copy_(self.running_var[layer, k, 0, :spec.width])
         return model
 
     @torch.no_grad()
@@ -161,9 +162,9 @@ class PackedMLP(nn.Module):
         spec = self.specs[k]
         for name, (packed, idx) in self.member_slices(k).items():
             packed[idx].copy_(state_dict[name])
-        for l in range(spec.depth):
-            self.running_mean[l, k, 0, :spec.width].copy_(state_dict[f"blocks.{l}.norm.running_mean"])
-            self.running_var[l, k, 0, :spec.width].copy_(state_dict[f"blocks.{l}.norm.running_var"])
+        for layer in range(spec.depth):
+            self.running_mean[layer, k, 0, :spec.width].copy_(state_dict[f"blocks.{layer}.norm.running_mean"])
+            self.running_var[layer, k, 0, :spec.width].copy_(state_dict[f"blocks.{layer}.norm.running_var"])
 
 
 class PackStep:
@@ -213,7 +214,7 @@ class PackStep:
             b1, b2 = BETAS
             bc1 = 1.0 - torch.pow(b1, self.t)
             bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2, self.t))
-            for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
                 lr_p = (lr * self.win_lr if p is self.model.w_in else lr).view(-1, *([1] * (p.dim() - 1)))
                 p.mul_(1.0 - lr_p * self.wd)
                 m.lerp_(g, 1.0 - b1)
@@ -277,7 +278,7 @@ class PackStep:
 
     @torch.no_grad()
     def _restore(self, saved: list[torch.Tensor]) -> None:
-        for live, copy in zip(self._state(), saved):
+        for live, copy in zip(self._state(), saved, strict=True):
             live.copy_(copy)
 
     @torch.no_grad()
@@ -335,7 +336,7 @@ def evaluate_packed(model: PackedMLP, split: Split, batch_size: int = 128) -> li
     # Rows per forward shrink with the pack so the (K, rows, width) activations stay bounded.
     rows = batch_size * max(1, EVAL_BATCHES * 8 // k)
     total = torch.zeros(k, dtype=torch.float64, device=split.inputs.device)
-    for x, y in zip(split.inputs.split(rows), split.targets.split(rows)):
+    for x, y in zip(split.inputs.split(rows), split.targets.split(rows), strict=True):
         row_mse = (model(as_float(x)) - as_float(y)).pow_(2).mean(2)  # (K, rows)
         full = row_mse.shape[1] // batch_size * batch_size
         if full:

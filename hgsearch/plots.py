@@ -120,7 +120,7 @@ def scaling_figure(scaling: pd.DataFrame, title: str = "") -> Figure:
     axes = fig.subplots(2, 2, sharex=True)
     panels = [("depth", "depth L (blocks)"), ("width", "stream width d_z or d_x (units)"),
               ("bottleneck", "bottleneck d_h (units)"), ("ratio", "ratio d_h / d_z")]
-    for ax, (col, label) in zip(axes.flat, panels):
+    for ax, (col, label) in zip(axes.flat, panels, strict=True):
         for fam, part in scaling.groupby("family"):
             ax.plot(part["hi"] / 1e6, part[col], label=fam, **STYLE.get(fam, {}))
         ax.set_ylabel(label, fontsize=8)
@@ -169,7 +169,7 @@ def curves_figure(curves: pd.DataFrame, highlight: Mapping[str, set[int]] | None
     fig = Figure(figsize=(5.0 * len(families), 4.0), layout="constrained")
     FigureCanvasAgg(fig)  # attaches the Agg canvas, so fig.savefig works without pyplot
     axes = fig.subplots(1, len(families), squeeze=False, sharey=True)[0]
-    for ax, fam in zip(axes, families):
+    for ax, fam in zip(axes, families, strict=True):
         marked = (highlight or {}).get(fam, set())
         for (trial, state), g in curves[curves["family"] == fam].groupby(["trial", "state"], sort=True):
             style: dict[str, Any] = {"color": STYLE[fam]["color"], "linewidth": 1.0, "alpha": 0.7}

@@ -41,7 +41,7 @@ class _Timed(Exception):
     """Raised from train()'s progress hook once enough steps were timed: the run stops there."""
 
 
-def time_step(spec: ArchSpec, data: "TaskData", lr: float, batch_size: int) -> float:
+def time_step(spec: ArchSpec, data: TaskData, lr: float, batch_size: int) -> float:
     """Median wall time of one training step of this shape, measured with train() itself."""
     import statistics
 
@@ -58,7 +58,7 @@ def time_step(spec: ArchSpec, data: "TaskData", lr: float, batch_size: int) -> f
         train(spec, data, lr=lr, epochs=1, batch_size=batch_size, progress=progress, report_every=1)
     except _Timed:
         pass
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return statistics.median(gaps) if gaps else float("nan")  # no gap: the epoch has a single step
 
 
@@ -70,8 +70,8 @@ def plan(cfg: RunConfig, n: int) -> tuple[list[Planned], list[str]]:
 
     from hgsearch import space
     from hgsearch.search import feasible_families
-    from hgsearch.tasks import load_task
     from hgsearch.storage import DIRECTIONS, make_sampler
+    from hgsearch.tasks import load_task
 
     data = load_task(cfg)
     families, notes = feasible_families(cfg, data.d_in, data.d_out)

@@ -36,7 +36,7 @@ class TrialRecord:
     epochs: int
 
     @classmethod
-    def of(cls, spec: ArchSpec, *, lr: float, seed: int, epochs: int) -> "TrialRecord":
+    def of(cls, spec: ArchSpec, *, lr: float, seed: int, epochs: int) -> TrialRecord:
         return cls(**spec.to_dict(), params=spec.params, trainable_params=spec.trainable_params,
                    lr=lr, seed=seed, epochs=epochs)
 
@@ -49,12 +49,12 @@ class TrialRecord:
         return asdict(self)
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> "TrialRecord":
+    def from_attrs(cls, attrs: dict[str, Any]) -> TrialRecord:
         """From a trial's user attrs (other attrs, e.g. results or retry_of, are ignored)."""
         return cls(**{k: attrs[k] for k in CONFIG_ATTRS})
 
     @classmethod
-    def from_row(cls, row: Any) -> "TrialRecord":
+    def from_row(cls, row: Any) -> TrialRecord:
         """From a frontier.csv/trials.csv row (a pandas Series or dict): numpy values become Python's."""
         return cls(str(row["family"]), int(row["d_in"]), int(row["d_out"]), int(row["width"]),
                    int(row["bottleneck"]), int(row["depth"]), bool(row["fixed_win"]), int(row["params"]),

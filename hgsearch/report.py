@@ -17,9 +17,9 @@ from hgsearch.analysis import CURVES_TITLE, Analysis, figure_kw, frontier_trials
 from hgsearch.atomic import atomic_write
 from hgsearch.confirm import frontier_model, study_config
 from hgsearch.curves import load_curves
-from hgsearch.plots import curves_figure
 from hgsearch.errors import StorageError
 from hgsearch.frontier import package_versions
+from hgsearch.plots import curves_figure
 from hgsearch.tables import comparison_view, front_view, scaling_view
 from hgsearch.train import as_float
 
@@ -120,8 +120,8 @@ def render_html(an: Analysis, study_dir: str | Path, *, samples: bool = True) ->
             mean = f", mean of {int(row['n_seeds'])} seeds" if row["n_seeds"] > 1 else ""
             parts.append(f"<p>weights {e(info['source'])}; validation PSNR of this model {own} dB "
                          f"(seed {int(row['seed'])}); frontier value {row['psnr_val']:.2f} dB{mean}.</p>")
-    parts += ["<h2>Settings and versions</h2>",
-              f"<pre>{e(json.dumps(json_ready({'settings': an.fr.settings, 'versions': package_versions()}), indent=2))}</pre>"]
+    provenance = json_ready({"settings": an.fr.settings, "versions": package_versions()})
+    parts += ["<h2>Settings and versions</h2>", f"<pre>{e(json.dumps(provenance, indent=2))}</pre>"]
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{e(an.fr.study)}</title>"
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")

@@ -30,8 +30,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
-from hgsearch.errors import StorageError
 from hgsearch import optuna_seam as seam
+from hgsearch.errors import StorageError
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _retried(name: str) -> Callable[..., Any]:
-    def method(self: "ResilientStorage", *args: Any, **kwargs: Any) -> Any:
+    def method(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
         return self._retry(lambda _again: getattr(self._inner, name)(*args, **kwargs))
 
     method.__name__ = name

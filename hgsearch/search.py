@@ -19,16 +19,16 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hgsearch import space as space_mod
 from hgsearch import optuna_seam as seam
+from hgsearch import space as space_mod
 from hgsearch.claims import WAIT, claim, close_trial, reap
 from hgsearch.config import RunConfig
+from hgsearch.early_stop import hook_for
 from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Note, Reporter, Start, quiet
-from hgsearch.early_stop import hook_for
 from hgsearch.lifecycle import run_trials, sweep_checkpoints
-from hgsearch.pack_executor import executor_for
 from hgsearch.models import ArchSpec
+from hgsearch.pack_executor import executor_for
 from hgsearch.record import TrialRecord, save_weights
 from hgsearch.resilient import set_listener
 from hgsearch.stop import check_stop

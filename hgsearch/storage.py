@@ -19,8 +19,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hgsearch.config import STUDY_DB, RunConfig
 from hgsearch import optuna_seam as seam
+from hgsearch.config import STUDY_DB, RunConfig
 from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
 from hgsearch.models import FAMILIES
 from hgsearch.resilient import ResilientStorage, wait_out
@@ -209,7 +209,8 @@ def config_from_settings(stored: dict[str, Any], study: str, *, data_dir: str | 
     extra = {"noise_sigma": s["noise_sigma"]} if s.get("noise_sigma") is not None else {}
     prune = s["pruning"]
     extra.update({"pruning": prune["rule"]} if prune["rule"] == "none" else {
-        "pruning": prune["rule"], "min_epochs": int(prune["min_epochs"]), "reduction_factor": int(prune["reduction_factor"]),
+        "pruning": prune["rule"], "min_epochs": int(prune["min_epochs"]),
+        "reduction_factor": int(prune["reduction_factor"]),
         "prune_margin": float(prune["margin"]), "prune_min_peers": int(prune["min_peers"]),
         "epoch_eval_size": int(prune["epoch_eval_size"])})
     return RunConfig(budget=int(s["budget"]), task=s["task"], dataset=s["dataset"], data_dir=data_dir,
@@ -257,7 +258,8 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
             wanted = settings(cfg, data, fam)
             for k in [*wanted, *(k for k in stored if k not in wanted)]:
                 if stored.get(k, ADDED_SETTINGS.get(k)) != wanted.get(k):
-                    diffs.setdefault(k, f"{k} (study: {stored.get(k, ADDED_SETTINGS.get(k))!r}, now: {wanted.get(k)!r})")
+                    diffs.setdefault(k, f"{k} (study: {stored.get(k, ADDED_SETTINGS.get(k))!r}, "
+                                        f"now: {wanted.get(k)!r})")
         if diffs:
             new = next(f"{cfg.study_name}-{i}" for i in range(2, 10**6)
                        if not any(n.startswith(f"{cfg.study_name}-{i}.") for n in names))

@@ -112,7 +112,8 @@ def analysis_tables(an: Analysis) -> list[Table]:
     """What `frontier` prints: the frontier on seed means, the comparison, the gap per budget, the shapes."""
     base = (f", baseline {an.baseline.psnr_val:.2f} dB val / {an.baseline.psnr_test:.2f} dB test"
             if an.baseline else "")
-    tables = [df_table(front_view(an), f"Pareto frontiers of {an.fr.study} ({plural(an.seeds, 'seed')} per point{base})")]
+    tables = [df_table(front_view(an),
+                       f"Pareto frontiers of {an.fr.study} ({plural(an.seeds, 'seed')} per point{base})")]
     if an.flagged:
         tables[0].caption = "≤ baseline: no better than the task's trivial baseline, so it learned nothing"
     if an.comparison:
@@ -142,7 +143,8 @@ def comparison_notes(an: Analysis) -> list[str]:
 
 def state_table(study: str, state: pd.DataFrame) -> Table:
     """`show`: trials per state, best PSNRs and hours per family (and confirm's seed runs)."""
-    table = Table(title=f"study {study} (PSNR and size of each family's best model)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+    table = Table(title=f"study {study} (PSNR and size of each family's best model)", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False, show_edge=False,
                   collapse_padding=True)
     # val/test dB and params are those of the family's best model (by validation PSNR).
     for col in ("family", "complete", "stopped early", "running", "failed", "val dB", "test dB", "params", "hours"):
@@ -153,6 +155,7 @@ def state_table(study: str, state: pd.DataFrame) -> Table:
 
     for _, r in state.iterrows():
         failed = str(r["failed"]) + (f" (+{r['other']} other)" if r["other"] else "")
-        table.add_row(r["family"], str(r["complete"]), str(r["pruned"]), str(r["running"]), failed, num(r["best_val"], "{:.2f}"),
-                      num(r["best_test"], "{:.2f}"), num(r["best_params"], "{:,.0f}"), f"{r['hours']:.2f}")
+        table.add_row(r["family"], str(r["complete"]), str(r["pruned"]), str(r["running"]), failed,
+                      num(r["best_val"], "{:.2f}"), num(r["best_test"], "{:.2f}"), num(r["best_params"], "{:,.0f}"),
+                      f"{r['hours']:.2f}")
     return table

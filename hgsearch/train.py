@@ -75,7 +75,7 @@ def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 128) -> flo
     model.eval()
     rows = batch_size * EVAL_BATCHES  # a multiple of batch_size: chunks never straddle a batch
     total = torch.zeros((), dtype=torch.float64, device=split.inputs.device)
-    for x, y in zip(split.inputs.split(rows), split.targets.split(rows)):
+    for x, y in zip(split.inputs.split(rows), split.targets.split(rows), strict=True):
         row_mse = (model(as_float(x)) - as_float(y)).pow_(2).mean(1)  # equal-size rows: batch MSE = mean row MSE
         full = row_mse.shape[0] // batch_size * batch_size  # rows in full batches of this chunk
         if full:

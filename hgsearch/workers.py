@@ -1,4 +1,4 @@
-"""Several worker processes on this machine for one study: a device or CPU-thread share each, one event stream, one stop."""
+"""Worker processes on this machine for one study: a device or CPU-thread share each, one event stream, one stop."""
 
 from __future__ import annotations
 
@@ -117,8 +117,8 @@ def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
         import torch
 
         torch.set_num_threads(plan.threads)
-        from hgsearch.stop import stop_on_signals
         from hgsearch.search import run_search
+        from hgsearch.stop import stop_on_signals
 
         if os.environ.get(CRASH_ENV) == str(plan.index):
             raise RuntimeError(f"crash requested by the test hook {CRASH_ENV}")

@@ -82,7 +82,7 @@ class TcpProxy:
         self.listener.close()
         self.cut()
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -53,7 +53,7 @@ def test_pareto_front_drops_dominated_and_ties():
     front = pareto_front(df)
     # (200, 19) loses the tie in params, (300, 25) does not beat the smaller (200, 25), NaN is a
     # failed trial.
-    assert list(zip(front["params"], front["psnr_val"])) == [(100, 20.0), (200, 25.0), (400, 30.0)]
+    assert list(zip(front["params"], front["psnr_val"], strict=True)) == [(100, 20.0), (200, 25.0), (400, 30.0)]
 
 
 def test_pareto_front_matches_optuna_best_trials():
@@ -69,7 +69,7 @@ def test_pareto_front_matches_optuna_best_trials():
     )
     study.optimize(objective, n_trials=200)
     df = pd.DataFrame([{"params": t.values[0], "psnr_val": t.values[1]} for t in study.trials])
-    ours = set(zip(pareto_front(df)["params"], pareto_front(df)["psnr_val"]))
+    ours = set(zip(pareto_front(df)["params"], pareto_front(df)["psnr_val"], strict=True))
     theirs = {tuple(t.values) for t in study.best_trials}
     assert len(ours) > 3
     assert ours == theirs

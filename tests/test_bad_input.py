@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import hgsearch
 
+
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in sorted(root.rglob("*"))}
 
@@ -40,7 +41,8 @@ CASES = [
     (["--budget", "abc"], 2, "invalid budget 'abc': write it like"),
     (["--budget", "20K", "--data-dir", "{tiny}"], 2, "is below the smallest hourglass/conventional model on this "
                                                     "task (36->144): use --budget 26,390 or more"),
-    (["--budget", "3M", "--task", "segment"], 2, "Invalid value for '--task': 'segment' is not one of 'denoise', 'superres'"),
+    (["--budget", "3M", "--task", "segment"], 2,
+     "Invalid value for '--task': 'segment' is not one of 'denoise', 'superres'"),
     (["--budget", "3M", "--dataset", "nope"], 2, "Invalid value for '--dataset': 'nope' is not one of 'fashion-mnist'"),
     (["--budget", "3M", "--family", "mlp"], 2, "Invalid value for '--family': 'mlp' is not one of 'hourglass'"),
     (["--budget", "3M", "--trials", "0"], 2, "--trials must be at least 1, got 0"),

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from hgsearch.frontier import FRONTIER_CSV_COLUMNS
-from hgsearch.record import TrialRecord
 from hgsearch.models import build, count_module_params
+from hgsearch.record import TrialRecord
 from tests.conftest import hgsearch
 
 BUDGET = 100_000
@@ -41,7 +41,7 @@ def test_run_then_frontier_end_to_end(tiny_run):
     for _, row in front.iterrows():
         spec = TrialRecord.from_row(row).spec  # a frontier row alone rebuilds the model
         assert spec.params == row["params"] == count_module_params(build(spec))[0]
-    for fam, rows in front.groupby("family"):  # each family's rows are mutually non-dominated
+    for _fam, rows in front.groupby("family"):  # each family's rows are mutually non-dominated
         for _, a in rows.iterrows():
             for _, b in rows.iterrows():
                 assert not (b["params"] <= a["params"] and b["psnr_val"] >= a["psnr_val"]

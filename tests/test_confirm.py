@@ -8,10 +8,10 @@ import re
 import pandas as pd
 import pytest
 
-from hgsearch.confirm import confirm_seeds
-from hgsearch.record import weights_path
-from hgsearch.frontier import load_seed_rows
 from hgsearch.analysis import analyze
+from hgsearch.confirm import confirm_seeds
+from hgsearch.frontier import load_seed_rows
+from hgsearch.record import weights_path
 from hgsearch.report import write_report
 from tests.conftest import hgsearch
 
@@ -40,7 +40,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
 
     # Re-running trains nothing: every (configuration, seed) is already in the storage.
     again = []
-    confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx), reporter=lambda e: again.append(type(e).__name__))
+    confirm_seeds("superres-idx-100K", url, 2, data_dir=str(tiny_idx),
+                  reporter=lambda e: again.append(type(e).__name__))
     assert "RunStart" not in again
 
     res = hgsearch("frontier", "--plot", "--data-dir", str(tiny_idx), cwd=cwd)

@@ -12,8 +12,7 @@ from hgsearch.models import ArchSpec
 from hgsearch.packed import PackedMLP, evaluate_packed
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import train
-from tests.conftest import REPO
-from tests.conftest import dataset
+from tests.conftest import REPO, dataset
 
 
 def load_table_module():

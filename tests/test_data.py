@@ -36,7 +36,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
     dtype = {0x08: ">u1", 0x0B: ">i2"}[code]
-    return bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(dtype).tobytes()
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(dtype).tobytes()
 
 
 def write_idx_set(directory: Path, n_train: int = 6, n_test: int = 4, hw: int = 28, gz: bool = True,
@@ -47,7 +48,7 @@ def write_idx_set(directory: Path, n_train: int = 6, n_test: int = 4, hw: int = 
               rng.integers(0, 256, (n_test, hw, hw)), rng.integers(0, classes, n_test)]
     directory.mkdir(parents=True, exist_ok=True)
     raws = [idx_bytes(a) for a in arrays]
-    for name, raw in zip(IDX_NAMES, raws):
+    for name, raw in zip(IDX_NAMES, raws, strict=True):
         if gz:
             (directory / f"{name}.gz").write_bytes(gzip.compress(raw))
         else:

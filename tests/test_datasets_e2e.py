@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import FASHION_DIR, hgsearch, smooth_images
 
-needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(),
+                                   reason="Debian package dataset-fashion-mnist not installed")
 
 
 def _clean_env(tmp_path: Path) -> dict[str, str]:
@@ -91,7 +92,8 @@ def test_download_offline_is_one_line_naming_files_and_directory(tmp_path: Path)
     cache = tmp_path / "cache" / "hgsearch" / "mnist"
     assert line.startswith("error: mnist: download failed (could not download")
     assert "refused" in line and line.endswith(f"put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-                                               f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (gzip or raw) in {cache}")
+                                               f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz "
+                                               f"(gzip or raw) in {cache}")
     assert not cache.exists() or not any(cache.iterdir())  # nothing half-written left behind
     offline = hgsearch("train", "--family", "conventional", "--depth", "1", "--bottleneck", "800", "--lr", "1e-3",
                        "--dataset", "mnist", cwd=tmp_path, env=_clean_env(tmp_path))

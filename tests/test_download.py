@@ -74,7 +74,8 @@ def _publish_mnist(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, byt
     """Serve a small MNIST-format set and make the registry expect exactly its md5s."""
     rng = np.random.default_rng(1)
     blobs = dict(zip(IDX_FILES, [_idx_gz(rng.integers(0, 256, (5, 28, 28))), _idx_gz(rng.integers(0, 10, 5)),
-                                 _idx_gz(rng.integers(0, 256, (2, 28, 28))), _idx_gz(rng.integers(0, 10, 2))]))
+                                 _idx_gz(rng.integers(0, 256, (2, 28, 28))), _idx_gz(rng.integers(0, 10, 2))],
+                     strict=True))
     (root / "mnist").mkdir()
     for name, blob in blobs.items():
         (root / "mnist" / name).write_bytes(blob)

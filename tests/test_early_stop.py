@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import hgsearch, make_idx_dataset
 from optuna.trial import TrialState
 
-from conftest import hgsearch, make_idx_dataset
 from hgsearch import curves, search
 from hgsearch.config import RunConfig
 from hgsearch.errors import StudyMismatchError

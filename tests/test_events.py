@@ -7,8 +7,7 @@ import pickle
 import optuna
 import pandas as pd
 
-from hgsearch.events import (Done, Note, Progress, RunEnd, RunStart, SeedsStart, Start, TrialEnd, TrialStart,
-                             from_worker)
+from hgsearch.events import Done, Note, Progress, RunEnd, RunStart, SeedsStart, Start, TrialEnd, TrialStart, from_worker
 from hgsearch.models import ArchSpec
 
 

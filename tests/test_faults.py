@@ -27,9 +27,8 @@ from hgsearch.atomic import atomic_open, atomic_write
 from hgsearch.errors import StorageError
 from hgsearch.resilient import CLAIM_KEY, ResilientStorage
 from hgsearch.storage import DIRECTIONS, safe_url
-from tests.conftest import hgsearch
+from tests.conftest import FAMILIES, assert_exactly, hgsearch, popen, states, wait_for
 from tests.tcp_proxy import TcpProxy
-from tests.conftest import FAMILIES, assert_exactly, popen, states, wait_for
 
 
 def _dropped() -> sa_exc.OperationalError:

@@ -31,7 +31,8 @@ def test_the_hook_sees_every_epoch_once_and_the_trial_completes(tiny_idx, tmp_pa
 
     def hook(claimed: lifecycle.ClaimedTrial, epoch: int, metrics: dict[str, float]) -> bool:
         # The decision comes first: on disk is the previous epoch's checkpoint (none before epoch 2).
-        on_disk = torch.load(claimed.checkpoint, weights_only=False)["state"]["epoch"] if claimed.checkpoint.is_file() else 0
+        on_disk = (torch.load(claimed.checkpoint, weights_only=False)["state"]["epoch"]
+                   if claimed.checkpoint.is_file() else 0)
         assert on_disk == epoch - 1
         calls.append((claimed.trial.number, epoch, sorted(metrics)))
         return True

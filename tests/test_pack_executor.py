@@ -1,4 +1,4 @@
-"""The search's pack executor: per-member checkpoints, failures, stops and early stopping, and results equal to the serial path."""
+"""The pack executor: per-member checkpoints, failures, stops, early stopping, results equal to the serial path."""
 
 from __future__ import annotations
 

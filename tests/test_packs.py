@@ -33,7 +33,7 @@ def test_heterogeneous_pack_equals_separate_runs(task, tasks):
     specs = mixed_specs(d.d_in, d.d_out)
     lrs = [3e-3, 1e-3, 2e-3, 4e-3]
     packed, results = train_packed(specs, d, lrs=lrs, epochs=2, batch_size=64, seed=3)
-    for k, (spec, lr) in enumerate(zip(specs, lrs)):
+    for k, (spec, lr) in enumerate(zip(specs, lrs, strict=True)):
         model, alone = train(spec, d, lr=lr, epochs=2, batch_size=64, seed=3)
         assert results[k].psnr_val == pytest.approx(alone.psnr_val, abs=1e-3), spec
         assert results[k].psnr_test == pytest.approx(alone.psnr_test, abs=1e-3), spec
@@ -51,13 +51,13 @@ def test_padding_stays_exactly_zero(tasks):
     small = specs[1]  # width d_x + 3, bottleneck 2, depth 1: padded in every dimension
     w, h = small.width, small.bottleneck
     assert torch.count_nonzero(packed.w_in[1, w:]) == 0 and torch.count_nonzero(packed.w_out[1, :, w:]) == 0
-    for l in range(len(packed.down)):
-        down, up = packed.down[l][1], packed.up[l][1]
-        real = l < small.depth
+    for layer in range(len(packed.down)):
+        down, up = packed.down[layer][1], packed.up[layer][1]
+        real = layer < small.depth
         assert torch.count_nonzero(down[h:]) == 0 and torch.count_nonzero(down[:, w:]) == 0
         assert torch.count_nonzero(up[w:]) == 0 and torch.count_nonzero(up[:, h:]) == 0
         assert (torch.count_nonzero(up) > 0) == real  # only real blocks train
-        assert torch.count_nonzero(packed.running_mean[l, 1, 0, w:]) == 0
+        assert torch.count_nonzero(packed.running_mean[layer, 1, 0, w:]) == 0
     # The fixed W_in did not move: it is the initial one train() would build.
     fixed = PackedMLP(specs, seed=0).w_in[3]
     assert torch.equal(packed.w_in[3], fixed)
@@ -120,7 +120,7 @@ def test_plan_packs_groups_like_shapes_and_respects_limits():
 
     small = [ArchSpec("hourglass", 16, 16, 20, 2, 1)] * 6
     big = [ArchSpec("hourglass", 16, 16, 400, 300, 12)] * 6
-    specs = [s for pair in zip(small, big) for s in pair]  # interleaved: arrival order mixes them
+    specs = [s for pair in zip(small, big, strict=True) for s in pair]  # interleaved: arrival order mixes them
     packs = plan_packs(specs, max_k=4)
     assert sorted(i for p in packs for i in p) == list(range(12)) and all(len(p) <= 4 for p in packs)
     assert all(len({specs[i] for i in p}) == 1 for p in packs)  # no small member padded to a big one
@@ -171,5 +171,5 @@ def test_cuda_graph_step_equals_eager(tiny_idx):
     lrs = [3e-3, 1e-3, 2e-3, 4e-3]
     _, eager = train_packed(specs, d, lrs=lrs, epochs=2, batch_size=64, seed=3, graphs=False)
     _, graph = train_packed(specs, d, lrs=lrs, epochs=2, batch_size=64, seed=3, graphs=True)
-    for e, g in zip(eager, graph):
+    for e, g in zip(eager, graph, strict=True):
         assert g.psnr_val == pytest.approx(e.psnr_val, abs=1e-4)

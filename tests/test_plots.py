@@ -20,8 +20,9 @@ def frontier() -> Frontier:
     for fam, pts in (("hourglass", [(1.1e6, 26.0), (1.5e6, 27.0), (2.6e6, 27.4)]),
                      ("conventional", [(2.5e6, 26.6), (3.2e6, 27.3)])):
         for i, (p, v) in enumerate(pts):
-            rows.append({"family": fam, "params": p, "psnr_test": v, "psnr_val": v + 0.1, "trial": i, "state": "COMPLETE",
-                         "n_seeds": 3, "psnr_test_std": 0.1, "depth": i + 1, "width": 800, "bottleneck": 100})
+            rows.append({"family": fam, "params": p, "psnr_test": v, "psnr_val": v + 0.1, "trial": i,
+                         "state": "COMPLETE", "n_seeds": 3, "psnr_test_std": 0.1, "depth": i + 1, "width": 800,
+                         "bottleneck": 100})
     df = pd.DataFrame(rows)
     settings = {"hourglass": {"task": "superres", "dataset": "mnist", "epochs": 50, "fixed_win": False}}
     return Frontier("plotstub", settings, df, df)
@@ -75,7 +76,8 @@ def test_plot_frontier_keeps_its_single_file_behaviour(tmp_path):
 
 def test_scaling_figure(tmp_path):
     scaling = pd.DataFrame([{"family": f, "hi": hi, "depth": d, "width": w, "bottleneck": b, "ratio": b / w}
-                            for f, rows in (("hourglass", [(1e6, 4, 785, 10), (2e6, 10, 785, 115), (4e6, 10, 1470, 115)]),
+                            for f, rows in (("hourglass", [(1e6, 4, 785, 10), (2e6, 10, 785, 115),
+                                                           (4e6, 10, 1470, 115)]),
                                             ("conventional", [(2e6, 1, 784, 1150), (4e6, 3, 784, 785)]))
                             for hi, d, w, b in rows])
     fig = plots.scaling_figure(scaling, "t")

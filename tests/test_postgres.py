@@ -7,7 +7,6 @@ a CI that silently stopped testing PostgreSQL would look green while testing not
 
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 

@@ -9,8 +9,15 @@ import torch
 
 from hgsearch.claims import RETRY_ATTR, close_trial
 from hgsearch.models import ArchSpec, build
-from hgsearch.record import (CONFIG_ATTRS, RESULT_ATTRS, TrialRecord, load_weights, result_attrs, save_weights,
-                             weights_path)
+from hgsearch.record import (
+    CONFIG_ATTRS,
+    RESULT_ATTRS,
+    TrialRecord,
+    load_weights,
+    result_attrs,
+    save_weights,
+    weights_path,
+)
 from hgsearch.train import TrainResult
 
 SPEC = ArchSpec("hourglass", 36, 144, 200, 17, 3, fixed_win=True)
@@ -75,7 +82,7 @@ def test_weights_round_trip(tmp_path):
     assert (payload["psnr_val"], payload["psnr_test"]) == (20.5, 20.25)
     again = build(SPEC)
     again.load_state_dict(payload["state_dict"])
-    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
+from hgsearch.analysis import analyze, summary, write_outputs
 from hgsearch.baselines import baseline
 from hgsearch.frontier import seeds_study_name, study_state
-from hgsearch.analysis import analyze, summary, write_outputs
 from hgsearch.report import render_html
 from hgsearch.storage import DIRECTIONS, SETTINGS_KEY, family_study_name
 from hgsearch.tasks import Split, TaskData

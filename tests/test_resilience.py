@@ -21,8 +21,8 @@ from hgsearch.events import Note, quiet
 from hgsearch.models import ArchSpec
 from hgsearch.tasks import load_task
 from hgsearch.train import train
-from tests.conftest import (finish_run, run_checkpoints, run_trials, start_run,
-                            state_counts, wait_marker)
+from tests.conftest import finish_run, run_checkpoints, run_trials, start_run, state_counts, wait_marker
+
 
 def complete_values(by_family: dict) -> dict[tuple[str, int], list[float]]:
     return {(f, t.number): t.values for f, ts in by_family.items() for t in ts if t.state == TrialState.COMPLETE}
@@ -57,8 +57,9 @@ def test_sigkill_then_same_command_loses_nothing(point, family, tiny_idx, tmp_pa
 
     finish_run(tmp_path, tiny_idx, "--trials", str(n), "--family", family)
     after = run_trials(tmp_path)
-    for fam, ts in after.items():
-        assert state_counts(ts).get("COMPLETE") == n and "RUNNING" not in state_counts(ts) and "WAITING" not in state_counts(ts)
+    for _fam, ts in after.items():
+        counts = state_counts(ts)
+        assert counts.get("COMPLETE") == n and "RUNNING" not in counts and "WAITING" not in counts
     old = complete_values(before)
     assert old and {k: v for k, v in complete_values(after).items() if k in old} == old  # kept their values
     assert run_checkpoints(tmp_path) == []
@@ -137,7 +138,8 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
         db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')")
     db.close()
     notes = []
-    search.run_search(_cfg(tiny_idx, tmp_path, trials=2), reporter=lambda e: notes.append(e) if isinstance(e, Note) else None)
+    search.run_search(_cfg(tiny_idx, tmp_path, trials=2),
+                      reporter=lambda e: notes.append(e) if isinstance(e, Note) else None)
     ts = study.get_trials()
     assert state_counts(ts) == {"COMPLETE": 2, "FAIL": 1}
     assert "no heartbeat for over 60 s from its worker gone-host:1" in ts[1].user_attrs["fail_reason"]

@@ -42,7 +42,7 @@ def reference_psnr(model, split, batch_size=128):
     model.eval()
     total = 0.0
     with torch.no_grad():
-        for x, y in zip(split.inputs.split(batch_size), split.targets.split(batch_size)):
+        for x, y in zip(split.inputs.split(batch_size), split.targets.split(batch_size), strict=True):
             mse = F.mse_loss(model(x.float()), y.float()).item()
             total += x.shape[0] * 10 * math.log10(1 / max(mse, 1e-20))
     model.train()
@@ -82,7 +82,7 @@ def test_packed_training_equals_separate_runs(task, request):
     specs = [ArchSpec("hourglass", d.d_in, d.d_out, 180, 12, depth) for depth in (1, 3, 2)]
     lrs = [2e-3, 1e-3, 3e-3]
     packed, results = train_packed(specs, d, lrs=lrs, epochs=2, seed=4)
-    for k, (spec, lr) in enumerate(zip(specs, lrs)):
+    for k, (spec, lr) in enumerate(zip(specs, lrs, strict=True)):
         model, alone = train(spec, d, lr=lr, epochs=2, seed=4)
         assert results[k].psnr_val == pytest.approx(alone.psnr_val, abs=1e-3)
         assert results[k].psnr_test == pytest.approx(alone.psnr_test, abs=1e-3)

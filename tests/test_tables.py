@@ -20,7 +20,8 @@ def _study(url: str) -> None:
         rec = TrialRecord.of(ArchSpec("hourglass", 36, 144, width, 10, 2), lr=1e-3, seed=0, epochs=2)
         results = {"psnr_val": val, "psnr_test": val - 0.5, "train_loss": 0.01 * (i + 1), "seconds": 1.0}
         study.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE, values=[float(rec.params), val], user_attrs={**rec.to_attrs(), **results, **extra}))
+            state=TrialState.COMPLETE, values=[float(rec.params), val],
+            user_attrs={**rec.to_attrs(), **results, **extra}))
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "x"}))
 
 

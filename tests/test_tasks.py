@@ -118,9 +118,9 @@ def test_classify_targets_are_first_training_image_of_each_class():
     ds = dataset()
     data = prepare(ds, "classify", val_size=20)
     protos = {}
-    for img, lab in zip(ds.train.images, ds.train.labels):
+    for img, lab in zip(ds.train.images, ds.train.labels, strict=True):
         protos.setdefault(int(lab), torch.from_numpy(img.reshape(-1).copy()))
-    for target, lab in zip(data.test.targets, ds.test.labels):
+    for target, lab in zip(data.test.targets, ds.test.labels, strict=True):
         assert torch.equal(target, protos[int(lab)])
     assert len(protos) > 3
 

@@ -39,7 +39,7 @@ def _read_split(paths: list[Path], digest: hashlib._Hash) -> tuple[np.ndarray, n
     images = np.empty((sum(counts), 3, 32, 32), np.uint8)
     labels = np.empty(sum(counts), np.int64)
     start = 0
-    for path, n in zip(paths, counts):
+    for path, n in zip(paths, counts, strict=True):
         _hash_file(path, digest)
         try:
             with np.load(path, allow_pickle=False) as batch:
