@@ -413,7 +413,8 @@ def _front_records(an: Analysis) -> list[dict[str, Any]]:
     flagged = an.flagged
     out = []
     for rec in an.front[keep].to_dict("records"):
-        rec["learned_nothing"] = (rec["family"], int(rec["trial"])) in flagged
+        # None without a baseline (data not found): unknown, not "learned something".
+        rec["learned_nothing"] = (rec["family"], int(rec["trial"])) in flagged if an.baseline else None
         out.append(rec)
     return out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from optuna.trial import TrialState
 from rich.console import Console, Group
@@ -13,6 +13,9 @@ from rich.text import Text
 
 from hgsearch.events import Event, Note, Progress, Start, TrialEnd, TrialStart
 from hgsearch.tables import plural
+
+if TYPE_CHECKING:
+    from hgsearch.baselines import Baseline
 
 
 class PlainProgress:
@@ -29,6 +32,7 @@ class PlainProgress:
         self.done: dict[str, int] = {}
         self.last_line: dict[Any, float] = {}  # per worker: when its trial last printed
         self.steps: dict[Any, int] = {}  # per worker: steps per epoch of its current trial
+        self.base: Baseline | None = None
 
     def __enter__(self) -> PlainProgress:
         return self
@@ -47,10 +51,10 @@ class PlainProgress:
         if isinstance(ev, Note):
             self._line(f"note: {ev.message}", w)
         elif isinstance(ev, Start):
-            self.done, self.target = dict(ev.done), ev.target
+            self.done, self.target, self.base = dict(ev.done), ev.target, ev.baseline
             workers = f", {ev.workers} workers" if ev.workers > 1 else ""
             counts = ", ".join(f"{fam} {d}/{self.target}" for fam, d in self.done.items())
-            self._line(f"study {ev.study} in {ev.storage}{workers}: trials done {counts}")
+            self._line(f"study {ev.study} in {ev.storage}{workers}: trials done {counts}{_base_line(ev.baseline)}")
         elif isinstance(ev, TrialStart):
             s = ev.spec
             again = f" (retry of #{ev.retry_of[0]}, from epoch {ev.resumed_epoch})" if ev.retry_of else ""
@@ -66,9 +70,9 @@ class PlainProgress:
                 self.done[fam] = self.done.get(fam, 0) + 1
                 a = t.user_attrs
                 steps = f" of {plural(self.steps[w], 'step')}" if w in self.steps else ""
-                self._line(f"done {fam} #{t.number}: val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, "
-                           f"{plural(a['epochs'], 'epoch')}{steps} in {a['seconds']:.1f} s "
-                           f"({fam} {self.done[fam]}/{self.target})", w)
+                self._line(f"done {fam} #{t.number}: val {a['psnr_val']:.2f} dB{_vs_base(a['psnr_val'], self.base)}, "
+                           f"test {a['psnr_test']:.2f} dB, {plural(a['epochs'], 'epoch')}{steps} in "
+                           f"{a['seconds']:.1f} s ({fam} {self.done[fam]}/{self.target})", w)
             elif t.state == TrialState.PRUNED:  # final: counts towards --trials
                 self.done[fam] = self.done.get(fam, 0) + 1
                 self._line(f"stopped {fam} #{t.number} at epoch {t.user_attrs.get('stopped_at_epoch')}: "
@@ -100,6 +104,7 @@ class LiveDisplay:
         # is not preceded by an empty live panel.
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
         self.started = False
+        self.base: Baseline | None = None
 
     def __enter__(self) -> LiveDisplay:
         return self
@@ -114,9 +119,10 @@ class LiveDisplay:
         elif isinstance(ev, Start):
             self.done = dict(ev.done)
             self.start_done = dict(ev.done)
-            self.target = ev.target
+            self.target, self.base = ev.target, ev.baseline
             workers = f", {ev.workers} workers" if ev.workers > 1 else ""
-            self.console.print(f"study [bold]{ev.study}[/] in {ev.storage}{workers}", soft_wrap=True)
+            self.console.print(f"study [bold]{ev.study}[/] in {ev.storage}{workers}{_base_line(ev.baseline)}",
+                               soft_wrap=True, highlight=False)
             self.live.__enter__()
             self.started = True
         elif isinstance(ev, TrialStart):
@@ -134,7 +140,8 @@ class LiveDisplay:
                 self.done[ev.family] = self.done.get(ev.family, 0) + 1
                 a = t.user_attrs
                 self.console.print(f"  {ev.family} #{t.number}: {a['params'] / 1e6:.3f}M params, "
-                                   f"val {a['psnr_val']:.2f} dB, test {a['psnr_test']:.2f} dB, {a['seconds']:.1f} s")
+                                   f"val {a['psnr_val']:.2f} dB{_vs_base(a['psnr_val'], self.base)}, "
+                                   f"test {a['psnr_test']:.2f} dB, {a['seconds']:.1f} s", highlight=False)
             elif t.state == TrialState.PRUNED:
                 self.done[ev.family] = self.done.get(ev.family, 0) + 1
                 self.console.print(f"  [dim]{ev.family} #{t.number} stopped at epoch "
@@ -156,3 +163,17 @@ class LiveDisplay:
             lines += [Text(current), Text(self.status.get(w, ""), style="dim")]
         return Group(table, *lines,
                      Text(f"elapsed {elapsed / 60:.1f} min, ETA {eta}", style="dim"))
+
+
+def _base_line(base: Baseline | None) -> str:
+    """The start line's note of the task's trivial baseline (what a model that learned nothing scores)."""
+    return "" if base is None else (f"; trivial baseline ({base.method}) {base.psnr_val:.2f} dB val / "
+                                    f"{base.psnr_test:.2f} dB test")
+
+
+def _vs_base(psnr_val: float, base: Baseline | None) -> str:
+    """Beside a trial's validation PSNR: the baseline, flagged when the trial is at or under it."""
+    if base is None:
+        return ""
+    return (f" (LEARNED NOTHING: at or under the baseline {base.psnr_val:.2f})" if psnr_val <= base.psnr_val
+            else f" (baseline {base.psnr_val:.2f})")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
+    from hgsearch.baselines import Baseline
     from hgsearch.models import ArchSpec
 
 
@@ -26,13 +27,14 @@ class Note:
 
 @dataclass(frozen=True)
 class Start:
-    """The studies are open: `done` completed trials per family of `target` each."""
+    """The studies are open: `done` finished trials per family of `target` each."""
 
     study: str
     storage: str  # the URL, password masked
     target: int
     done: dict[str, int]
     workers: int = 1
+    baseline: Baseline | None = None  # the task's trivial baseline, shown beside every trial's PSNR
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from hgsearch import optuna_seam as seam
 from hgsearch import space as space_mod
+from hgsearch.baselines import baseline
 from hgsearch.claims import WAIT, claim, close_trial, reap
 from hgsearch.config import RunConfig
 from hgsearch.early_stop import hook_for
@@ -85,7 +86,8 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
     for fam, study in studies.items():
         reap(study, fam, reporter)
         sweep_checkpoints(study, cfg, fam)
-    reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: finished(s) for f, s in studies.items()}))
+    reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: finished(s) for f, s in studies.items()},
+                   baseline=baseline(data)))
     failures = dict.fromkeys(families, 0)
     executor, per_round = executor_for(cfg, data.train.inputs.device)
     on_epoch = hook_for(cfg)  # learning curves, and the pruner's stops at rungs

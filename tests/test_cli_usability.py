@@ -147,9 +147,12 @@ def test_redirected_run_prints_plain_lines(logged_run):
     assert lines[0] == "searching both on superres/idx, budget 100K (100,000), 2 trials per family, 1 epoch each"
     starts = [ln for ln in lines if re.fullmatch(r"\d\d:\d\d:\d\d start (hourglass|conventional) #\d: LxWxd_h "
                                                  r"\d+x\d+x\d+, [\d,]+ params, lr \d\.\d\de-\d\d", ln)]
-    ends = [ln for ln in lines if re.fullmatch(r"\d\d:\d\d:\d\d done (hourglass|conventional) #\d: val [\d.]+ dB, "
+    # Every PSNR beside the task's trivial baseline; 1 epoch of 4 steps learns nothing, and says so.
+    ends = [ln for ln in lines if re.fullmatch(r"\d\d:\d\d:\d\d done (hourglass|conventional) #\d: val [\d.]+ dB "
+                                               r"\(LEARNED NOTHING: at or under the baseline [\d.]+\), "
                                                r"test [\d.]+ dB, 1 epoch of 4 steps in [\d.]+ s \(\w+ \d/2\)", ln)]
     assert len(starts) == len(ends) == 4
+    assert re.search(r"trials done hourglass 0/2, conventional 0/2; trivial baseline \(bicubic", res.stdout)
     assert "\x1b" not in res.stdout and "\r" not in res.stdout and "ETA" not in res.stdout  # no live panel
     title = next(i for i, ln in enumerate(lines) if "Pareto frontiers" in ln)
     assert lines[title].lstrip().startswith("Pareto frontiers")  # its own line, not glued to a panel's
