@@ -71,7 +71,8 @@ def test_train_command(tiny_idx, tmp_path):
     assert res.returncode == 0, res.stderr
     # Closed form P = width*d_in + d_out*width + 2*L*width*d_h; superres on 12x12 images: d_in 6*6, d_out 144.
     params = 150 * 36 + 144 * 150 + 2 * 2 * 150 * 12
-    assert f"hourglass: width 150, bottleneck 12, depth 2, {params:,} parameters ({params:,} trainable)" in res.stdout
+    assert (f"hourglass: LxWxd_h 2x150x12 (depth, width, bottleneck), {params:,} parameters ({params:,} trainable), "
+            "lr 0.001") in res.stdout
     assert re.search(r"validation PSNR \d+\.\d+ dB, test PSNR \d+\.\d+ dB", res.stdout)
     assert (tmp_path / "m.pt").stat().st_size > 0
 

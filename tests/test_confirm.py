@@ -60,7 +60,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
     assert res.returncode == 0, res.stderr
     page = (study_dir / "report.html").read_text()
     assert not re.search(r"https?://", page)
-    assert page.count("data:image/png;base64,") == 2 + len(doc["frontier"])  # + one sample grid per point
+    # frontier, scaling and learning curves, + one sample grid per point
+    assert page.count("data:image/png;base64,") == 3 + len(doc["frontier"])
     assert "weights retrained" in page
     for p in doc["frontier"]:
         assert weights_path(study_dir, p["family"], p["trial"]).is_file()
