@@ -190,7 +190,7 @@ def write_tables(fr: Frontier, out_dir: str | Path, baseline_psnr_val: float | N
     """frontier.csv and trials.csv in out_dir, each written atomically.
 
     frontier.csv's learned_nothing flags points whose validation PSNR does not beat the task's
-    trivial baseline (baselines.baseline, computed by report.analyze from the data); it is empty
+    trivial baseline (baselines.baseline, computed by analysis.analyze from the data); it is empty
     when no baseline is given (the dataset was not found).
     """
     out = Path(out_dir)

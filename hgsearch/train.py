@@ -24,7 +24,7 @@ EpochEnd = Callable[[dict[str, Any]], None]
 # every `report_every` steps (loss = last batch); the live display and checkpointing hang off it.
 Progress = Callable[[int, int, int, float], None]
 
-# Called before every step; whatever it raises ends training there (search: claims.check_stop raising
+# Called before every step; whatever it raises ends training there (search: stop.check_stop raising
 # Stopped after Ctrl-C). Every step, not every report, so a stop waits for at most one step.
 StopCheck = Callable[[], None]
 
