@@ -358,7 +358,8 @@ def print_table(result, naive, packs, peak, psnr, trials, d_in, d_out, budget, l
           f"trials/GPU-hour = 3600 x samples/s / ({EPOCHS} epochs x {IMAGES:,} images), training steps only; "
           "useful TFLOP/s = 6 x params x samples/s (padding not counted); MFU = useful / measured matmul peak.")
     if isinstance(psnr, list):
-        print("\n| member | configuration | params | lr | naive PSNR (dB) | \\|dPSNR\\| packs fp32 | \\|dPSNR\\| packs bf16 |")
+        print("\n| member | configuration | params | lr | naive PSNR (dB) "
+              "| \\|dPSNR\\| packs fp32 | \\|dPSNR\\| packs bf16 |")
         print("|---|---|---|---|---|---|---|")
         for r in psnr:
             d = [f"{r[k]:.1e}" if k in r else "-" for k in ("dpsnr_fp32", "dpsnr_bf16")]
