@@ -246,15 +246,18 @@ class PackStep:
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Capture the full-batch step; the warm-up steps capture needs are undone, so results do not change.
 
-        On an H200 (PyTorch 2.11) the first capture of a process failed with "operation failed due to a
-        previous error during capture" whatever the warm-up stream, and every later capture worked
-        (PyTorch #180090 describes autograd nodes that keep a stale non-capturing stream). A failed
-        capture records but runs nothing, so it is simply tried again; after CAPTURE_TRIES failures the
-        step runs eagerly (same results, slower) and the reasons stay in `capture_errors`.
+        On an H200 (PyTorch 2.11) captures failed with "operation failed due to a previous error during
+        capture" while `saved` held plain clones of the parameters: a clone keeps the parameter's
+        AccumulateGrad node, made on the default stream, alive into the capture (PyTorch #180090). With
+        detached copies the first capture worked (bench/RESULTS.md). Should a capture still fail, it
+        records but runs nothing, so it is tried again; after CAPTURE_TRIES failures the step runs
+        eagerly (same results, slower) and the reasons stay in `capture_errors`.
         """
         self._static_x, self._static_y = x.clone(), y.clone()
         self._graph_rows = x.shape[0]
-        saved = [s.clone() for s in self._state()]
+        # detach: a clone of a parameter would keep its AccumulateGrad node (made on the default stream) alive
+        # through the capture, and autograd then waits on that stream, which invalidates the capture.
+        saved = [s.detach().clone() for s in self._state()]
         side = torch.cuda.Stream()
         for _ in range(CAPTURE_TRIES):
             side.wait_stream(torch.cuda.current_stream())
