@@ -1,4 +1,5 @@
-"""Many hosts, one study through a real PostgreSQL server: a worker SIGKILLed mid-trial, the other finishes.
+"""Many hosts, one study through a real PostgreSQL server: a worker SIGKILLed mid-trial, the other finishes;
+under pruning, a kill -9 just after a rung decision and two hosts deciding at the same rungs keep exact counts.
 
 Needs HGSEARCH_TEST_POSTGRES=postgresql://user:pw@host:port/db (`.ci/postgres.sh` starts a throw-away
 server and prints it). Without it the tests skip locally, but fail in CI (HGSEARCH_CI=1, set by .ci/run):
@@ -7,12 +8,31 @@ a CI that silently stopped testing PostgreSQL would look green while testing not
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from tests.conftest import FAMILIES, assert_exactly, hgsearch, popen, states, wait_for
+from hgsearch import curves
+from hgsearch.pruning import Observation, Pruner
+from tests.conftest import FAMILIES, assert_exactly, hgsearch, make_idx_dataset, popen, states, wait_for
 
 N = 3
+# Small rungs for tiny searches: any no-larger peer ahead at a rung counts (margin 0, one peer).
+EAGER = "[run]\nprune_min_peers = 1\nprune_margin = 0.0\n"
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # several processes share 2 busy cores: spinning OpenMP threads cost seconds
+
+
+def assert_finished_exactly(trials: dict[str, list], n: int) -> None:
+    """COMPLETE + PRUNED == n per family, nothing RUNNING or WAITING, no configuration finished twice."""
+    for fam, ts in trials.items():
+        count = Counter(t.state.name for t in ts)
+        assert count["COMPLETE"] + count["PRUNED"] == n, (fam, count)
+        assert count["RUNNING"] == count["WAITING"] == 0, (fam, count)
+        done = [tuple(sorted(t.params.items())) for t in ts if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(set(done)) == len(done), f"{fam}: a configuration finished twice"
 
 
 @pytest.mark.slow
@@ -82,3 +102,98 @@ def test_workers_flag_on_postgres(postgres_url, study, tiny_idx, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "2 workers" in res.stdout
     assert_exactly(states(postgres_url, study), 2)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_kill_right_after_a_rung_decision_on_postgres(postgres_url, study, tiny_idx, tmp_path):
+    (tmp_path / "eager.toml").write_text(EAGER)
+    args = ["run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(tiny_idx), "--trials", str(N),
+            "--epochs", "3", "--seed", "2", "--config", str(tmp_path / "eager.toml"), "--storage", postgres_url,
+            "--study", study]
+    err = tmp_path / "a.txt"
+    # Families take turns: the 5th trial is hourglass's 3rd, whose epoch-1 decision (rung 1, 2 peers)
+    # is taken and stored; its checkpoint is not written yet when the process is killed -9 there.
+    a = popen(args, tmp_path, err, HGSEARCH_TEST_PAUSE_AT="decided:5", **ONE_THREAD)
+    try:
+        wait_for(lambda: "HGSEARCH_PAUSED decided" in err.read_text() or a.poll() is not None, 120, "decided")
+        assert a.poll() is None, err.read_text()
+        before = states(postgres_url, study)
+        a.kill()
+        a.wait()
+    finally:
+        if a.poll() is None:
+            a.kill()
+    [killed] = [t for ts in before.values() for t in ts if t.state.name == "RUNNING"]
+    fam = killed.user_attrs["family"]
+    assert len(killed.user_attrs[curves.CURVE_KEY]) == 1  # killed in the trial whose rung it just decided
+    assert not list((tmp_path / "results").rglob("*.pt"))
+
+    res = hgsearch(*args, cwd=tmp_path, env=ONE_THREAD)  # the same command resumes
+    assert res.returncode == 0, res.stderr
+    after = states(postgres_url, study)
+    assert_finished_exactly(after, N)
+    dead = next(t for t in after[fam] if t.number == killed.number)
+    assert dead.state.name == "FAIL" and "is gone" in dead.user_attrs["fail_reason"]
+    [retry] = [t for t in after[fam] if t.user_attrs.get("retry_of") == [killed.number]]
+    assert retry.state.name in ("COMPLETE", "PRUNED") and retry.params == killed.params
+    # Retrained from epoch 0 (no checkpoint): the same epoch-1 PSNR, and the rung decided again, alike.
+    assert retry.user_attrs[curves.CURVE_KEY][0] == pytest.approx(killed.user_attrs[curves.CURVE_KEY][0], abs=1e-4)
+    peers = [o for t in after[fam] if t.number < killed.number and (o := curves.observation(fam, t))]
+    me = Observation(fam, retry.number, retry.user_attrs["params"], tuple(retry.user_attrs[curves.CURVE_KEY]))
+    assert Pruner("pareto-asha", 1, 3, 3, 0.0, 1).decide(me, 1, peers).stop == (retry.state.name == "PRUNED")
+    assert not list((tmp_path / "results").rglob("*.pt"))
+
+
+REASON = re.compile(r"stopped after epoch 1: ([\d.]+) dB, .*; trial (\d+) with ([\d,]+) parameters had ([\d.]+) dB")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_two_hosts_share_the_rungs_on_postgres(postgres_url, study, tmp_path):
+    (tmp_path / "eager.toml").write_text(EAGER)
+    # More images than tiny_idx: trials long enough that the second host is up before the first ends them all.
+    data = make_idx_dataset(tmp_path / "idx", n_train=8000)
+    n = 6
+    args = ["run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(data), "--trials", str(n),
+            "--epochs", "2", "--family", "hourglass", "--seed", "2", "--config", str(tmp_path / "eager.toml"),
+            "--storage", postgres_url, "--study", study]
+    hosts: dict[str, Path] = {h: tmp_path / h for h in ("a", "b")}  # separate results dirs, as on two machines
+    procs = {}
+    try:
+        for h, d in hosts.items():
+            d.mkdir()
+            procs[h] = popen(args, d, tmp_path / f"{h}.txt", **ONE_THREAD)
+        for h, p in procs.items():
+            p.communicate(timeout=240)
+            assert p.returncode == 0, (tmp_path / f"{h}.txt").read_text()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+
+    import optuna
+
+    ts = optuna.load_study(study_name=f"{study}.hourglass", storage=postgres_url).get_trials()
+    assert_finished_exactly({"hourglass": ts}, n)
+    # No kill, so nothing failed, except a claim lost to the other host at the same moment (claims.claim).
+    failed = [t for t in ts if t.state.name == "FAIL"]
+    assert all(t.user_attrs["fail_reason"].startswith("surplus") and not t.params for t in failed), failed
+    finished = [t for t in ts if t.state.name in ("COMPLETE", "PRUNED")]
+    assert {t.user_attrs["worker"]["pid"] for t in finished} == {p.pid for p in procs.values()}  # both took trials
+    by_number = {t.number: t for t in ts}
+    pruned = [t for t in ts if t.state.name == "PRUNED"]
+    assert pruned  # this seed's configurations include dominated ones
+    for t in pruned:
+        curve = t.user_attrs[curves.CURVE_KEY]
+        assert len(curve) == t.user_attrs["stopped_at_epoch"] == 1 and t.values is None
+        m = REASON.fullmatch(t.user_attrs["fail_reason"])
+        assert m, t.user_attrs["fail_reason"]
+        mine, peer_number, peer_params, peer_psnr = float(m[1]), int(m[2]), int(m[3].replace(",", "")), float(m[4])
+        assert mine == pytest.approx(curve[0], abs=0.006)
+        # The named peer is another trial of the study, no larger, and ahead at epoch 1, as recorded.
+        peer = by_number[peer_number]
+        assert peer_number != t.number and peer_params == peer.user_attrs["params"] <= t.user_attrs["params"]
+        assert peer_psnr == pytest.approx(peer.user_attrs[curves.CURVE_KEY][0], abs=0.006)
+        assert peer.user_attrs[curves.CURVE_KEY][0] >= curve[0]
+        assert peer.user_attrs[curves.CURVE_KEY][0] > curve[0] or peer_params < t.user_attrs["params"]
