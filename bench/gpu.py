@@ -41,33 +41,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_packs import matmul_peak, sync  # bench/ is sys.path[0] when a script in it runs
 
 BATCH = 128
 EPOCHS, IMAGES = 50, 50_000  # the paper protocol the trials-per-hour column extrapolates to
 GRAPH_WARM = 3  # untimed steps per pack before timing; the first captures the CUDA graph
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float) -> float:
-    """Best sustained FLOP/s of an n^3 matmul in dtype (fp32 runs with TF32 allowed)."""
+def tf32_peak(device: torch.device, n: int, seconds: float) -> float:
+    """gpu_packs.matmul_peak of float32 with TF32 allowed (the fp32 peak a GPU can reach)."""
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        sync(device)
-        k, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            k += 1
-            if k % 5 == 0:
-                sync(device)
-        sync(device)
-        return 2 * n**3 * k / (time.perf_counter() - t0)
+        return matmul_peak(device, torch.float32, n, seconds)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 
@@ -312,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                         "budget": budget, "trials": trials,
                         "specs": [{**s.to_dict(), "params": s.params, "lr": lr} for s, lr in specs]}
     peak = section("peak", lambda: {} if cpu else {"bf16": matmul_peak(device, torch.bfloat16, mm, 0.5),
-                                                   "tf32": matmul_peak(device, torch.float32, mm, 0.5)})
+                                                   "tf32": tf32_peak(device, mm, 0.5)})
     rest = lambda: args.limit - (time.perf_counter() - t0)  # noqa: E731
     naive = section("naive", lambda: naive_section(specs, data, device, naive_steps, 0.35 * rest()))
     fp32 = section("packs_fp32", lambda: packs_section(specs, data, device, False, seconds, args.pack_size))
