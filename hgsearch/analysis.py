@@ -361,8 +361,8 @@ class Analysis:
         """(family, trial) of frontier points no better than the trivial baseline: they learned nothing."""
         if self.baseline is None:
             return set()
-        bad = self.front[self.front["psnr_val"] <= self.baseline.psnr_val]
-        return {(r["family"], int(r["trial"])) for _, r in bad.iterrows()}
+        return {(r["family"], int(r["trial"])) for _, r in self.front.iterrows()
+                if self.baseline.learned_nothing(r["psnr_val"])}
 
 
 def analyze(study: str, storage: str, *, data_dir: str | None = None, device: str = "auto",
@@ -478,7 +478,7 @@ def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> l
     from hgsearch.curves import load_curves, write_curves
 
     out = Path(out_dir)
-    paths = write_tables(an.fr, out, an.baseline.psnr_val if an.baseline else None)
+    paths = write_tables(an.fr, out, an.baseline)
     lines = load_curves(an.fr.study, an.storage)
     paths.append(write_curves(lines, out))
     try:

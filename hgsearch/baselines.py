@@ -30,6 +30,10 @@ class Baseline:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def learned_nothing(self, psnr_val: float) -> bool:
+        """A model at or under the baseline's validation PSNR learned nothing (every flag uses this rule)."""
+        return psnr_val <= self.psnr_val
+
 
 class Bicubic(nn.Module):
     """Upsample the x2 input back to the target size with bicubic interpolation, clamped to [0, 1]."""

@@ -175,5 +175,5 @@ def _vs_base(psnr_val: float, base: Baseline | None) -> str:
     """Beside a trial's validation PSNR: the baseline, flagged when the trial is at or under it."""
     if base is None:
         return ""
-    return (f" (LEARNED NOTHING: at or under the baseline {base.psnr_val:.2f})" if psnr_val <= base.psnr_val
+    return (f" (LEARNED NOTHING: at or under the baseline {base.psnr_val:.2f})" if base.learned_nothing(psnr_val)
             else f" (baseline {base.psnr_val:.2f})")

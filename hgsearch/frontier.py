@@ -12,6 +12,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.atomic import atomic_write
+from hgsearch.baselines import Baseline
 from hgsearch.claims import RETRY_ATTR
 from hgsearch.errors import StorageError, UsageError
 from hgsearch.models import FAMILIES
@@ -186,7 +187,7 @@ def locate_study(study: str | None, storage: str | None, results_dir: str | Path
     return name, out_dir, storage or sqlite_url(out_dir)
 
 
-def write_tables(fr: Frontier, out_dir: str | Path, baseline_psnr_val: float | None = None) -> list[Path]:
+def write_tables(fr: Frontier, out_dir: str | Path, baseline: Baseline | None = None) -> list[Path]:
     """frontier.csv and trials.csv in out_dir, each written atomically.
 
     frontier.csv's learned_nothing flags points whose validation PSNR does not beat the task's
@@ -195,7 +196,7 @@ def write_tables(fr: Frontier, out_dir: str | Path, baseline_psnr_val: float | N
     """
     out = Path(out_dir)
     paths = [out / "frontier.csv", out / "trials.csv"]
-    flag = (fr.frontier["psnr_val"] <= baseline_psnr_val) if baseline_psnr_val is not None else pd.NA
+    flag = fr.frontier["psnr_val"].map(baseline.learned_nothing) if baseline is not None else pd.NA
     front = fr.frontier.assign(learned_nothing=flag)[FRONTIER_CSV_COLUMNS]
     try:
         atomic_write(paths[0], lambda p: front.to_csv(p, index=False))

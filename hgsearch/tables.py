@@ -22,7 +22,7 @@ def psnr_verdict(psnr_val: float, base: Baseline | None) -> str:
     """What to print after a validation PSNR: the task's trivial baseline, and the flag when at or under it."""
     if base is None:
         return ""
-    if psnr_val <= base.psnr_val:
+    if base.learned_nothing(psnr_val):
         return (f" - LEARNED NOTHING: at or under the trivial baseline ({base.method}: "
                 f"{base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test)")
     return f" (trivial baseline {base.psnr_val:.2f} dB val / {base.psnr_test:.2f} dB test: {base.method})"
@@ -83,7 +83,7 @@ def frontier_table(fr: Frontier, base: Baseline | None = None) -> Table:
         "family": r["family"], "params": f"{int(r['params']):,}", "val dB": f"{r['psnr_val']:.2f}",
         "test dB": f"{r['psnr_test']:.2f}", "LxWxd_h": f"{int(r['depth'])}x{int(r['width'])}x{int(r['bottleneck'])}",
         "lr": f"{r['lr']:.1e}", "trial": int(r["trial"]),
-        "note": "≤ baseline" if base is not None and r["psnr_val"] <= base.psnr_val else "",
+        "note": "≤ baseline" if base is not None and base.learned_nothing(r["psnr_val"]) else "",
     } for _, r in fr.frontier.iterrows()])
     flagged = (view["note"] != "").any()
     if not flagged:

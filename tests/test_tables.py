@@ -6,6 +6,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from hgsearch.baselines import Baseline
 from hgsearch.claims import RETRY_ATTR
 from hgsearch.frontier import FRONTIER_CSV_COLUMNS, TRIAL_COLUMNS, load_frontier, write_tables
 from hgsearch.models import ArchSpec
@@ -29,7 +30,7 @@ def test_tables_columns_keys_and_flags(tmp_path):
     url = f"sqlite:///{tmp_path / 'db'}"
     _study(url)
     fr = load_frontier("s", url)
-    write_tables(fr, tmp_path, baseline_psnr_val=20.5)
+    write_tables(fr, tmp_path, Baseline("superres", "bicubic upsampling", 20.5, 20.4))
     front = pd.read_csv(tmp_path / "frontier.csv")
     trials = pd.read_csv(tmp_path / "trials.csv")
     assert list(front.columns) == FRONTIER_CSV_COLUMNS and list(trials.columns) == TRIAL_COLUMNS
