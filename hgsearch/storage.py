@@ -287,10 +287,6 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
     return studies
 
 
-def completed(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # final outcomes: what --trials counts
 
 

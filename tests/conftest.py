@@ -5,6 +5,7 @@ only through this file, never by importing another test module."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import logging
 import os
 import selectors
@@ -16,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import optuna
@@ -27,6 +29,15 @@ from hgsearch.data import Dataset, ImageSet
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/<name>.py imported as the module bench_<name>, registered first (dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> Path:
@@ -127,14 +138,15 @@ def states(url: str, study: str) -> dict[str, list]:
     return {f: optuna.load_study(study_name=f"{study}.{f}", storage=url).get_trials() for f in FAMILIES}
 
 
-def assert_exactly(trials: dict[str, list], n: int) -> None:
-    """n COMPLETE per family, nothing left RUNNING or WAITING, no configuration completed twice."""
+def assert_exactly(trials: dict[str, list], n: int, final: tuple[str, ...] = ("COMPLETE",)) -> None:
+    """n trials in the `final` states per family (COMPLETE; with pruning also PRUNED), nothing left
+    RUNNING or WAITING, no configuration finished twice."""
     for fam, ts in trials.items():
         count = Counter(t.state.name for t in ts)
-        assert count["COMPLETE"] == n, (fam, count)
+        assert sum(count[s] for s in final) == n, (fam, count)
         assert count["RUNNING"] == count["WAITING"] == 0, (fam, count)
-        done = [tuple(sorted(t.params.items())) for t in ts if t.state.name == "COMPLETE"]
-        assert len(set(done)) == len(done), f"{fam}: a configuration completed twice"
+        done = [tuple(sorted(t.params.items())) for t in ts if t.state.name in final]
+        assert len(set(done)) == len(done), f"{fam}: a configuration finished twice"
 
 
 # Real `hgsearch run` subprocesses on a tiny dataset, killed and resumed (test_resilience, test_pack_executor).

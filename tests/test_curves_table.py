@@ -1,6 +1,5 @@
 """bench/curves_table.py: the GPU learning-curve recorder runs on the CPU and records what train.train trains."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,14 +11,7 @@ from hgsearch.models import ArchSpec
 from hgsearch.packed import PackedMLP, evaluate_packed
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import train
-from tests.conftest import REPO, dataset
-
-
-def load_table_module():
-    spec = importlib.util.spec_from_file_location("bench_curves_table", REPO / "bench" / "curves_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import REPO, dataset, load_bench
 
 
 @pytest.mark.slow
@@ -37,9 +29,7 @@ def test_quick_table_matches_train(tmp_path):
     assert sorted(df.groupby("config")["epoch"].apply(list)) == [[1, 2, 3]] * 6
     assert set(df["family"]) == {"hourglass", "conventional"}
     # The packed curves end where a lone train.train of the same configuration ends (same data, seed 0).
-    spec = importlib.util.spec_from_file_location("bench_gpu_search", REPO / "bench" / "gpu_search.py")
-    gpu_search = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_search)
+    gpu_search = load_bench("gpu_search")
     from hgsearch.data import load_dataset
 
     data = prepare(load_dataset("idx", gpu_search.write_tiny_idx(tmp_path / "idx")), "superres", train_size=300)
@@ -55,7 +45,7 @@ def test_quick_table_matches_train(tmp_path):
 
 def test_full_split_psnr_from_head_and_rest():
     """evaluate(): the full-split PSNR assembled from a 128-multiple head and the rest equals evaluate_packed on it."""
-    module = load_table_module()
+    module = load_bench("curves_table")
     data = prepare(dataset(n_train=1800, n_test=100, side=12), "superres", val_size=300)
     specs = [ArchSpec("hourglass", data.d_in, data.d_out, 150, 20, 3), ArchSpec("conventional", data.d_in,
                                                                                  data.d_out, 144, 160, 1)]

@@ -1,19 +1,9 @@
 """bench/search_replay.py on a tiny synthetic table: a dominated trial is stopped, compute and hypervolume by hand."""
 
-import importlib.util
-import sys
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def load_replay():
-    spec = importlib.util.spec_from_file_location("bench_search_replay", REPO / "bench" / "search_replay.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_search_replay"] = module  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_bench
 
 
 def config(m, key, params, final, epochs=9, start=20.0):
@@ -24,7 +14,7 @@ def config(m, key, params, final, epochs=9, start=20.0):
 
 @pytest.fixture(scope="module")
 def m():
-    return load_replay()
+    return load_bench("search_replay")
 
 
 def test_dominated_trial_is_stopped_and_hypervolume_is_exact(m):

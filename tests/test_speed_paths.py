@@ -1,7 +1,6 @@
 """Fast paths change no result: batched evaluation, fused AdamW, packed training, bf16 only on CUDA."""
 
 import contextlib
-import importlib.util
 import math
 import sys
 
@@ -14,17 +13,9 @@ from hgsearch.models import ArchSpec, build
 from hgsearch.packed import PackedMLP, check_packable, evaluate_packed, train_packed
 from hgsearch.tasks import Split, prepare
 from hgsearch.train import EVAL_BATCHES, _autocast, evaluate, train
-from tests.conftest import REPO, dataset
+from tests.conftest import REPO, dataset, load_bench
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def test_batched_evaluation_is_per_batch_of_128(n):
 def test_training_path_matches_the_naive_loop(data):
     """hgsearch's path (fused AdamW, uint8 batches, batched eval) vs the Optuna-example loop, same seed
     and batch order: only float rounding may differ."""
-    bench = load_bench()
+    bench = load_bench("run")
     spec = ArchSpec("hourglass", data.d_in, data.d_out, 180, 12, 3)
     naive = bench.naive_trial(spec, bench.as_cpu_floats(data), 2, torch.device("cpu"))
     _, ours = train(spec, data, lr=bench.LR, epochs=2, seed=bench.SEED)
