@@ -8,15 +8,20 @@ What a serial trial promises holds per member:
   pack: train.train and train_packed both resume from it. A resumed pack groups members by the
   epoch they resume from (a pack shares one data order, i.e. one generator position).
 - Failure: a member whose loss turns non-finite is retired inside the pack and gets its own
-  TrialFailed; the others go on. Out of memory fails the whole pack in train_packed: the executor
-  then retrains its members (from their checkpoints) in packs of half the size, and only a member
-  that runs out of memory alone fails.
+  TrialFailed; the others go on, and leave it behind at the repack (below). Out of memory fails
+  the whole pack in train_packed: the executor then retrains its members (from their checkpoints)
+  in packs of half the size, and only a member that runs out of memory alone fails.
 - Ctrl-C: the stop flag is checked after every step (a host-side list check, no device sync), so
   the pack stops within a step; run_trials closes every member for retry.
 - Early stopping: on_epoch(claimed, epoch, metrics) with the member's psnr_val_epoch (one packed
   evaluation on the per-epoch subset), before the member's checkpoint is written; False
-  retires the member (its weights freeze; it still costs its padded FLOPs until the pack ends) and
-  its outcome is StoppedEarly, told PRUNED like a serial trial.
+  retires the member (its weights freeze) and its outcome is StoppedEarly, told PRUNED like a serial trial.
+- Repack: at the end of an epoch in which members retired, the pack is rebuilt from its live
+  members alone (train_packed(repack=True), packed.repack_pays: always while an epoch remains when
+  the step runs eagerly, when the saving outweighs the recapture with CUDA graphs), each carrying its
+  exact weights, moments and step count, so a retired member stops costing its padded FLOPs. Freed
+  slots are not refilled: a new trial would start at epoch 0, but a pack shares one data order (one
+  generator position), so it could not train exactly as it would alone.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class PackExecutor:
             [c.record.spec for c in members], data, lrs=[c.record.lr for c in members], epochs=epochs,
             batch_size=first.batch_size, seed=first.record.seed, device=data.train.inputs.device,
             bf16=CUDA_BF16, resume=[c.resume for c in members], on_epoch_end=on_epoch_end, on_step=on_step,
+            repack=True,
             epoch_eval=None if self.epoch_eval_size is None else epoch_eval_split(data.val, self.epoch_eval_size))
         for i, res in zip(pack, results, strict=True):
             outcomes.setdefault(i, res)  # a member stopped early keeps that outcome

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hgsearch.buckets import K0, padded_params
 from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.models import ArchSpec, ResidualMLP, build
 from hgsearch.tasks import Split, TaskData, add_noise, as_float
@@ -51,6 +52,9 @@ BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 CAPTURE_TRIES = 3  # a failed capture is tried again (see PackStep._capture), then the step runs eagerly
 GRAPH_WARMUP = 3  # eager steps on a side stream before capture, as torch.cuda.graph's docs prescribe
+# What a repack costs with CUDA graphs, in steps of the pack: the warm-up steps, the capture itself
+# (about one step) and the copies (see repack_pays).
+REBUILD_STEPS = GRAPH_WARMUP + 2
 
 # Called after each finished epoch with (member, epoch, {"loss": epoch mean}); False retires the member
 # (its weights and statistics freeze; its result is evaluated at the end like the others').
@@ -82,16 +86,18 @@ def check_packable(specs: Sequence[ArchSpec]) -> None:
 class PackedMLP(nn.Module):
     """K residual MLPs as zero-padded stacked weights: (K, out, in) per layer, depth padded by masks."""
 
-    def __init__(self, specs: Sequence[ArchSpec], seed: int) -> None:
+    def __init__(self, specs: Sequence[ArchSpec], seed: int | None, device: torch.device | str | None = None) -> None:
+        """seed: each member's initial weights as train() builds them; None: all zero, to be loaded (see select)."""
         super().__init__()
         check_packable(specs)
         self.specs = list(specs)
         k, depth = len(specs), max(s.depth for s in specs)
         width, bott = max(s.width for s in specs), max(s.bottleneck for s in specs)
         d_in, d_out = specs[0].d_in, specs[0].d_out
-        w_in, w_out = torch.zeros(k, width, d_in), torch.zeros(k, d_out, width)
-        down, up = torch.zeros(depth, k, bott, width), torch.zeros(depth, k, width, bott)
-        for i, spec in enumerate(specs):
+        w_in, w_out = torch.zeros(k, width, d_in, device=device), torch.zeros(k, d_out, width, device=device)
+        down = torch.zeros(depth, k, bott, width, device=device)
+        up = torch.zeros(depth, k, width, bott, device=device)
+        for i, spec in enumerate(specs if seed is not None else ()):
             torch.manual_seed(seed)  # what train() does before build(): the same initial weights
             m = build(spec)
             w, h = spec.width, spec.bottleneck
@@ -104,12 +110,12 @@ class PackedMLP(nn.Module):
         self.w_out = nn.Parameter(w_out)
         self.down = nn.ParameterList(nn.Parameter(d.clone()) for d in down)
         self.up = nn.ParameterList(nn.Parameter(u.clone()) for u in up)
-        self.register_buffer("mask", torch.tensor([[1.0 if layer < s.depth else 0.0 for layer in range(depth)]
-                                                   for s in specs]).T.reshape(depth, k, 1, 1).contiguous())
-        self.register_buffer("running_mean", torch.zeros(depth, k, 1, width))
-        self.register_buffer("running_var", torch.ones(depth, k, 1, width))
+        mask = torch.tensor([[1.0 if layer < s.depth else 0.0 for layer in range(depth)] for s in specs], device=device)
+        self.register_buffer("mask", mask.T.reshape(depth, k, 1, 1).contiguous())
+        self.register_buffer("running_mean", torch.zeros(depth, k, 1, width, device=device))
+        self.register_buffer("running_var", torch.ones(depth, k, 1, width, device=device))
         # Per-member BatchNorm momentum: 0 freezes a retired member's running statistics.
-        self.register_buffer("momentum", torch.full((k, 1, 1), BN_MOMENTUM))
+        self.register_buffer("momentum", torch.full((k, 1, 1), BN_MOMENTUM, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, d_in), shared by all members -> (K, B, d_out)."""
@@ -165,6 +171,22 @@ class PackedMLP(nn.Module):
         for layer in range(spec.depth):
             self.running_mean[layer, k, 0, :spec.width].copy_(state_dict[f"blocks.{layer}.norm.running_mean"])
             self.running_var[layer, k, 0, :spec.width].copy_(state_dict[f"blocks.{layer}.norm.running_var"])
+
+    @torch.no_grad()
+    def select(self, slots: Sequence[int]) -> PackedMLP:
+        """A pack of only these members, in this order, padded to their own largest shape: each
+        member's weights and running statistics copied exactly (the repack; no initialisation runs)."""
+        new = PackedMLP([self.specs[s] for s in slots], None, device=self.w_out.device)
+        for j, s in enumerate(slots):
+            ours = self.member_slices(s)
+            for name, (packed, idx) in new.member_slices(j).items():
+                src, src_idx = ours[name]
+                packed[idx].copy_(src[src_idx])
+            spec = self.specs[s]
+            # A member's blocks past its depth are masked out, so only its real blocks' statistics matter.
+            new.running_mean[:spec.depth, j, 0, :spec.width].copy_(self.running_mean[:spec.depth, s, 0, :spec.width])
+            new.running_var[:spec.depth, j, 0, :spec.width].copy_(self.running_var[:spec.depth, s, 0, :spec.width])
+        return new
 
 
 class PackStep:
@@ -330,6 +352,20 @@ class PackStep:
             m.copy_(state["state"][i]["exp_avg"])
             v.copy_(state["state"][i]["exp_avg_sq"])
 
+    @torch.no_grad()
+    def select(self, model: PackedMLP, slots: Sequence[int], *, graphs: bool) -> PackStep:
+        """The step for model = self.model.select(slots): those members' learning rates and moments,
+        the step count and schedule, copied exactly, so each continues as if its pack had not changed.
+        (A fixed W_in's moments are left at 0: its learning rate is 0, so they never move it.)"""
+        new = PackStep(model, self.base_lr[list(slots)].tolist(), total_steps=int(self.total),
+                       weight_decay=self.wd, graphs=graphs, bf16=self.bf16)
+        new.t.copy_(self.t)
+        for j, s in enumerate(slots):
+            for (_, m, v), (_, m_old, v_old) in zip(new._member_moments(j), self._member_moments(s), strict=True):
+                m.copy_(m_old)
+                v.copy_(v_old)
+        return new
+
 
 @torch.no_grad()
 def evaluate_packed(model: PackedMLP, split: Split, batch_size: int = 128) -> list[float]:
@@ -368,6 +404,7 @@ def train_packed(
     on_step: StepHook | None = None,
     on_pack_epoch: PackEpoch | None = None,
     epoch_eval: Split | None = None,
+    repack: bool = False,
 ) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
     """Train specs[k] at lrs[k] together; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
 
@@ -378,6 +415,13 @@ def train_packed(
     a pack shares one data order, so every member must resume from the same epoch. epoch_eval adds
     "psnr_val_epoch" (member k's PSNR on that split after the epoch) to on_epoch_end's states, as
     train.train does.
+
+    repack: at an epoch's end, when members have retired (stopped or failed) and repack_pays says
+    so, the pack is rebuilt from its live members only (PackedMLP.select, PackStep.select: exact
+    copies of weights, statistics, moments and step count; the data generator goes on), so a retired
+    member stops costing its padded FLOPs. The hooks still get each member's index in specs, but the
+    model on_pack_epoch gets, and the one returned, then hold the live members only (their specs in
+    model.specs); a member stopped early is evaluated at the end from a copy of its frozen weights.
     """
     if len(lrs) != len(specs):
         raise UsageError(f"{len(specs)} configurations but {len(lrs)} learning rates")
@@ -411,6 +455,8 @@ def train_packed(
             gen.set_state(resume[0]["generator"])  # the same for every member: one seed, same epochs
         epochs_done = [epochs] * k
         retired: set[int] = set()
+        ids = list(range(k))  # the member in each slot of the pack being trained (fewer after a repack)
+        left: list[tuple[PackedMLP, list[int]]] = []  # members stopped early that left it, and their ids
         steps_per_epoch = math.ceil(n / batch_size)
         for epoch in range(start_epoch, epochs):
             perm = torch.randperm(n, generator=gen, device=device)
@@ -425,28 +471,39 @@ def train_packed(
             # One packed evaluation for all members (a retired member's frozen weights are scored too, unused).
             epoch_psnr = (evaluate_packed(model, epoch_eval, batch_size)
                           if epoch_eval is not None and on_epoch_end is not None else None)
-            for i in range(k):
+            for slot, i in enumerate(ids):
                 if i in retired:
                     continue
-                losses[i] = epoch_losses[i]
+                losses[i] = epoch_losses[slot]
                 if not math.isfinite(losses[i]):
                     failed[i] = f"non-finite training loss in epoch {epoch + 1} at lr={lrs[i]:.3g}"
-                    stepper.retire(i, failed=True)
+                    stepper.retire(slot, failed=True)
                     retired.add(i)
                 elif ((on_epoch is not None and not on_epoch(i, epoch, {"loss": losses[i]}))
                       or (on_epoch_end is not None and not on_epoch_end(i, _member_state(
-                          model, stepper, gen, i, lrs[i], epoch + 1, (epoch + 1) * steps_per_epoch, losses[i],
+                          model, stepper, gen, slot, lrs[i], epoch + 1, (epoch + 1) * steps_per_epoch, losses[i],
                           time.perf_counter() - t0 + offsets[i],
-                          None if epoch_psnr is None else epoch_psnr[i])))):
-                    stepper.retire(i, failed=False)
+                          None if epoch_psnr is None else epoch_psnr[slot])))):
+                    stepper.retire(slot, failed=False)
                     retired.add(i)
                     epochs_done[i] = epoch + 1
+            live = [slot for slot, i in enumerate(ids) if i not in retired]
+            if repack and repack_pays(model.specs, live, (epochs - epoch - 1) * steps_per_epoch, stepper.graphs):
+                stopped = [slot for slot, i in enumerate(ids) if i in retired and i not in failed]
+                if stopped:  # their frozen weights, for the evaluation at the end
+                    left.append((model.select(stopped), [ids[slot] for slot in stopped]))
+                model = model.select(live)
+                stepper = stepper.select(model, live, graphs=stepper.graphs)  # False once capture gave up
+                ids = [ids[slot] for slot in live]
             if on_pack_epoch is not None:
                 on_pack_epoch(model, epoch + 1)
             if len(retired) == k:
                 break
-        psnr_val = evaluate_packed(model, data.val, batch_size)
-        psnr_test = evaluate_packed(model, data.test, batch_size)
+        psnr_val, psnr_test = [math.nan] * k, [math.nan] * k
+        for pack, members in [(model, ids), *left]:
+            for i, val, test in zip(members, evaluate_packed(pack, data.val, batch_size),
+                                    evaluate_packed(pack, data.test, batch_size), strict=True):
+                psnr_val[i], psnr_test[i] = val, test
     except torch.OutOfMemoryError:
         raise TrialFailed(f"out of memory on {device} for a pack of {k} models") from None
     seconds = time.perf_counter() - t0
@@ -460,6 +517,26 @@ def train_packed(
             results.append(TrainResult(psnr_val[i], psnr_test[i], losses[i], seconds + offsets[i], epochs_done[i],
                                        epochs_done[i] * steps_per_epoch))
     return model, results
+
+
+def repack_pays(specs: Sequence[ArchSpec], live: Sequence[int], steps_left: int, graphs: bool) -> bool:
+    """Whether a pack of these specs, of which members `live` still train, is worth rebuilding
+    from them alone for the steps left.
+
+    Eager (the CPU): a rebuild is a few copies, measured at a few percent of one step (bench/RESULTS.md,
+    "repack"), so any retired member is dropped while a step remains. With CUDA graphs it costs about
+    REBUILD_STEPS steps of warm-up and capture: it pays when buckets' cost model (a step's time is
+    proportional to padded params x (K + K0)) saves more than that over the steps left. With one
+    469-step epoch left, a pack of 128 same-shape members that lost 1 waits (it would save 469/138 =
+    3.4 steps); one that lost 2 (6.8 steps), or whose padded shape shrinks, repacks.
+    """
+    if not live or len(live) == len(specs) or steps_left <= 0:
+        return False
+    if not graphs:
+        return True
+    before = padded_params(specs) * (len(specs) + K0)
+    after = padded_params([specs[i] for i in live]) * (len(live) + K0)
+    return steps_left * (1.0 - after / before) > REBUILD_STEPS
 
 
 def _member_state(model: PackedMLP, stepper: PackStep, gen: torch.Generator, k: int, lr: float, epoch: int,
