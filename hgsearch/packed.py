@@ -523,8 +523,9 @@ def repack_pays(specs: Sequence[ArchSpec], live: Sequence[int], steps_left: int,
     """Whether a pack of these specs, of which members `live` still train, is worth rebuilding
     from them alone for the steps left.
 
-    Eager (the CPU): a rebuild is a few copies, measured at a few percent of one step (bench/RESULTS.md,
-    "repack"), so any retired member is dropped while a step remains. With CUDA graphs it costs about
+    Eager (the CPU): a rebuild is a few copies, measured at 0.06-0.13 of one step (bench/repack.py,
+    bench/RESULTS.md), while dropping one member of K saves 1/K of every step left, so any retired
+    member is dropped while a step remains. With CUDA graphs it costs about
     REBUILD_STEPS steps of warm-up and capture: it pays when buckets' cost model (a step's time is
     proportional to padded params x (K + K0)) saves more than that over the steps left. With one
     469-step epoch left, a pack of 128 same-shape members that lost 1 waits (it would save 469/138 =
