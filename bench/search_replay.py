@@ -16,6 +16,10 @@ Strategies, each replayed per family with --seeds seeds until the family's table
                the curves recorded so far (the --column PSNR, the search's 2048-row subset when the table
                has it); a stopped trial is told to TPE as PRUNED and never reaches the frontier.
   random+RULE  random order with early stopping: the pruner's effect without TPE's.
+  tpe+oracle, random+oracle (--oracle): a bound, not a rule: at the first rung, stop exactly the trials whose
+               final validation PSNR a completed trial of no more parameters already beats (a pruner that knew
+               every curve's end, paying the first rung's epochs for each trial it stops).
+--min-epochs, --reduction-factor, --margin and --min-peers replay other pruner settings (default: RunConfig's).
 Compute is epochs trained, split equally between the families (a search runs --trials per family). At
 compute c, each family's completed trials within c / families epochs form the frontier; its hypervolume
 (hgsearch.analysis.hypervolume, parameters x test PSNR, reference (budget, bicubic test PSNR)) is
@@ -41,7 +45,7 @@ from optuna.trial import TrialState, create_trial
 
 from hgsearch.analysis import hypervolume
 from hgsearch.config import RunConfig
-from hgsearch.pruning import RULES, Observation, Pruner
+from hgsearch.pruning import KEEP, RULES, Decision, Observation, Pruner, dominates
 from hgsearch.space import SpaceConfig, depth_range, sample, size_range, width_range
 from hgsearch.storage import DIRECTIONS
 
@@ -82,11 +86,28 @@ def load(path: str, column: str | None = None) -> tuple[dict[str, list[Config]],
     return out, column, epochs
 
 
+class Oracle:
+    """The bound a pruner could reach at the same rungs: knows every configuration's final validation PSNR."""
+
+    def __init__(self, configs: Sequence[Config], first_rung: int) -> None:
+        self.final = {c.key: (c.params, c.psnr_val) for c in configs}
+        self.rungs = (first_rung,)
+        self.epochs = len(configs[0].curve)
+
+    def decide(self, trial: Observation, epoch: int, recorded: Sequence[Observation]) -> Decision:
+        if epoch not in self.rungs:
+            return KEEP
+        done = [self.final[o.key] for o in recorded if len(o.curve) == self.epochs]
+        return Decision(any(dominates(p, self.final[trial.key]) for p in done), "oracle")
+
+
+Stopper = Pruner | Oracle
+
 # A family's replay: (cumulative epochs, (params, test PSNR) or None if stopped) after each trial.
 Trajectory = list[tuple[int, tuple[int, float] | None]]
 
 
-def train_one(c: Config, pruner: Pruner | None, recorded: list[Observation]) -> int:
+def train_one(c: Config, pruner: Stopper | None, recorded: list[Observation]) -> int:
     """Epochs trial c trains before the pruner stops it (all of them without one); records its curve."""
     reached = len(c.curve)
     if pruner is not None:
@@ -98,7 +119,7 @@ def train_one(c: Config, pruner: Pruner | None, recorded: list[Observation]) -> 
     return reached
 
 
-def replay_order(configs: Sequence[Config], order: Sequence[int], pruner: Pruner | None) -> Trajectory:
+def replay_order(configs: Sequence[Config], order: Sequence[int], pruner: Stopper | None) -> Trajectory:
     """Trials in a fixed arrival order (random search), one at a time."""
     recorded: list[Observation] = []
     spent, out = 0, []
@@ -143,7 +164,7 @@ class TableSpace:
         return np.array(xs)
 
 
-def replay_tpe(configs: Sequence[Config], seed: int, pruner: Pruner | None, space: TableSpace) -> Trajectory:
+def replay_tpe(configs: Sequence[Config], seed: int, pruner: Stopper | None, space: TableSpace) -> Trajectory:
     """TPE proposing over the table (nearest unused configuration), with or without early stopping."""
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
@@ -189,12 +210,11 @@ def to_reach(trajectories: Sequence[Trajectory], target: float, ref: tuple[float
     return math.inf
 
 
-def strategies(epochs: int,
-               rules: Sequence[str]) -> dict[str, Callable[[Sequence[Config], int, TableSpace], Trajectory]]:
-    cfg = RunConfig()
-
+def strategies(epochs: int, rules: Sequence[str], settings: argparse.Namespace,
+               oracle: bool = False) -> dict[str, Callable[[Sequence[Config], int, TableSpace], Trajectory]]:
     def pruner(rule: str) -> Pruner:
-        return Pruner(rule, cfg.min_epochs, cfg.reduction_factor, epochs, cfg.prune_margin, cfg.prune_min_peers)
+        return Pruner(rule, settings.min_epochs, settings.reduction_factor, epochs, settings.margin,
+                      settings.min_peers)
 
     def shuffled(configs: Sequence[Config], seed: int) -> list[int]:
         return random.Random(seed).sample(range(len(configs)), len(configs))
@@ -206,6 +226,10 @@ def strategies(epochs: int,
     for rule in rules:
         out[f"tpe+{rule}"] = lambda cs, seed, sp, r=rule: replay_tpe(cs, seed, pruner(r), sp)
         out[f"random+{rule}"] = lambda cs, seed, sp, r=rule: replay_order(cs, shuffled(cs, seed), pruner(r))
+    if oracle:
+        first = settings.min_epochs
+        out["tpe+oracle"] = lambda cs, seed, sp: replay_tpe(cs, seed, Oracle(cs, first), sp)
+        out["random+oracle"] = lambda cs, seed, sp: replay_order(cs, shuffled(cs, seed), Oracle(cs, first))
     return out
 
 
@@ -227,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="full-fidelity trials per family (default: a third of the table)")
     ap.add_argument("--budget", type=int, default=3_000_000)
     ap.add_argument("--ref-psnr", type=float, default=BICUBIC_TEST_PSNR, help="reference test PSNR (bicubic)")
+    cfg = RunConfig()
+    ap.add_argument("--min-epochs", type=int, default=cfg.min_epochs, help="first rung (default: RunConfig's)")
+    ap.add_argument("--reduction-factor", type=int, default=cfg.reduction_factor)
+    ap.add_argument("--margin", type=float, default=cfg.prune_margin, help="prune_margin in dB")
+    ap.add_argument("--min-peers", type=int, default=cfg.prune_min_peers)
+    ap.add_argument("--rules", default=",".join(r for r in RULES if r != "none"), help="pruning rules to replay")
+    ap.add_argument("--oracle", action="store_true", help="add the tpe+oracle and random+oracle bounds")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     table, column, epochs = load(args.csv, args.column)
@@ -241,14 +272,19 @@ def main(argv: list[str] | None = None) -> int:
               f"test PSNR): pass the task's --ref-psnr and --budget", file=sys.stderr)
         return 2
     spaces = {f: TableSpace(f, args.budget, *FMNIST_SUPERRES) for f in families}
-    rules = [r for r in RULES if r != "none"]
+    rules = [r for r in args.rules.split(",") if r]
+    if any(r not in RULES or r == "none" for r in rules):
+        print(f"--rules takes pruning rules among {', '.join(r for r in RULES if r != 'none')}", file=sys.stderr)
+        return 2
     print(f"# {args.csv}: {', '.join(f'{f} {len(table[f])}' for f in families)} complete configurations, "
           f"{epochs} epochs; pruner sees {column}; {args.seeds} seeds; reference ({args.budget:,}, {args.ref_psnr} dB)")
+    print(f"# pruner: rungs {Pruner('pareto-asha', args.min_epochs, args.reduction_factor, epochs).rungs}, "
+          f"margin {args.margin} dB, min peers {args.min_peers}")
     print(f"# whole-table test-PSNR hypervolume {best:.4g} (= 1.0 below); C = {trials} trials x {epochs} epochs x "
           f"{len(families)} families = {full} epochs")
     fractions = (1 / 6, 1 / 3, 1 / 2, 2 / 3, 1.0)
     results: dict[str, list[list[Trajectory]]] = {}
-    for name, fn in strategies(epochs, rules).items():
+    for name, fn in strategies(epochs, rules, args, args.oracle).items():
         results[name] = [[fn(table[f], seed * 7919 + k, spaces[f]) for k, f in enumerate(families)]
                          for seed in range(args.seeds)]
     print("| strategy | " + " | ".join(f"HV at {f:.2g} C" for f in fractions)

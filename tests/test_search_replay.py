@@ -40,3 +40,14 @@ def test_tpe_uses_each_table_configuration_once(m):
     traj = m.replay_tpe(cs, 0, None, space)
     assert [s for s, _ in traj] == [3 * (i + 1) for i in range(14)]
     assert sorted(p for _, p in traj) == sorted((c.params, c.psnr_test) for c in cs)
+
+
+def test_oracle_stops_exactly_what_ends_dominated_whatever_its_curve(m):
+    # b starts far behind a (a late bloomer) but ends ahead: the oracle keeps it; c ends behind a: stopped
+    # at the first rung, however good its start. The real pruner (3 peers needed) could stop neither.
+    a = config(m, 0, 100_000, 25.0)
+    b = config(m, 1, 200_000, 26.0, start=10.0)
+    c = config(m, 2, 300_000, 24.0, start=30.0)
+    traj = m.replay_order([a, b, c], [0, 1, 2], m.Oracle([a, b, c], 3))
+    assert [s for s, _ in traj] == [9, 18, 21]
+    assert [p for _, p in traj] == [(100_000, 25.0), (200_000, 26.0), None]
