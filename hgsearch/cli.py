@@ -55,7 +55,7 @@ PruneRule = _choices("PruneRule", PRUNING_RULES)
 # RunConfig's defaults, shown in --help. The options themselves default to None ("take the config
 # file's value, else RunConfig's"); tests/test_cli_usability.py checks these against RunConfig().
 RUN_DEFAULTS: dict[str, Any] = {"task": "superres", "dataset": "fashion-mnist", "augment": "none", "train_size": 0,
-                                "family": "both", "trials": 20, "epochs": 2, "seed": 0, "device": "auto",
+                                "family": "both", "trials": 20, "epochs": 9, "seed": 0, "device": "auto",
                                 "fixed_win": False, "results_dir": "results", "download": False,
                                 "pruning": "pareto-asha"}
 # train's default peak lr: the log-midpoint of the default search range (space.SpaceConfig.lr, 5e-5 to
