@@ -1,5 +1,5 @@
 """Seed retraining: train frontier configurations under more seeds (stored in <study>.seeds), and
-rebuild a frontier point's trained model for its sample pictures (cached under weights/)."""
+load a frontier point's trained model for its sample pictures (cached under weights/, else retrained)."""
 
 from __future__ import annotations
 
@@ -149,9 +149,12 @@ def frontier_model(row: pd.Series, data: TaskData, cfg: RunConfig, study_dir: st
                    ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A frontier point's trained model: its cached weights, else retrained exactly as its trial was.
 
-    The search stores configurations, not weights; retraining with the trial's seed, lr and epochs
-    through train.train reproduces it (bit-exact on CPU), and the weights are then cached, so only
-    the first report pays. The retrained validation PSNR is returned to show the match.
+    The search keeps the weights of each trial that completes on its family's front
+    (lifecycle.keep_weights), so every point of the search's own front is normally cached. Missing
+    ones (a point that only seed means put on the front, a file lost to a kill or a full disk, a
+    trial run on another host) are retrained with the trial's seed, lr and epochs through
+    train.train (bit-exact on CPU) and then cached, so only the first report pays. The model's
+    validation PSNR (stored with the weights, or retrained) is returned to show the match.
     """
     from hgsearch.models import build
 

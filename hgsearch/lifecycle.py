@@ -1,5 +1,6 @@
 """A trial's life in one place: claimed -> sampled -> resumed from its checkpoint -> trained by an
 executor (with a per-epoch decision point) -> told COMPLETE, FAIL or PRUNED, or queued again when cut off.
+A COMPLETE trial on its family's current front keeps its trained weights for the report (keep_weights).
 
 Two seams for what comes next:
 - Executor: run_trial hands its claimed trials to `executor.run(claimed, ...)`; SerialExecutor
@@ -37,7 +38,8 @@ from hgsearch.claims import RETRY_ATTR, Heartbeat, ask, close_trial
 from hgsearch.config import RunConfig
 from hgsearch.errors import StorageError, TrialFailed
 from hgsearch.events import Note, Progress, Reporter, TrialEnd, TrialStart
-from hgsearch.record import TrialRecord, result_attrs
+from hgsearch.pruning import dominates
+from hgsearch.record import TrialRecord, result_attrs, save_weights, weights_path
 from hgsearch.stop import Stopped, check_stop, stop_requested
 from hgsearch.storage import first_line, make_sampler
 from hgsearch.tasks import TaskData
@@ -77,6 +79,7 @@ class ClaimedTrial:
     meta: dict[str, Any]  # what a checkpoint must match to be resumed
     resume: dict[str, Any] | None  # the checkpoint's training state, None to start at epoch 0
     retry_of: list[int]  # numbers of the earlier, cut-off trials of this configuration
+    study_dir: Path  # <results-dir>/<study>: where a completed front trial's weights are kept (keep_weights)
 
 
 EpochHook = Callable[[ClaimedTrial, int, dict[str, float]], bool]
@@ -202,7 +205,7 @@ def _claimed(study: optuna.Study, trial: optuna.Trial, cfg: RunConfig, family: s
     if why:
         reporter(Note(f"{family} trial #{trial.number}: {why}"))
     reporter(TrialStart(family, trial.number, spec, lr, history, int(resume["epoch"]) if resume else 0))
-    return ClaimedTrial(study, trial, family, rec, cfg.batch_size, ckpt, meta, resume, history)
+    return ClaimedTrial(study, trial, family, rec, cfg.batch_size, ckpt, meta, resume, history, Path(cfg.study_dir))
 
 
 def run_trial(study: optuna.Study, cfg: RunConfig, family: str, data: TaskData, reporter: Reporter,
@@ -282,11 +285,49 @@ def _finish(c: ClaimedTrial, outcome: Outcome, heartbeat: Heartbeat, reporter: R
         return frozen
     finally:
         heartbeat.stop()
-    if reason is None:
+    if isinstance(outcome, TrainResult):
         _pause_at("complete")
+        keep_weights(c, frozen, outcome, reporter)
     checkpoint.remove(c.checkpoint)
     reporter(TrialEnd(c.family, frozen, reason))
     return frozen
+
+
+def keep_weights(c: ClaimedTrial, frozen: FrozenTrial, res: TrainResult, reporter: Reporter) -> None:
+    """Keep a trial just told COMPLETE in the weights cache when it is on its family's front, and drop
+    the cached weights of the family's trials it dominates.
+
+    The front is the non-dominated set of the family's COMPLETE trials by (params, psnr_val), itself
+    included (ties all stay). The weights are the model of its last checkpoint (both executors write
+    one after the final epoch, and evaluation changes nothing after it), saved in
+    record.save_weights's format with the trial's own results, so confirm.frontier_model finds them
+    "cached" and the report retrains nothing. Being dominated is permanent (trials are only added),
+    so every point of the final front kept its weights when it completed, and the cache stays the
+    size of the front. Workers (or hosts) finishing at once may miss each other's trial: a dominated
+    trial's file can then stay behind, which costs disk only (a file always holds its own trial's
+    weights). A missing file (killed between the tell and this save, a failed write, a trial trained
+    on another host, whose file is in that host's results directory) costs frontier_model a retrain,
+    its fallback. A failed read or write here is a Note, never the trial's failure: it is COMPLETE.
+    """
+    me = (frozen.values[0], frozen.values[1])
+    others = {t.number: (t.values[0], t.values[1])
+              for t in c.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number != frozen.number}
+    if any(dominates(p, me) for p in others.values()):
+        return
+    path = weights_path(c.study_dir, c.family, frozen.number)
+    try:
+        state, why = checkpoint.load(c.checkpoint, c.meta)
+        if state is None:
+            reporter(Note(f"{c.family} trial #{frozen.number}: weights not kept ({why or 'no checkpoint'}); "
+                          "report will retrain it"))
+            return
+        save_weights(path, c.record, state["model"], res)
+        for number, p in others.items():
+            if dominates(me, p):
+                weights_path(c.study_dir, c.family, number).unlink(missing_ok=True)
+    except (OSError, StorageError) as e:  # StorageError: atomic_write's full disk
+        reporter(Note(f"{c.family} trial #{frozen.number}: cannot keep its weights in {path.parent} "
+                      f"({first_line(e)}); report will retrain it"))
 
 
 def sweep_checkpoints(study: optuna.Study, cfg: RunConfig, family: str) -> None:

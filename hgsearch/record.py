@@ -74,17 +74,21 @@ def result_attrs(res: TrainResult) -> dict[str, float]:
 
 
 def weights_path(study_dir: str | Path, family: str, trial: int) -> Path:
-    """Where a frontier point's trained weights are cached (written by confirm.frontier_model)."""
+    """Where a frontier point's trained weights are cached (kept by the search when the trial completes
+    on its family's front, see lifecycle.keep_weights; else written by confirm.frontier_model)."""
     return Path(study_dir) / "weights" / f"{family}-{int(trial)}.pt"
 
 
-def save_weights(path: str | Path, rec: TrialRecord, model: torch.nn.Module, res: TrainResult) -> None:
+def save_weights(path: str | Path, rec: TrialRecord, model: torch.nn.Module | dict[str, torch.Tensor],
+                 res: TrainResult) -> None:
     """The one saved-weights format (`train --save` and the weights cache), written atomically.
 
     {"spec": ArchSpec fields, "state_dict", "lr", "epochs", "seed", "psnr_val", "psnr_test"}: data
-    only, so load_weights can read it with weights_only=True.
+    only, so load_weights can read it with weights_only=True. model may be the module or its
+    state_dict (a checkpoint's "model": no module is built, so the global RNG is left alone).
     """
-    payload = {"spec": rec.spec.to_dict(), "state_dict": model.state_dict(), "lr": rec.lr, "epochs": rec.epochs,
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    payload = {"spec": rec.spec.to_dict(), "state_dict": state, "lr": rec.lr, "epochs": rec.epochs,
                "seed": rec.seed, "psnr_val": res.psnr_val, "psnr_test": res.psnr_test}
     atomic_write(Path(path), lambda p: torch.save(payload, p))
 

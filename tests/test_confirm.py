@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -56,6 +57,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
     for name in ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "frontier_means.csv"):
         assert (study_dir / name).is_file(), name
 
+    # The search kept its front's weights (test_keep_weights.py); without them the report retrains.
+    shutil.rmtree(study_dir / "weights")
     res = hgsearch("report", "--data-dir", str(tiny_idx), cwd=cwd)
     assert res.returncode == 0, res.stderr
     page = (study_dir / "report.html").read_text()
