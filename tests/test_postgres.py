@@ -116,7 +116,7 @@ def test_kill_right_after_a_rung_decision_on_postgres(postgres_url, study, tiny_
     [killed] = [t for ts in before.values() for t in ts if t.state.name == "RUNNING"]
     fam = killed.user_attrs["family"]
     assert len(killed.user_attrs[curves.CURVE_KEY]) == 1  # killed in the trial whose rung it just decided
-    assert not list((tmp_path / "results").rglob("*.pt"))
+    assert not list((tmp_path / "results").rglob("checkpoints/*.pt"))
 
     res = hgsearch(*args, cwd=tmp_path, env=ONE_THREAD)  # the same command resumes
     assert res.returncode == 0, res.stderr
@@ -131,7 +131,7 @@ def test_kill_right_after_a_rung_decision_on_postgres(postgres_url, study, tiny_
     peers = [o for t in after[fam] if t.number < killed.number and (o := curves.observation(fam, t))]
     me = Observation(fam, retry.number, retry.user_attrs["params"], tuple(retry.user_attrs[curves.CURVE_KEY]))
     assert Pruner("pareto-asha", 1, 3, 3, 0.0, 1).decide(me, 1, peers).stop == (retry.state.name == "PRUNED")
-    assert not list((tmp_path / "results").rglob("*.pt"))
+    assert not list((tmp_path / "results").rglob("checkpoints/*.pt"))
 
 
 REASON = re.compile(r"stopped after epoch 1: ([\d.]+) dB, .*; trial (\d+) with ([\d,]+) parameters had ([\d.]+) dB")
