@@ -276,6 +276,14 @@ class Comparison:
     hv_hourglass: float  # dB x million params
     hv_conventional: float
     hv_difference: float  # hourglass - conventional
+    # The same on the parameter range both families reach: from the larger of the two fronts' smallest
+    # models to the budget. A family that cannot build small models (conventional's stream is the image
+    # size, so its smallest shape has ~d_x*(d_in+d_out)+2*d_x^2 parameters) gets no hypervolume below its
+    # floor, which the whole-range difference counts against it; this one compares like with like.
+    shared_from: float | None  # params where the shared range starts; None when a family has no front
+    hv_shared_hourglass: float | None
+    hv_shared_conventional: float | None
+    hv_shared_difference: float | None
     front_sizes: tuple[int, int]  # (hourglass, conventional) frontier points within budget
     hourglass_dominated: float  # fraction of the hourglass front dominated by the conventional one
     conventional_dominated: float  # and the other way round
@@ -323,9 +331,17 @@ def compare(
         rule = "given"
     ref_m = (reference[0] / 1e6, reference[1])
     hv = [hypervolume(np.c_[f["params"] / 1e6, f[y]], ref_m) for f in fronts]
+    shared_from, hv_shared = None, [None, None]
+    if all(len(f) for f in fronts):
+        shared_from = float(max(f["params"].min() for f in fronts))
+        # A point left of the range still covers the range at its height: moving it to the range's
+        # start keeps exactly its area inside the range and drops the rest.
+        hv_shared = [hypervolume(np.c_[np.maximum(f["params"], shared_from) / 1e6, f[y]], ref_m) for f in fronts]
     return Comparison(
         budget=float(budget), y=y, reference=(float(reference[0]), float(reference[1])),
         reference_rule=rule, hv_hourglass=hv[0], hv_conventional=hv[1], hv_difference=hv[0] - hv[1],
+        shared_from=shared_from, hv_shared_hourglass=hv_shared[0], hv_shared_conventional=hv_shared[1],
+        hv_shared_difference=None if shared_from is None else hv_shared[0] - hv_shared[1],
         front_sizes=(len(fronts[0]), len(fronts[1])),
         hourglass_dominated=dominated_fraction(fronts[0], fronts[1], y=y),
         conventional_dominated=dominated_fraction(fronts[1], fronts[0], y=y),

@@ -53,6 +53,10 @@ def comparison_view(comp: Comparison) -> tuple[pd.DataFrame, pd.DataFrame]:
         ("hypervolume hourglass (dB x M params)", f"{comp.hv_hourglass:.3f}"),
         ("hypervolume conventional (dB x M params)", f"{comp.hv_conventional:.3f}"),
         ("difference hourglass - conventional", f"{comp.hv_difference:+.3f}"),
+        *([] if comp.shared_from is None else [
+            (f"same, from {comp.shared_from / 1e6:.3f}M params (both families' range)",
+             f"{comp.hv_shared_hourglass:.3f} - {comp.hv_shared_conventional:.3f} = {comp.hv_shared_difference:+.3f}"),
+        ]),
         ("reference point (params, dB)", f"({comp.reference[0]:,.0f}, {comp.reference[1]:.2f})"),
         ("frontier points (hourglass, conventional)", f"{comp.front_sizes[0]}, {comp.front_sizes[1]}"),
         ("hourglass points dominated by conventional", f"{comp.hourglass_dominated:.0%}"),

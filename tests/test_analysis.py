@@ -232,6 +232,18 @@ def test_scaling_pattern_picks_best_shape_per_budget():
 
 # --- the whole comparison ------------------------------------------------------------------------
 
+def test_shared_range_hypervolume_compares_only_where_both_families_have_models():
+    # Hourglass has the only small model; on the range both reach, conventional's front is higher.
+    df = pd.concat([rows("hourglass", [(200_000, 32.0)]), rows("conventional", [(600_000, 31.0), (800_000, 34.0)])])
+    c = compare(df, budget=1_000_000, reference=(1_000_000, 30.0))
+    assert c.hv_difference == pytest.approx(0.8 * 2 - (0.2 * 1 + 0.2 * 4))  # +0.6: hourglass "wins" overall
+    assert c.shared_from == 600_000
+    assert c.hv_shared_hourglass == pytest.approx(0.4 * 2)  # its 32 dB over 0.6M..1M
+    assert c.hv_shared_difference == pytest.approx(0.8 - 1.0)  # -0.2: conventional wins where both exist
+    one = compare(rows("hourglass", [(200_000, 32.0)]), budget=1_000_000, reference=(1_000_000, 30.0))
+    assert one.shared_from is None and one.hv_shared_difference is None
+
+
 def test_compare_known_answer_and_json():
     df = pd.concat([
         # The 2M-parameter model is over the budget and must not count.
@@ -244,6 +256,10 @@ def test_compare_known_answer_and_json():
     assert c.hv_hourglass == pytest.approx(1.8)
     assert c.hv_conventional == pytest.approx(0.5)
     assert c.hv_difference == pytest.approx(1.3)
+    # From 400k (conventional's smallest): hourglass 0.1 * 1 + 0.5 * 3 = 1.6; conventional still 0.5.
+    assert c.shared_from == 400_000
+    assert (c.hv_shared_hourglass, c.hv_shared_conventional) == (pytest.approx(1.6), pytest.approx(0.5))
+    assert c.hv_shared_difference == pytest.approx(1.1)
     assert c.front_sizes == (2, 2)
     assert (c.hourglass_dominated, c.conventional_dominated) == (0.0, 1.0)
     assert c.bins[-1].gap == pytest.approx(0.5)
