@@ -140,8 +140,9 @@ def comparison_notes(an: Analysis) -> list[str]:
     if an.flagged:
         epochs = an.settings.get("epochs")
         notes.append(f"{plural(len(an.flagged), 'frontier point')} learned nothing (at or under the trivial "
-                     f"baseline), so the comparison there is between untrained models: train longer, e.g. a "
-                     f"new study with more than --epochs {epochs}")
+                     f"baseline), so the comparison there is between models that learned nothing: if their "
+                     f"curves (curves.csv) still rise, train longer (a new study with more than --epochs {epochs}); "
+                     f"if they are flat, the shape is too small for the task (e.g. a bottleneck of a few units)")
     return notes
 
 
