@@ -34,7 +34,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
+# Piped or redirected, rich assumes 80 columns and cuts table cells short ("convention…", "21.86 ± 0.…");
+# a log file has no width to respect, so tables get the room they need unless COLUMNS says otherwise.
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 err = Console(stderr=True)
 
 
