@@ -1,0 +1,60 @@
+"""bench/side_by_side.py on two small stored searches: counts, epochs and hypervolume at a time cut, by hand."""
+
+import datetime
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from tests.conftest import load_bench
+
+T0 = datetime.datetime(2026, 11, 27, 18, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def m():
+    return load_bench("side_by_side")
+
+
+def trial(state, params, psnr_test, epochs, start_min, end_min):
+    attrs = {"params": params, "curve": [20.0] * epochs}
+    if state == TrialState.COMPLETE:
+        attrs["psnr_test"] = psnr_test
+    return FrozenTrial(number=0, state=state, value=None, values=[params, psnr_test] if state == TrialState.COMPLETE
+                       else None, datetime_start=T0 + datetime.timedelta(minutes=start_min),
+                       datetime_complete=T0 + datetime.timedelta(minutes=end_min), params={}, distributions={},
+                       user_attrs=attrs, system_attrs={}, intermediate_values={}, trial_id=0)
+
+
+def store(url, study, family, trials):
+    s = optuna.create_study(study_name=f"{study}.{family}", storage=url, directions=["minimize", "maximize"])
+    for t in trials:
+        s.add_trial(t)
+
+
+def test_hypervolume_and_counts_at_each_cut(m, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    store(url, "s", "hourglass", [trial(TrialState.COMPLETE, 1_000_000, 21.0, 9, 0, 5),
+                                  trial(TrialState.PRUNED, 2_000_000, 0.0, 1, 5, 6),
+                                  trial(TrialState.COMPLETE, 2_000_000, 22.0, 9, 6, 15)])
+    store(url, "s", "conventional", [trial(TrialState.COMPLETE, 2_500_000, 23.0, 9, 0, 12)])
+    search = m.load(url, None)  # the only search in the storage is found by its family studies
+    assert search.name == "s"
+    ref = (3.0, 20.0)
+    early = m.at(search, 10, ref)  # hourglass 1M done, 2M pruned, the rest still training
+    assert (early["complete"], early["pruned"], early["epochs"]) == (1, 1, 10)
+    assert early["hv"] == pytest.approx(2.0 * 1.0)  # 1M..3M at +1 dB
+    late = m.at(search, 20, ref)
+    assert (late["complete"], late["pruned"], late["epochs"]) == (3, 1, 28)
+    # By hand: 1M..2M at +1 dB, 2M..2.5M at +2 dB, 2.5M..3M at +3 dB; each family alone too.
+    assert late["hv"] == pytest.approx(1.0 + 1.0 + 1.5)
+    assert late["hv_hourglass"] == pytest.approx(1.0 + 2.0) and late["hv_conventional"] == pytest.approx(1.5)
+
+
+def test_a_storage_with_two_searches_needs_a_study_name(m, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    for name in ("a", "b"):
+        store(url, name, "hourglass", [trial(TrialState.COMPLETE, 1_000_000, 21.0, 9, 0, 5)])
+    with pytest.raises(SystemExit, match="pass --study"):
+        m.load(url, None)
+    assert m.load(url, "b").name == "b"
