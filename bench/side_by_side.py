@@ -68,7 +68,9 @@ def at(search: Search, minutes: float, ref: tuple[float, float]) -> dict[str, fl
     points: dict[str, list[tuple[float, float]]] = {f: [] for f in search.trials}
     for fam, trials in search.trials.items():
         for t in trials:
-            if not done_by(t, cut):
+            # Finished trials only: a trial cut off by a stop (FAIL, queued as a retry) hands its epochs to
+            # the retry, whose curve starts with them, so counting both would count them twice.
+            if not done_by(t, cut) or t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 continue
             row["epochs"] += len(t.user_attrs.get(CURVE_KEY) or [])
             if t.state == TrialState.PRUNED:
@@ -81,6 +83,18 @@ def at(search: Search, minutes: float, ref: tuple[float, float]) -> dict[str, fl
     for fam, ps in points.items():
         row[f"hv_{fam}"] = hypervolume(np.array(ps), ref) if ps else 0.0
     return row
+
+
+def reach(search: Search, target: float, ref: tuple[float, float]) -> float | None:
+    """Minutes after its start at which the search's hypervolume first reaches target (None: never)."""
+    # The hypervolume changes only when a trial completes: check those moments, in order.
+    ends = sorted(t.datetime_complete.timestamp() for ts in search.trials.values() for t in ts
+                  if t.state == TrialState.COMPLETE and t.datetime_complete is not None)
+    for end in ends:
+        minutes = (end - search.t0) / 60
+        if at(search, minutes + 1e-6, ref)["hv"] >= target:  # + 1e-6: the float round trip may land before end
+            return minutes
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in searches]
     span = max(e - s.t0 for e, s in zip(ends, searches, strict=True)) / 60
     fams = [f for f in FAMILIES if any(f in s.trials for s in searches)]
-    marks = list(np.arange(args.every, span + args.every, args.every))
+    marks = [float(m) for m in np.arange(args.every, span, args.every)] + [span]
     rows = {s.name: [at(s, m, ref) for m in marks] for s in searches}
     print(f"test-PSNR hypervolume (M params x dB; reference {ref[0]:g}M params, {ref[1]:.2f} dB) of the "
           f"completed trials, both families together, against minutes since each search's first trial")
@@ -109,14 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     print("| minutes | " + " | ".join(s.name for s in searches) + " |")
     print("|---|" + "---|" * len(searches))
     for i, m in enumerate(marks):
-        print(f"| {m:g} | " + " | ".join(f"{rows[s.name][i]['hv']:.3f}" for s in searches) + " |")
+        print(f"| {m:.4g} | " + " | ".join(f"{rows[s.name][i]['hv']:.3f}" for s in searches) + " |")
+    print()
+    for s in searches:
+        for other in searches:
+            if other is not s:
+                target = rows[other.name][-1]["hv"]
+                when = reach(s, target, ref)
+                print(f"{s.name} reaches {other.name}'s final hypervolume ({target:.3f}) after "
+                      + (f"{when:.1f} minutes" if when is not None else "no point of its run"))
     for s in searches:
         print(f"\n{s.name}: by then, trials completed / stopped by the pruner, epochs trained, and each "
               f"family's hypervolume alone\n")
         print("| minutes | completed | stopped | epochs | " + " | ".join(f"HV {f}" for f in fams) + " |")
         print("|---|---|---|---|" + "---|" * len(fams))
         for m, r in zip(marks, rows[s.name], strict=True):
-            print(f"| {m:g} | {r['complete']:.0f} | {r['pruned']:.0f} | {r['epochs']:.0f} | "
+            print(f"| {m:.4g} | {r['complete']:.0f} | {r['pruned']:.0f} | {r['epochs']:.0f} | "
                   + " | ".join(f"{r.get(f'hv_{f}', 0.0):.3f}" for f in fams) + " |")
     return 0
 

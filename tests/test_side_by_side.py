@@ -37,7 +37,10 @@ def test_hypervolume_and_counts_at_each_cut(m, tmp_path):
     store(url, "s", "hourglass", [trial(TrialState.COMPLETE, 1_000_000, 21.0, 9, 0, 5),
                                   trial(TrialState.PRUNED, 2_000_000, 0.0, 1, 5, 6),
                                   trial(TrialState.COMPLETE, 2_000_000, 22.0, 9, 6, 15)])
-    store(url, "s", "conventional", [trial(TrialState.COMPLETE, 2_500_000, 23.0, 9, 0, 12)])
+    # A conventional trial cut off after 4 epochs by a stop (FAIL), then resumed as a retry whose curve starts
+    # with those 4 epochs: its 9 epochs count once.
+    store(url, "s", "conventional", [trial(TrialState.FAIL, 2_500_000, 0.0, 4, 0, 4),
+                                     trial(TrialState.COMPLETE, 2_500_000, 23.0, 9, 4, 12)])
     search = m.load(url, None)  # the only search in the storage is found by its family studies
     assert search.name == "s"
     ref = (3.0, 20.0)
@@ -58,3 +61,14 @@ def test_a_storage_with_two_searches_needs_a_study_name(m, tmp_path):
     with pytest.raises(SystemExit, match="pass --study"):
         m.load(url, None)
     assert m.load(url, "b").name == "b"
+
+
+def test_minutes_to_reach_a_hypervolume(m, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    store(url, "s", "hourglass", [trial(TrialState.COMPLETE, 1_000_000, 21.0, 9, 0, 5),
+                                  trial(TrialState.COMPLETE, 2_000_000, 22.0, 9, 5, 15)])
+    search = m.load(url, None)
+    ref = (3.0, 20.0)
+    assert m.reach(search, 2.0, ref) == pytest.approx(5.0)  # the first trial alone: 2M x 1 dB
+    assert m.reach(search, 2.5, ref) == pytest.approx(15.0)  # needs the second: 1 + 2 = 3
+    assert m.reach(search, 3.5, ref) is None
