@@ -9,7 +9,8 @@ the same machine (run them concurrently, one core each, so that neither gets a q
 search this prints, at every --every minutes after its first trial started: trials finished, stopped
 (PRUNED) and the epochs trained, and the hypervolume (hgsearch.analysis.hypervolume: parameters in
 millions x test PSNR, reference (budget, --ref-psnr); the same objective as bench/search_replay.py) of the
-two families' completed trials together, and of each family alone. Only COMPLETE trials count: a stopped
+two families' completed trials together, and of each family alone; then the minute at which each search
+first reaches the other's final hypervolume. Only COMPLETE trials count towards a hypervolume: a stopped
 trial never reaches the frontier, and a trial still training at the cut has no test PSNR yet.
 """
 
@@ -75,7 +76,7 @@ def at(search: Search, minutes: float, ref: tuple[float, float]) -> dict[str, fl
             row["epochs"] += len(t.user_attrs.get(CURVE_KEY) or [])
             if t.state == TrialState.PRUNED:
                 row["pruned"] += 1
-            elif t.state == TrialState.COMPLETE and t.user_attrs.get("psnr_test") is not None:
+            elif t.user_attrs.get("psnr_test") is not None:  # COMPLETE
                 row["complete"] += 1
                 points[fam].append((t.user_attrs["params"] / 1e6, float(t.user_attrs["psnr_test"])))
     every = [p for ps in points.values() for p in ps]
