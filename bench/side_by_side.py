@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             if other is not s:
                 target = rows[other.name][-1]["hv"]
                 when = reach(s, target, ref)
-                print(f"{s.name} reaches {other.name}'s final hypervolume ({target:.3f}) after "
-                      + (f"{when:.1f} minutes" if when is not None else "no point of its run"))
+                print(f"{s.name} reaches {other.name}'s final hypervolume ({target:.3f}): "
+                      + (f"after {when:.1f} minutes" if when is not None else "not within its run"))
     for s in searches:
         print(f"\n{s.name}: by then, trials completed / stopped by the pruner, epochs trained, and each "
               f"family's hypervolume alone\n")
