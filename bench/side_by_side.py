@@ -1,14 +1,15 @@
 """A real search with and without early stopping, side by side: test-PSNR hypervolume against wall time.
 
     .venv/bin/python bench/side_by_side.py --storage sqlite:///runs/side-pareto-asha/study.db \
-        --storage sqlite:///runs/side-none/study.db --budget 3M
+        --storage sqlite:///runs/side-none/study.db
 
 Each --storage holds one `hgsearch run` (both family studies, as `run` names them: <study>.<family>); the
 study name defaults to the storage's. Issue 11 asks for the two searches to run for the same wall time on
 the same machine (run them concurrently, one core each, so that neither gets a quieter machine). For each
 search this prints, at every --every minutes after its first trial started: trials finished, stopped
 (PRUNED) and the epochs trained, and the hypervolume (hgsearch.analysis.hypervolume: parameters in
-millions x test PSNR, reference (budget, --ref-psnr); the same objective as bench/search_replay.py) of the
+millions x test PSNR, reference (the searches' budget, the task's trivial-baseline test PSNR), both read
+from the studies as `hgsearch frontier` reads them; the same objective as bench/search_replay.py) of the
 two families' completed trials together, and of each family alone; then the minute at which each search
 first reaches the other's final hypervolume. Only COMPLETE trials count towards a hypervolume: a stopped
 trial never reaches the frontier, and a trial still training at the cut has no test PSNR yet.
@@ -24,13 +25,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hgsearch.analysis import hypervolume
-from hgsearch.config import parse_budget
+from hgsearch.analysis import analyze, hypervolume
 from hgsearch.curves import CURVE_KEY
 from hgsearch.models import FAMILIES
 from hgsearch.storage import family_study_name
-
-BICUBIC_TEST_PSNR = 19.1361  # Fashion-MNIST x2 superres test split, bicubic (as `run` prints: 19.14 dB test)
 
 
 @dataclass(frozen=True)
@@ -98,12 +96,22 @@ def reach(search: Search, target: float, ref: tuple[float, float]) -> float | No
     return None
 
 
+def reference(storage: str, study: str, ref_psnr: float | None, data_dir: str | None) -> tuple[float, float]:
+    """(budget in M params, reference test PSNR) of one search, from its stored settings and task data."""
+    an = analyze(study, storage, data_dir=data_dir, device="cpu", load_data=ref_psnr is None)  # baseline: data
+    if ref_psnr is None:
+        if an.baseline is None:
+            raise SystemExit(f"error: {an.baseline_note}: pass --data-dir, or --ref-psnr")
+        ref_psnr = an.baseline.psnr_test
+    return float(an.settings["budget"]) / 1e6, ref_psnr
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", action="append", required=True, help="one search's storage URL (give two)")
     ap.add_argument("--study", action="append", help="its study name, in --storage's order (default: the only one)")
-    ap.add_argument("--budget", required=True, help="the searches' parameter budget (the reference's x)")
-    ap.add_argument("--ref-psnr", type=float, default=BICUBIC_TEST_PSNR, help="reference test PSNR (bicubic)")
+    ap.add_argument("--ref-psnr", type=float, help="reference test PSNR (default: the task's trivial baseline)")
+    ap.add_argument("--data-dir", help="where the task's data is, for the baseline (default: where `run` looks)")
     ap.add_argument("--every", type=float, default=10.0, help="minutes between rows")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -111,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(studies) != len(args.storage):
         ap.error("give --study once per --storage, or not at all")
     searches = [load(s, n) for s, n in zip(args.storage, studies, strict=True)]
-    ref = (parse_budget(args.budget) / 1e6, args.ref_psnr)
+    refs = {reference(s, n.name, args.ref_psnr, args.data_dir) for s, n in zip(args.storage, searches, strict=True)}
+    if len(refs) != 1:
+        raise SystemExit(f"error: the searches differ in budget or baseline {sorted(refs)}: compare like with like")
+    ref = refs.pop()
     ends = [max(t.datetime_complete.timestamp() for ts in s.trials.values() for t in ts if t.datetime_complete)
             for s in searches]
     span = max(e - s.t0 for e, s in zip(ends, searches, strict=True)) / 60

@@ -16,10 +16,10 @@ def m():
     return load_bench("side_by_side")
 
 
-def trial(state, params, psnr_test, epochs, start_min, end_min):
-    attrs = {"params": params, "curve": [20.0] * epochs}
+def trial(state, params, psnr_test, n_epochs, start_min, end_min, **record):
+    attrs = {"params": params, "curve": [20.0] * n_epochs, **record}
     if state == TrialState.COMPLETE:
-        attrs["psnr_test"] = psnr_test
+        attrs["psnr_test"] = attrs["psnr_val"] = psnr_test
     return FrozenTrial(number=0, state=state, value=None, values=[params, psnr_test] if state == TrialState.COMPLETE
                        else None, datetime_start=T0 + datetime.timedelta(minutes=start_min),
                        datetime_complete=T0 + datetime.timedelta(minutes=end_min), params={}, distributions={},
@@ -72,3 +72,18 @@ def test_minutes_to_reach_a_hypervolume(m, tmp_path):
     assert m.reach(search, 2.0, ref) == pytest.approx(5.0)  # the first trial alone: 2M x 1 dB
     assert m.reach(search, 2.5, ref) == pytest.approx(15.0)  # needs the second: 1 + 2 = 3
     assert m.reach(search, 3.5, ref) is None
+
+
+def test_the_reference_comes_from_the_stored_settings(m, tmp_path):
+    from hgsearch.storage import SETTINGS_KEY
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    for name, budget in (("small", 3_000_000), ("large", 5_000_000)):
+        # A whole trial record, as `run` stores it: analyze (which reads the settings) rebuilds the rows.
+        record = dict(family="hourglass", d_in=196, d_out=784, width=785, bottleneck=4, depth=1, fixed_win=False,
+                      trainable_params=1_000_000, lr=1e-3, seed=0, epochs=9, train_loss=0.01, seconds=1.0)
+        store(url, name, "hourglass", [trial(TrialState.COMPLETE, 1_000_000, 21.0, 9, 0, 5, **record)])
+        optuna.load_study(study_name=f"{name}.hourglass", storage=url).set_user_attr(
+            SETTINGS_KEY, {"budget": budget, "family": "hourglass"})
+    assert m.reference(url, "small", 19.5, None) == (3.0, 19.5)
+    assert m.reference(url, "large", 19.5, None) == (5.0, 19.5)
