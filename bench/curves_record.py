@@ -2,8 +2,8 @@
 
 Configurations are drawn from the default search space with a seeded Optuna RandomSampler (one
 study per family, families interleaved so a cut-short run stays balanced) and trained with
-hgsearch.train.train on a reduced training set. After every epoch the model is evaluated with
-hgsearch.train.evaluate on the whole validation split and on its first 1024/2048/5120 rows (the
+hgsearch.training.loop.train on a reduced training set. After every epoch the model is evaluated with
+hgsearch.training.loop.evaluate on the whole validation split and on its first 1024/2048/5120 rows (the
 fixed subsets `epoch_eval_split` gives), each timed, so one run measures both the subset noise and
 the curves that bench/pruning_replay.py replays. The CSV is rewritten after every configuration.
 
@@ -23,11 +23,12 @@ import optuna
 import pandas as pd
 import torch
 
-from hgsearch.data import load_dataset
-from hgsearch.models import build
-from hgsearch.space import SpaceConfig, sample
-from hgsearch.tasks import prepare
-from hgsearch.train import epoch_eval_split, evaluate, train
+from hgsearch.config import SpaceConfig
+from hgsearch.data.registry import load_dataset
+from hgsearch.data.tasks import prepare
+from hgsearch.model.families import build
+from hgsearch.model.space import sample
+from hgsearch.training.loop import epoch_eval_split, evaluate, train
 
 SUBSETS = (1024, 2048, 5120)
 

@@ -4,10 +4,10 @@
     PYTHONPATH=$PWD python3 bench/curves_table.py --quick                                        # CPU, seconds
 
 The table issue 11's search-efficiency benchmark replays (bench/search_replay.py). Configurations are
-drawn from the default search space (hgsearch.space.sample, budget 3M, both families alternating, one
+drawn from the default search space (hgsearch.model.space.sample, budget 3M, both families alternating, one
 in-memory Optuna study per family with RandomSampler(seed)), for Fashion-MNIST x2 super-resolution on
 a reduced training set (--train-size, stated in the CSV header), and trained with
-hgsearch.packed.train_packed in heterogeneous packs (hgsearch.buckets.plan_packs, K and memory from
+hgsearch.training.packed.train_packed in heterogeneous packs (hgsearch.training.packing.plan_packs, K and memory from
 pack_limits): every member gets train.train's schedule (AdamW, linear decay to zero over --epochs)
 and the one training seed of a pack (--seed; the search also trains all trials with one seed). After
 every epoch the whole pack is evaluated with evaluate_packed: validation PSNR on the full split and
@@ -41,13 +41,14 @@ import optuna
 import pandas as pd
 import torch
 
-from hgsearch.buckets import pack_limits, plan_packs
-from hgsearch.data import load_dataset
+from hgsearch.config import SpaceConfig
+from hgsearch.data.registry import load_dataset
+from hgsearch.data.tasks import Split, TaskData, prepare
 from hgsearch.errors import TrialFailed
-from hgsearch.models import ArchSpec
-from hgsearch.packed import PackedMLP, evaluate_packed, train_packed
-from hgsearch.space import SpaceConfig, sample, size_range
-from hgsearch.tasks import Split, TaskData, prepare
+from hgsearch.model.families import ArchSpec
+from hgsearch.model.space import sample, size_range
+from hgsearch.training.packed import PackedMLP, evaluate_packed, train_packed
+from hgsearch.training.packing import pack_limits, plan_packs
 
 EPOCH_EVAL = 2048  # the search's per-epoch subset (RunConfig.epoch_eval_size); a multiple of 128, see evaluate
 FULL_TRAIN = 50_000  # Fashion-MNIST's training images after the 10k validation split
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         f"test {len(data.test)}",
         f"configurations: default space, budget {args.budget:,}, both families alternating, RandomSampler "
         f"seed {args.seed} per family; {args.epochs} epochs, linear decay over them, training seed {args.seed}, "
-        f"heterogeneous packs (hgsearch.packed.train_packed)",
+        f"heterogeneous packs (hgsearch.training.packed.train_packed)",
     ], t0)
     table.write(args.epochs)
     configs = [(i, *c) for i, c in enumerate(draw(args.configs, args.budget, data.d_in, data.d_out, args.seed))]

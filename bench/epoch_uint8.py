@@ -15,9 +15,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hgsearch.models import ArchSpec, build
-from hgsearch.space import smallest
-from hgsearch.tasks import FLIPS, Split
+from hgsearch.data.tasks import FLIPS, Split
+from hgsearch.model.families import ArchSpec, build
+from hgsearch.model.space import smallest
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
 B, REPEATS, STEPS = 128, 7, 20

@@ -5,7 +5,7 @@
     python bench/gpu.py --device cpu                        # CPU dry run (tiny shapes, small K): seconds
 
 The sample: --trials configurations of the default search space at budget --budget (families
-alternating, Optuna RandomSampler seeded 0, hgsearch.space.sample) on 28x28 -> x2 super-resolution
+alternating, Optuna RandomSampler seeded 0, hgsearch.model.space.sample) on 28x28 -> x2 super-resolution
 (d_in 196, d_out 784). Data: random uint8 images (synthetic, unlearnable: timing only) or
 Fashion-MNIST with --data-dir, 50,000 training images, resident on the GPU for hgsearch's path.
 
@@ -62,7 +62,8 @@ def draw(n: int, budget: int, d_in: int, d_out: int):
     """n configurations of the default space (families alternating, those that fit), RandomSampler seed 0."""
     import optuna
 
-    from hgsearch.space import SpaceConfig, sample, size_range
+    from hgsearch.config import SpaceConfig
+    from hgsearch.model.space import sample, size_range
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     families = [f for f in ("hourglass", "conventional") if size_range(f, d_in, d_out, budget, SpaceConfig())]
@@ -76,8 +77,8 @@ def draw(n: int, budget: int, d_in: int, d_out: int):
 
 def load_data(args, device: torch.device, side: int, n_images: int):
     """Super-resolution TaskData on `device`: Fashion-MNIST from --data-dir or random uint8 images."""
-    from hgsearch.data import Dataset, ImageSet, load_dataset
-    from hgsearch.tasks import prepare
+    from hgsearch.data.registry import Dataset, ImageSet, load_dataset
+    from hgsearch.data.tasks import prepare
 
     if args.data_dir:
         dataset = load_dataset("fashion-mnist", args.data_dir)
@@ -97,7 +98,7 @@ def naive_loader(data, device: torch.device, order: list[int] | None = None):
     """The textbook DataLoader over host tensors (float32 inputs and targets)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from hgsearch.tasks import as_float
+    from hgsearch.data.tasks import as_float
 
     ds = TensorDataset(data.train.inputs.cpu().float(), as_float(data.train.targets.cpu()))
     kw = {"sampler": order} if order is not None else {"shuffle": True}
@@ -109,7 +110,7 @@ def naive_trial(spec, lr: float, loader, device: torch.device, steps: int, total
     """Train spec the textbook way for `steps` batches after `warmup`; returns (model, timed seconds)."""
     import torch.nn.functional as F
 
-    from hgsearch.models import build
+    from hgsearch.model.families import build
 
     torch.manual_seed(seed)
     model = build(spec).to(device)
@@ -155,8 +156,8 @@ def naive_section(specs, data, device, steps: int, budget_s: float) -> dict:
 # ------------------------------------------------------------------------------------------ packs
 def packs_section(specs, data, device, bf16: bool, seconds: float, pack_size: int | None) -> dict:
     """Every pack timed for about `seconds`; round = one step of every pack = one batch for every trial."""
-    from hgsearch.buckets import pack_limits, padding_waste, plan_packs
-    from hgsearch.packed import PackedMLP, PackStep
+    from hgsearch.training.packed import PackedMLP, PackStep
+    from hgsearch.training.packing import pack_limits, padding_waste, plan_packs
 
     arch = [s for s, _ in specs]
     k, max_bytes = pack_limits(device, override=pack_size)
@@ -199,9 +200,9 @@ def packs_section(specs, data, device, bf16: bool, seconds: float, pack_size: in
 # ------------------------------------------------------------------------------------------- psnr
 def psnr_section(specs, data, device, members: int, train_rows: int) -> list[dict]:
     """Members trained 1 epoch the naive way and packed (fp32, bf16), same order/seed/weights: PSNRs."""
-    from hgsearch.packed import train_packed
-    from hgsearch.tasks import Split
-    from hgsearch.train import evaluate
+    from hgsearch.data.tasks import Split
+    from hgsearch.training.loop import evaluate
+    from hgsearch.training.packed import train_packed
 
     small = dataclasses.replace(data, train=Split(data.train.inputs[:train_rows], data.train.targets[:train_rows]))
     n = len(small.train)

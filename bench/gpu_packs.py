@@ -5,10 +5,10 @@
     python bench/gpu_packs.py --waste-only # only the padding-waste table (CPU, seconds)
 
 Sections, each case fail-soft (an error is printed and the next case runs):
-  waste       configurations drawn from the default search space (hgsearch.space.sample, Optuna
+  waste       configurations drawn from the default search space (hgsearch.model.space.sample, Optuna
               RandomSampler, and TPESampler with constant liar after 64 told trials of a toy
               objective, 128 pending trials, both families, 28x28 geometry 784->784) at budgets
-              1.5M/3M/5M, grouped by hgsearch.buckets
+              1.5M/3M/5M, grouped by hgsearch.training.packing
               vs naive packs in arrival order: padded FLOPs / useful FLOPs - 1, and the estimated
               time of the packs relative to training each member alone (cost model in buckets.py).
   peak        best fp32 and bf16 rate of an 8192^2 matmul (MFU denominators).
@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgsearch import train as train_mod
-from hgsearch.buckets import pack_cost, pack_limits, padding_waste, plan_packs
-from hgsearch.data import Dataset, ImageSet
-from hgsearch.models import ArchSpec
-from hgsearch.packed import PackedMLP, PackStep, train_packed
-from hgsearch.tasks import Split, TaskData, prepare
+from hgsearch.data.registry import Dataset, ImageSet
+from hgsearch.data.tasks import Split, TaskData, prepare
+from hgsearch.model.families import ArchSpec
+from hgsearch.training import loop as train_mod
+from hgsearch.training.packed import PackedMLP, PackStep, train_packed
+from hgsearch.training.packing import pack_cost, pack_limits, padding_waste, plan_packs
 
 BATCH = 128
 HG5M = ArchSpec("hourglass", 784, 784, 1024, 128, 16)
@@ -115,7 +115,8 @@ def draw(budget: int, n: int, sampler, d: int, told: int = 0) -> list[ArchSpec]:
     # Imported here: a GPU machine without Optuna still runs every section that does not sample.
     import optuna
 
-    from hgsearch.space import SpaceConfig, sample, size_range
+    from hgsearch.config import SpaceConfig
+    from hgsearch.model.space import sample, size_range
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     families = [f for f in ("hourglass", "conventional") if size_range(f, d, d, budget, SpaceConfig())]

@@ -5,7 +5,7 @@
 
 Two searches (serial, then packed) of the same study settings (Fashion-MNIST x2 super-resolution, budget 3M, both
 families, --trials per family, --epochs each, seed 0), each in a fresh results directory, through
-hgsearch.search.run_search exactly as `hgsearch run` calls it:
+hgsearch.search.run.run_search exactly as `hgsearch run` calls it:
   serial  pack_size 1 (one train.train at a time), stopped at --serial-seconds (it would take far
           longer): trials/hour from the trials it completed in that time.
   packed  pack_size 0 (auto: K and the grouping from the device's memory and the shapes), stopped
@@ -42,9 +42,9 @@ from optuna.trial import TrialState
 
 from hgsearch.config import RunConfig, parse_budget
 from hgsearch.events import Event, TrialEnd
-from hgsearch.search import run_search
+from hgsearch.search.run import run_search
 from hgsearch.stop import request_stop, stop_on_signals
-from hgsearch.storage import family_study_name
+from hgsearch.store.schema import family_study_name
 
 
 def write_tiny_idx(root: Path, n_train: int = 600, n_test: int = 200, side: int = 12) -> Path:

@@ -1,7 +1,7 @@
-"""Replay recorded learning curves through hgsearch.pruning.Pruner: compute spent vs frontier kept.
+"""Replay recorded learning curves through hgsearch.search.pruning.Pruner: compute spent vs frontier kept.
 
 Trials arrive one at a time in a random order (one worker, asynchronous halving); each trains epoch
-by epoch and at every rung hgsearch.pruning.Pruner.decide (the search's own code) sees the curves
+by epoch and at every rung hgsearch.search.pruning.Pruner.decide (the search's own code) sees the curves
 recorded so far. For every setting it prints, over --orders random arrival orders: the fraction of
 the epochs full training spends, how many points of each family's full-training Pareto front
 (parameters, final validation PSNR) finish training, how often the whole front survives, and how
@@ -18,7 +18,7 @@ import random
 
 import pandas as pd
 
-from hgsearch.pruning import Observation, Pruner, front_ranks
+from hgsearch.search.pruning import Observation, Pruner, front_ranks
 
 
 def load(path: str, column: str) -> dict[str, list[Observation]]:

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from hgsearch.models import ArchSpec
-from hgsearch.packed import PackedMLP, PackStep
+from hgsearch.model.families import ArchSpec
+from hgsearch.training.packed import PackedMLP, PackStep
 
 BATCH = 128
 CASES = [("hourglass 5.8M (1024,128,16)", ArchSpec("hourglass", 784, 784, 1024, 128, 16), 4),

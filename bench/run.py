@@ -9,11 +9,11 @@ the ratios fair), it runs one trial of each path on the same data, seed and epoc
           hgsearch's order, so both see the same batches), `.to(device)` each step,
           AdamW with PyTorch's default kernel, LambdaLR linear decay, evaluation per batch of 128 with
           one `.item()` each; one process with all threads
-  ours    hgsearch.train.train() on hgsearch.tasks data (uint8 on the device, fused AdamW, batched
+  ours    hgsearch.training.loop.train() on hgsearch.data.tasks data (uint8 on the device, fused AdamW, batched
           evaluation); one process with all threads
   ours xW the same in W concurrent worker processes of 1 thread each (what `hgsearch run --workers W`
           does on a CPU), both workers training the configuration at once
-  packed  hgsearch.packed: --pack learning rates of the configuration as one batched computation in
+  packed  hgsearch.training.packed: --pack learning rates of the configuration as one batched computation in
           one process (the GPU path for many small trials; measured here for what it does on a CPU)
 and checks that every path reaches the same validation and test PSNR within 0.05 dB.
 
@@ -47,11 +47,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hgsearch.data import load_dataset
-from hgsearch.models import ArchSpec, build
-from hgsearch.packed import train_packed
-from hgsearch.tasks import Split, TaskData, as_float, prepare
-from hgsearch.train import make_optimizer, train
+from hgsearch.data.registry import load_dataset
+from hgsearch.data.tasks import Split, TaskData, as_float, prepare
+from hgsearch.model.families import ArchSpec, build
+from hgsearch.training.loop import make_optimizer, train
+from hgsearch.training.packed import train_packed
 
 PSNR_TOL = 0.05  # dB: naive and hgsearch paths must agree this closely (same seed, same epochs)
 FULL_EPOCH = 50_000  # training images in one epoch of the fixed trials/hour protocol
@@ -150,7 +150,7 @@ def naive_trial(spec: ArchSpec, cpu: dict[str, torch.Tensor], epochs: int, devic
 
 
 def ours_trial(spec: ArchSpec, data: TaskData, epochs: int, device: torch.device) -> dict:
-    """hgsearch.train.train(), exactly as a search trial calls it; the epoch-end hook splits the time."""
+    """hgsearch.training.loop.train(), exactly as a search trial calls it; the epoch-end hook splits the time."""
     marks: list[float] = []
     t0 = time.perf_counter()
     _, res = train(spec, data, lr=LR, epochs=epochs, batch_size=BATCH, seed=SEED, device=device,
@@ -229,7 +229,7 @@ def _worker_init(args: argparse.Namespace) -> None:
 
 
 def packed_trial(spec: ArchSpec, data: TaskData, epochs: int, device: torch.device, k: int) -> dict:
-    """k learning rates of one configuration as one packed computation (hgsearch.packed); slot 0 is LR."""
+    """k learning rates of one configuration as one packed computation (hgsearch.training.packed); slot 0 is LR."""
     lrs = [LR * 2.0 ** (i // 2 if i % 2 else -(i // 2)) for i in range(k)]  # LR, LR*2, LR/2, LR*4, ...
     t0 = time.perf_counter()
     _, res = train_packed([spec] * k, data, lrs=lrs, epochs=epochs, batch_size=BATCH, seed=SEED, device=device)
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda: PyTorch sees no CUDA device", file=sys.stderr)
         return 2
     if device.type == "cuda":
-        args.workers = 0  # worker processes are the CPU's answer; on a GPU see hgsearch.packed
+        args.workers = 0  # worker processes are the CPU's answer; on a GPU see hgsearch.training.packed
 
     load_start = os.getloadavg()
     data, load_s = load(args, device)

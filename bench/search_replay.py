@@ -6,13 +6,13 @@
 Strategies, each replayed per family with --seeds seeds until the family's table is exhausted:
   random       random search at full fidelity: the table in a random order, every trial trained in full.
   tpe          today's hgsearch at full fidelity: TPESampler(multivariate=True, n_startup_trials=10) proposes
-               through hgsearch.space.sample; the proposal is mapped to the nearest configuration of the
+               through hgsearch.model.space.sample; the proposal is mapped to the nearest configuration of the
                table not yet used (Euclidean distance in normalised coordinates: the size position in
                [0, 1] as space.sample defines it, log depth, the width position (Hourglass) and log
                learning rate, each divided by its range in the default space), and TPE is told that
                configuration's own coordinates and (parameters, final full-split validation PSNR).
   tpe+RULE     the same, with early stopping: trials arrive one at a time; after every epoch
-               hgsearch.pruning.Pruner.decide (the search's own code, RunConfig's default settings) sees
+               hgsearch.search.pruning.Pruner.decide (the search's own code, RunConfig's default settings) sees
                the curves recorded so far (the --column PSNR, the search's 2048-row subset when the table
                has it); a stopped trial is told to TPE as PRUNED and never reaches the frontier.
   random+RULE  random order with early stopping: the pruner's effect without TPE's.
@@ -22,7 +22,7 @@ Strategies, each replayed per family with --seeds seeds until the family's table
 --min-epochs, --reduction-factor, --margin and --min-peers replay other pruner settings (default: RunConfig's).
 Compute is epochs trained, split equally between the families (a search runs --trials per family). At
 compute c, each family's completed trials within c / families epochs form the frontier; its hypervolume
-(hgsearch.analysis.hypervolume, parameters x test PSNR, reference (budget, bicubic test PSNR)) is
+(hgsearch.results.analysis.hypervolume, parameters x test PSNR, reference (budget, bicubic test PSNR)) is
 printed as a fraction of the whole table's. C = --trials x epochs x families is full-fidelity
 compute for --trials per family (default: a third of each family's table).
 """
@@ -43,13 +43,13 @@ import pandas as pd
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
-from hgsearch.analysis import hypervolume
-from hgsearch.config import RunConfig
-from hgsearch.pruning import KEEP, RULES, Decision, Observation, Pruner, dominates
-from hgsearch.space import SpaceConfig, depth_range, sample, size_range, width_range
-from hgsearch.storage import DIRECTIONS
+from hgsearch.config import RunConfig, SpaceConfig
+from hgsearch.model.space import depth_range, sample, size_range, width_range
+from hgsearch.results.analysis import hypervolume
+from hgsearch.search.pruning import KEEP, RULES, Decision, Observation, Pruner, dominates
+from hgsearch.store.schema import DIRECTIONS
 
-# Bicubic x2 super-resolution on Fashion-MNIST's test split (hgsearch.baselines.baseline, computed once
+# Bicubic x2 super-resolution on Fashion-MNIST's test split (hgsearch.training.baselines.baseline, computed once
 # on this machine: 19.1361 dB; it does not depend on --train-size).
 BICUBIC_TEST_PSNR = 19.1361
 FMNIST_SUPERRES = (196, 784)  # d_in, d_out of Fashion-MNIST x2 super-resolution

@@ -16,7 +16,7 @@ import argparse
 
 import optuna
 
-from hgsearch import space
+from hgsearch.model import space
 
 
 def clamped(family: str, params: dict[str, float], spec, budget: int, d_in: int, d_out: int) -> bool:

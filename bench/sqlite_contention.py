@@ -27,7 +27,7 @@ def storage(url: str, mode: str) -> optuna.storages.BaseStorage | str:
     if mode == "timeout60":  # busy timeout only, rollback journal
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     if mode == "hgsearch":  # what storage.make_storage builds: WAL, 60 s busy timeout, heartbeats
-        from hgsearch.storage import make_storage
+        from hgsearch.store.storage import make_storage
 
         return make_storage(url)
     raise SystemExit(f"unknown mode {mode}")

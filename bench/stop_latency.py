@@ -27,10 +27,10 @@ import os, sys, time
 try:
     from hgsearch.stop import stop_on_signals
 except ImportError:  # trees before the stop machinery left claims.py
-    from hgsearch.claims import stop_on_signals
+    from hgsearch.search.claims import stop_on_signals
 from hgsearch.config import RunConfig
-from hgsearch.search import run_search
-from hgsearch.space import SpaceConfig
+from hgsearch.search.run import run_search
+from hgsearch.config import SpaceConfig
 
 cfg = RunConfig(budget=5_000_000, task="superres", dataset="fashion-mnist", family="hourglass", trials=1,
                 epochs=1, train_size=int(sys.argv[2]), results_dir=sys.argv[1], device="cpu",

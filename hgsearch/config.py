@@ -10,11 +10,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from hgsearch.data import DATASETS
 from hgsearch.errors import UsageError
-from hgsearch.names import AUGMENTS, DEVICES, FAMILIES, FAMILY_CHOICES, TASKS
-from hgsearch.pruning import RULES as PRUNING_RULES
-from hgsearch.space import SpaceConfig
+from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILIES, FAMILY_CHOICES, PRUNING_RULES, TASKS
 
 # A number as people write it: digits, with commas (or underscores) only between groups of three
 # ("5,000,000"), an optional decimal part and either an exponent ("5e6") or a K/M/G suffix.
@@ -77,6 +74,28 @@ def format_budget(n: int) -> str:
 
 
 @dataclass(frozen=True)
+class SpaceConfig:
+    """Ranges of the search space; the defaults cover every configuration on the paper's frontiers."""
+
+    hourglass_depth: tuple[int, int] = (1, 48)  # paper: 1 to 45 blocks
+    conventional_depth: tuple[int, int] = (1, 8)  # paper: 1 to 5 blocks
+    ratio: tuple[float, float] = (0.004, 0.9)  # Hourglass d_h / d_z; paper frontiers 0.005 to 0.45
+    lr: tuple[float, float] = (5e-5, 5e-3)  # paper: about 5e-5 to 5e-3
+    min_fraction: float = 0.1  # smallest target size, as a fraction of the budget
+
+    def __post_init__(self) -> None:
+        for name in ("hourglass_depth", "conventional_depth", "ratio", "lr"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise UsageError(f"space.{name} must be [low, high] with 0 < low <= high, got {[lo, hi]}")
+            object.__setattr__(self, name, (type(lo)(lo), type(hi)(hi)))
+        if self.ratio[1] >= 1:
+            raise UsageError("space.ratio high must be < 1: Hourglass needs bottleneck < width")
+        if not 0 < self.min_fraction <= 1:
+            raise UsageError(f"space.min_fraction must be in (0, 1], got {self.min_fraction}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a search or a single training run needs; built from defaults, TOML and options."""
 
@@ -100,7 +119,7 @@ class RunConfig:
     batch_size: int = 128
     val_size: int = 10_000  # carved from the training set with a fixed seed, at most a sixth of it
     noise_sigma: float = 0.25
-    pruning: str = "pareto-asha"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.pruning)
+    pruning: str = "pareto-asha"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.search.pruning)
     min_epochs: int = 1  # first rung; rungs are min_epochs * reduction_factor^k below --epochs
     reduction_factor: int = 3  # about 1 in reduction_factor trials passes each rung
     prune_margin: float = 0.5  # dB a no-larger peer must lead by before a trial can be stopped

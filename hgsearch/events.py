@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from hgsearch.baselines import Baseline
-    from hgsearch.models import ArchSpec
+    from hgsearch.model.families import ArchSpec
+    from hgsearch.training.baselines import Baseline
 
 
 @dataclass(frozen=True)

@@ -7,3 +7,5 @@ FAMILY_CHOICES = (*FAMILIES, "both")
 TASKS = ("denoise", "superres", "classify")
 AUGMENTS = ("none", "flips")
 DEVICES = ("auto", "cpu", "cuda")
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagenet32", "idx")  # data.registry holds their readers
+PRUNING_RULES = ("none", "pareto-asha", "psnr-bins")

@@ -23,8 +23,8 @@ import numpy as np
 import optuna
 import pytest
 
-from hgsearch import lifecycle
-from hgsearch.data import Dataset, ImageSet
+from hgsearch.data.registry import Dataset, ImageSet
+from hgsearch.search import trial as lifecycle
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -96,7 +96,7 @@ def hgsearch(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Iterator[Callable[..., tuple]]:
     """cli("run", "--budget", "5X", cwd=path) -> (exit code, stdout, stderr): the console script's entry
     point in this process (a subprocess per call would re-import torch each time)."""
-    from hgsearch.cli import main
+    from hgsearch.cli.commands import main
 
     def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
         if cwd is not None:
@@ -221,7 +221,7 @@ def postgres_url() -> str:
         pytest.skip(f"no PostgreSQL: set {PG_ENV} to run these tests (.ci/postgres.sh starts one)")
     import sqlalchemy
 
-    from hgsearch.storage import safe_url
+    from hgsearch.store.storage import safe_url
 
     try:
         with sqlalchemy.create_engine(url).connect() as con:

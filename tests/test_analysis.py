@@ -10,7 +10,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from hgsearch.analysis import (
+from hgsearch.errors import UsageError
+from hgsearch.results.analysis import (
     BinGap,
     best_lr,
     bin_gaps,
@@ -24,8 +25,7 @@ from hgsearch.analysis import (
     t_quantile,
     welch_interval,
 )
-from hgsearch.errors import UsageError
-from hgsearch.paper import FRONTIERS, published_front
+from hgsearch.results.paper import FRONTIERS, published_front
 
 
 def rows(family: str, points, lr: float = 1e-3, seed: int | None = None) -> pd.DataFrame:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from hgsearch.atomic import atomic_open, atomic_path, atomic_write
+from hgsearch.store.atomic import atomic_open, atomic_path, atomic_write
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):

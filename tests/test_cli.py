@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hgsearch.frontier import FRONTIER_CSV_COLUMNS
-from hgsearch.models import build, count_module_params
-from hgsearch.record import TrialRecord
+from hgsearch.model.families import build, count_module_params
+from hgsearch.results.trials import FRONTIER_CSV_COLUMNS
+from hgsearch.training.record import TrialRecord
 from tests.conftest import hgsearch
 
 BUDGET = 100_000
@@ -81,7 +81,7 @@ def test_readme_documents_every_command_and_option():
     # Like sqlite-utils: a command or option nobody can find in the README does not exist for users.
     import typer.main
 
-    from hgsearch.cli import app
+    from hgsearch.cli.commands import app
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, command in typer.main.get_command(app).commands.items():
@@ -104,14 +104,13 @@ def test_help_documents_every_command():
 
 def test_run_passes_its_options_to_the_library(tmp_path, monkeypatch, cli):
     """The command's only job is to build the RunConfig: patch the library call and check what it gets."""
-    import hgsearch.cli
-    import hgsearch.search
-    from hgsearch.config import RunConfig
-    from hgsearch.space import SpaceConfig
+    import hgsearch.cli.commands
+    import hgsearch.search.run
+    from hgsearch.config import RunConfig, SpaceConfig
 
     got = []
-    monkeypatch.setattr(hgsearch.search, "run_search", lambda cfg, reporter: got.append(cfg))
-    monkeypatch.setattr(hgsearch.cli, "_closing_table", lambda cfg: None)  # it reads the study and the data
+    monkeypatch.setattr(hgsearch.search.run, "run_search", lambda cfg, reporter: got.append(cfg))
+    monkeypatch.setattr(hgsearch.cli.commands, "_closing_table", lambda cfg: None)  # it reads the study and the data
     conf = tmp_path / "c.toml"
     conf.write_text("[run]\nepochs = 9\nnoise_sigma = 0.5\n[space]\nlr = [1e-4, 1e-3]\n")
     code, out, err = cli("run", "--budget", "2M", "--epochs", "3", "--trials", "5", "--family", "hourglass",

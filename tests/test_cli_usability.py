@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from hgsearch import cli
-from hgsearch.config import RunConfig, parse_budget
-from hgsearch.data import DATASETS
-from hgsearch.display import PlainProgress
+from hgsearch.cli import commands as cli
+from hgsearch.cli.progress import PlainProgress
+from hgsearch.config import RunConfig, SpaceConfig, parse_budget
 from hgsearch.errors import UsageError
-from hgsearch.frontier import load_frontier
-from hgsearch.names import AUGMENTS, DEVICES, FAMILY_CHOICES, TASKS
-from hgsearch.space import SpaceConfig
+from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILY_CHOICES, TASKS
+from hgsearch.results.trials import load_frontier
 from tests.conftest import hgsearch
 
 RUN = ("--budget", "100K", "--dataset", "idx", "--trials", "2", "--epochs", "1")
@@ -113,7 +111,7 @@ def test_train_reports_the_baseline_and_flags_learning_nothing(tiny_idx, tmp_pat
 
 def test_plain_progress_prints_one_line_per_epoch_for_long_trials(tmp_path):
     from hgsearch.events import Progress, TrialStart
-    from hgsearch.models import ArchSpec
+    from hgsearch.model.families import ArchSpec
 
     log = tmp_path / "log"
     with log.open("w") as f:

@@ -9,11 +9,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from hgsearch.analysis import analyze
-from hgsearch.confirm import confirm_seeds
-from hgsearch.frontier import load_seed_rows
-from hgsearch.record import weights_path
-from hgsearch.report import write_report
+from hgsearch.results.analysis import analyze
+from hgsearch.results.confirm import confirm_seeds
+from hgsearch.results.report import write_report
+from hgsearch.results.trials import load_seed_rows
+from hgsearch.training.record import weights_path
 from tests.conftest import hgsearch
 
 
@@ -82,12 +82,12 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
 
 def test_config_from_settings_rebuilds_every_defining_setting(tiny_idx, tmp_path):
     # confirm and report retrain with the study's own settings: each one that defines a study
-    # (storage.settings) must come back, or a retrained point would not be the searched model.
+    # (search.identity.settings) must come back, or a retrained point would not be the searched model.
     from dataclasses import replace
 
     from hgsearch.config import RunConfig
-    from hgsearch.storage import config_from_settings, settings
-    from hgsearch.tasks import load_task
+    from hgsearch.data.tasks import load_task
+    from hgsearch.search.identity import config_from_settings, settings
 
     cfg = RunConfig(budget=100_000, task="denoise", dataset="idx", data_dir=str(tiny_idx), epochs=3, seed=7,
                     fixed_win=True, augment="flips", train_size=300, val_size=50, noise_sigma=0.1,

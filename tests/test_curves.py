@@ -6,10 +6,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from hgsearch.curves import CURVE_COLUMNS, curve_attrs, load_curves, observation, write_curves
-from hgsearch.plots import curves_figure
-from hgsearch.pruning import Pruner
-from hgsearch.storage import DIRECTIONS, family_study_name
+from hgsearch.results.curves import CURVE_COLUMNS, load_curves, write_curves
+from hgsearch.results.plots import curves_figure
+from hgsearch.search.curves import curve_attrs, observation
+from hgsearch.search.pruning import Pruner
+from hgsearch.store.schema import DIRECTIONS, family_study_name
 
 
 def _study(storage: str, family: str) -> optuna.Study:

@@ -7,10 +7,10 @@ import sys
 import pandas as pd
 import pytest
 
-from hgsearch.models import ArchSpec
-from hgsearch.packed import PackedMLP, evaluate_packed
-from hgsearch.tasks import Split, prepare
-from hgsearch.train import train
+from hgsearch.data.tasks import Split, prepare
+from hgsearch.model.families import ArchSpec
+from hgsearch.training.loop import train
+from hgsearch.training.packed import PackedMLP, evaluate_packed
 from tests.conftest import REPO, dataset, load_bench
 
 
@@ -30,7 +30,7 @@ def test_quick_table_matches_train(tmp_path):
     assert set(df["family"]) == {"hourglass", "conventional"}
     # The packed curves end where a lone train.train of the same configuration ends (same data, seed 0).
     gpu_search = load_bench("gpu_search")
-    from hgsearch.data import load_dataset
+    from hgsearch.data.registry import load_dataset
 
     data = prepare(load_dataset("idx", gpu_search.write_tiny_idx(tmp_path / "idx")), "superres", train_size=300)
     last = df[df["epoch"] == 3]

@@ -1,4 +1,4 @@
-"""Tests for hgsearch.data: IDX reading and validation, the registry, CIFAR-10 and ImageNet-32 readers."""
+"""Tests for hgsearch.data.registry: IDX reading and validation, the registry, CIFAR-10 and ImageNet-32 readers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgsearch import data
-from hgsearch.data import load_dataset, read_idx
+from hgsearch.data import registry as data
+from hgsearch.data.registry import load_dataset, read_idx
 from hgsearch.errors import DataError, UsageError
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mnist"

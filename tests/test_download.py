@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgsearch import data
-from hgsearch.data import load_dataset
-from hgsearch.datasets.download import fetch
+from hgsearch.data import registry as data
+from hgsearch.data.download import fetch
+from hgsearch.data.registry import load_dataset
 from hgsearch.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"

@@ -12,12 +12,15 @@ import pytest
 from conftest import hgsearch, make_idx_dataset
 from optuna.trial import TrialState
 
-from hgsearch import curves, search
 from hgsearch.config import RunConfig
+from hgsearch.data.tasks import load_task
 from hgsearch.errors import StudyMismatchError
-from hgsearch.pruning import Observation, Pruner
-from hgsearch.storage import SETTINGS_KEY, open_studies
-from hgsearch.tasks import load_task
+from hgsearch.search import curves
+from hgsearch.search import run as search
+from hgsearch.search.identity import open_studies
+from hgsearch.search.pruning import Observation, Pruner
+from hgsearch.store import schema
+from hgsearch.store.schema import SETTINGS_KEY
 from tests.conftest import finish_run, run_checkpoints, run_trials, start_run, state_counts, wait_marker
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -44,8 +47,8 @@ def test_a_pruned_search_stops_dominated_trials_and_counts_them(tiny_idx, tmp_pa
     pruned = [t for t in ts if t.state == TrialState.PRUNED]
     assert pruned and len(pruned) < 6  # this seed's configurations include dominated ones
     for t in ts:
-        c = t.user_attrs[curves.CURVE_KEY]
-        assert len(c) == len(t.user_attrs[curves.CURVE_SECONDS_KEY]) == (1 if t in pruned else 3)
+        c = t.user_attrs[schema.CURVE_KEY]
+        assert len(c) == len(t.user_attrs[schema.CURVE_SECONDS_KEY]) == (1 if t in pruned else 3)
     pruner = Pruner(cfg.pruning, 1, 3, 3, 0.0, 1)
     for t in pruned:
         a = t.user_attrs
@@ -120,7 +123,7 @@ def test_kill_right_after_a_rung_decision_then_resume_decides_again(tiny_idx, tm
     proc.kill()
     proc.wait()
     [killed] = [t for t in before if t.state == TrialState.RUNNING]
-    assert len(killed.user_attrs[curves.CURVE_KEY]) == 1 and run_checkpoints(tmp_path) == []
+    assert len(killed.user_attrs[schema.CURVE_KEY]) == 1 and run_checkpoints(tmp_path) == []
 
     finish_run(tmp_path, tiny_idx, *extra)
     after = run_trials(tmp_path)["hourglass"]
@@ -130,7 +133,7 @@ def test_kill_right_after_a_rung_decision_then_resume_decides_again(tiny_idx, tm
     [retry] = [t for t in after if t.user_attrs.get("retry_of") == [killed.number]]
     assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
     # Retrained from epoch 0 (no checkpoint): the same epoch-1 PSNR, and the decision taken again.
-    assert retry.user_attrs[curves.CURVE_KEY][0] == pytest.approx(killed.user_attrs[curves.CURVE_KEY][0], abs=1e-4)
+    assert retry.user_attrs[schema.CURVE_KEY][0] == pytest.approx(killed.user_attrs[schema.CURVE_KEY][0], abs=1e-4)
     peers = [o for t in after if t.number < killed.number and (o := curves.observation("hourglass", t))]
     me = Observation("hourglass", retry.number, retry.user_attrs["params"], tuple(retry.user_attrs["curve"]))
     assert Pruner("pareto-asha", 1, 3, 2, 0.0, 1).decide(me, 1, peers).stop == (retry.state == TrialState.PRUNED)
@@ -152,7 +155,7 @@ def test_timeout_stops_cleanly_and_the_trial_continues_on_resume(tiny_idx, tmp_p
     finish_run(tmp_path, tiny_idx, *extra)
     ts = run_trials(tmp_path)["hourglass"]
     assert finished(ts) == 2 and ts[1].user_attrs["retry_of"] == [0]
-    assert len(ts[1].user_attrs[curves.CURVE_KEY]) == 2  # epoch 1's entry kept from the cut-off attempt
+    assert len(ts[1].user_attrs[schema.CURVE_KEY]) == 2  # epoch 1's entry kept from the cut-off attempt
 
 
 @pytest.mark.slow
@@ -170,7 +173,7 @@ def test_two_workers_share_the_rungs_with_exact_counts(tmp_path):
     assert len(workers) == 2  # both took trials
     for t in ts:
         n = 1 if t.state == TrialState.PRUNED else 2
-        assert len(t.user_attrs[curves.CURVE_KEY]) == n
+        assert len(t.user_attrs[schema.CURVE_KEY]) == n
         if t.state == TrialState.PRUNED:
             assert t.user_attrs["stopped_at_epoch"] == 1 and "stopped after epoch 1" in t.user_attrs["fail_reason"]
     if any(t.state == TrialState.PRUNED for t in ts):

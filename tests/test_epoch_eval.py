@@ -3,10 +3,10 @@
 import pytest
 
 from hgsearch.config import RunConfig
+from hgsearch.data.tasks import prepare
 from hgsearch.errors import UsageError
-from hgsearch.models import ArchSpec
-from hgsearch.tasks import prepare
-from hgsearch.train import epoch_eval_split, train
+from hgsearch.model.families import ArchSpec
+from hgsearch.training.loop import epoch_eval_split, train
 from tests.conftest import dataset
 
 

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 
 from hgsearch.events import Done, Note, Progress, RunEnd, RunStart, SeedsStart, Start, TrialEnd, TrialStart, from_worker
-from hgsearch.models import ArchSpec
+from hgsearch.model.families import ArchSpec
 
 
 def test_every_event_pickles_and_workers_tag_the_ones_that_say_who():

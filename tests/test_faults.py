@@ -23,10 +23,11 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from hgsearch.atomic import atomic_open, atomic_write
 from hgsearch.errors import StorageError
-from hgsearch.resilient import CLAIM_KEY, ResilientStorage
-from hgsearch.storage import DIRECTIONS, safe_url
+from hgsearch.store.atomic import atomic_open, atomic_write
+from hgsearch.store.resilient import CLAIM_KEY, ResilientStorage
+from hgsearch.store.schema import DIRECTIONS
+from hgsearch.store.storage import safe_url
 from tests.conftest import FAMILIES, assert_exactly, hgsearch, popen, states, wait_for
 from tests.tcp_proxy import TcpProxy
 

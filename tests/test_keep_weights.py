@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from hgsearch import search
-from hgsearch.analysis import analyze
 from hgsearch.config import RunConfig
-from hgsearch.confirm import frontier_model
 from hgsearch.events import Note
-from hgsearch.pruning import dominates
-from hgsearch.record import weights_path
-from hgsearch.train import evaluate
+from hgsearch.results.analysis import analyze
+from hgsearch.results.confirm import frontier_model
+from hgsearch.search import run as search
+from hgsearch.search.pruning import dominates
+from hgsearch.training.loop import evaluate
+from hgsearch.training.record import weights_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 

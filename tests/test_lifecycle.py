@@ -8,12 +8,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hgsearch import lifecycle
 from hgsearch.config import RunConfig
+from hgsearch.data.tasks import load_task
 from hgsearch.events import TrialEnd, quiet
-from hgsearch.record import CONFIG_ATTRS, TrialRecord
-from hgsearch.storage import open_studies
-from hgsearch.tasks import load_task
+from hgsearch.search import trial as lifecycle
+from hgsearch.search.identity import open_studies
+from hgsearch.training.record import CONFIG_ATTRS, TrialRecord
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 

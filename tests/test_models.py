@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hgsearch.errors import UsageError
-from hgsearch.models import ArchSpec, build, count_module_params, param_count
+from hgsearch.model.families import ArchSpec, build, count_module_params, param_count
 
 
 def test_paper_checks():

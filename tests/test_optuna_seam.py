@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hgsearch import optuna_seam as seam
+from hgsearch.store import optuna_seam as seam
 
 # hgsearch runs its own heartbeat thread with ask/tell (see claims.Heartbeat), which Optuna warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")

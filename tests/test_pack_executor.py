@@ -11,18 +11,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hgsearch import lifecycle, search
-from hgsearch.config import RunConfig
-from hgsearch.data import load_dataset
+from hgsearch.config import RunConfig, SpaceConfig
+from hgsearch.data.registry import load_dataset
+from hgsearch.data.tasks import load_task, prepare
 from hgsearch.events import TrialStart, quiet
-from hgsearch.models import ArchSpec
-from hgsearch.pack_executor import PackExecutor, executor_for
-from hgsearch.packed import train_packed
-from hgsearch.record import TrialRecord
-from hgsearch.space import SpaceConfig
-from hgsearch.storage import open_studies
-from hgsearch.tasks import load_task, prepare
-from hgsearch.train import epoch_eval_split, evaluate, train
+from hgsearch.model.families import ArchSpec
+from hgsearch.search import run as search
+from hgsearch.search import trial as lifecycle
+from hgsearch.search.executors import PackExecutor, executor_for
+from hgsearch.search.identity import open_studies
+from hgsearch.training.loop import epoch_eval_split, evaluate, train
+from hgsearch.training.packed import train_packed
+from hgsearch.training.record import TrialRecord
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 

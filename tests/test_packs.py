@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from hgsearch.data import load_dataset
+from hgsearch.data.registry import load_dataset
+from hgsearch.data.tasks import prepare
 from hgsearch.errors import TrialFailed
-from hgsearch.models import ArchSpec
-from hgsearch.packed import PackedMLP, PackStep, train_packed
-from hgsearch.tasks import prepare
-from hgsearch.train import evaluate, train
+from hgsearch.model.families import ArchSpec
+from hgsearch.training.loop import evaluate, train
+from hgsearch.training.packed import PackedMLP, PackStep, train_packed
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_a_retired_member_is_frozen(tasks):
 
 
 def test_plan_packs_groups_like_shapes_and_respects_limits():
-    from hgsearch.buckets import pack_cost, padding_waste, plan_packs
+    from hgsearch.training.packing import pack_cost, padding_waste, plan_packs
 
     small = [ArchSpec("hourglass", 16, 16, 20, 2, 1)] * 6
     big = [ArchSpec("hourglass", 16, 16, 400, 300, 12)] * 6
@@ -133,8 +133,8 @@ def test_plan_packs_groups_like_shapes_and_respects_limits():
 
 
 def test_pack_limits_and_memory_bound():
-    from hgsearch.buckets import CPU_PACK, member_bytes, pack_limits, plan_packs
     from hgsearch.errors import UsageError
+    from hgsearch.training.packing import CPU_PACK, member_bytes, pack_limits, plan_packs
 
     assert pack_limits(torch.device("cpu")) == (CPU_PACK, None)
     assert pack_limits(torch.device("cpu"), override=7) == (7, None)

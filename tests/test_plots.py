@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hgsearch import plots
-from hgsearch.frontier import Frontier
-from hgsearch.paper import published_front
+from hgsearch.results import plots
+from hgsearch.results.paper import published_front
+from hgsearch.results.trials import Frontier
 
 
 def frontier() -> Frontier:
@@ -104,7 +104,7 @@ import matplotlib, optuna, pandas, torch  # their own import-time filters are no
 optuna.logging.set_verbosity(optuna.logging.DEBUG)
 before = (optuna.logging.get_verbosity(), logging.root.manager.disable, list(warnings.filters),
           dict.__getitem__(matplotlib.rcParams, "backend"))
-import hgsearch.storage, hgsearch.plots, hgsearch.report, hgsearch.search
+import hgsearch.store.storage, hgsearch.results.plots, hgsearch.results.report, hgsearch.search.run
 after = (optuna.logging.get_verbosity(), logging.root.manager.disable, list(warnings.filters),
          dict.__getitem__(matplotlib.rcParams, "backend"))
 assert before == after, (before, after)

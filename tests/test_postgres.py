@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hgsearch import curves
-from hgsearch.pruning import Observation, Pruner
+from hgsearch.search import curves
+from hgsearch.search.pruning import Observation, Pruner
+from hgsearch.store import schema
 from tests.conftest import FAMILIES, assert_exactly, hgsearch, make_idx_dataset, popen, states, wait_for
 
 N = 3
@@ -115,7 +116,7 @@ def test_kill_right_after_a_rung_decision_on_postgres(postgres_url, study, tiny_
             a.kill()
     [killed] = [t for ts in before.values() for t in ts if t.state.name == "RUNNING"]
     fam = killed.user_attrs["family"]
-    assert len(killed.user_attrs[curves.CURVE_KEY]) == 1  # killed in the trial whose rung it just decided
+    assert len(killed.user_attrs[schema.CURVE_KEY]) == 1  # killed in the trial whose rung it just decided
     assert not list((tmp_path / "results").rglob("checkpoints/*.pt"))
 
     res = hgsearch(*args, cwd=tmp_path, env=ONE_THREAD)  # the same command resumes
@@ -127,9 +128,9 @@ def test_kill_right_after_a_rung_decision_on_postgres(postgres_url, study, tiny_
     [retry] = [t for t in after[fam] if t.user_attrs.get("retry_of") == [killed.number]]
     assert retry.state.name in ("COMPLETE", "PRUNED") and retry.params == killed.params
     # Retrained from epoch 0 (no checkpoint): the same epoch-1 PSNR, and the rung decided again, alike.
-    assert retry.user_attrs[curves.CURVE_KEY][0] == pytest.approx(killed.user_attrs[curves.CURVE_KEY][0], abs=1e-4)
+    assert retry.user_attrs[schema.CURVE_KEY][0] == pytest.approx(killed.user_attrs[schema.CURVE_KEY][0], abs=1e-4)
     peers = [o for t in after[fam] if t.number < killed.number and (o := curves.observation(fam, t))]
-    me = Observation(fam, retry.number, retry.user_attrs["params"], tuple(retry.user_attrs[curves.CURVE_KEY]))
+    me = Observation(fam, retry.number, retry.user_attrs["params"], tuple(retry.user_attrs[schema.CURVE_KEY]))
     assert Pruner("pareto-asha", 1, 3, 3, 0.0, 1).decide(me, 1, peers).stop == (retry.state.name == "PRUNED")
     assert not list((tmp_path / "results").rglob("checkpoints/*.pt"))
 
@@ -174,7 +175,7 @@ def test_two_hosts_share_the_rungs_on_postgres(postgres_url, study, tmp_path):
     pruned = [t for t in ts if t.state.name == "PRUNED"]
     assert pruned  # this seed's configurations include dominated ones
     for t in pruned:
-        curve = t.user_attrs[curves.CURVE_KEY]
+        curve = t.user_attrs[schema.CURVE_KEY]
         assert len(curve) == t.user_attrs["stopped_at_epoch"] == 1 and t.values is None
         m = REASON.fullmatch(t.user_attrs["fail_reason"])
         assert m, t.user_attrs["fail_reason"]
@@ -183,6 +184,6 @@ def test_two_hosts_share_the_rungs_on_postgres(postgres_url, study, tmp_path):
         # The named peer is another trial of the study, no larger, and ahead at epoch 1, as recorded.
         peer = by_number[peer_number]
         assert peer_number != t.number and peer_params == peer.user_attrs["params"] <= t.user_attrs["params"]
-        assert peer_psnr == pytest.approx(peer.user_attrs[curves.CURVE_KEY][0], abs=0.006)
-        assert peer.user_attrs[curves.CURVE_KEY][0] >= curve[0]
-        assert peer.user_attrs[curves.CURVE_KEY][0] > curve[0] or peer_params < t.user_attrs["params"]
+        assert peer_psnr == pytest.approx(peer.user_attrs[schema.CURVE_KEY][0], abs=0.006)
+        assert peer.user_attrs[schema.CURVE_KEY][0] >= curve[0]
+        assert peer.user_attrs[schema.CURVE_KEY][0] > curve[0] or peer_params < t.user_attrs["params"]

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from hgsearch.errors import UsageError
-from hgsearch.pruning import Observation, Pruner, dominates, front_ranks, rung_epochs
+from hgsearch.search.pruning import Observation, Pruner, dominates, front_ranks, rung_epochs
 
 
 def obs(key: int, params: int, *curve: float, family: str = "hourglass") -> Observation:

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from hgsearch.claims import RETRY_ATTR, close_trial
-from hgsearch.models import ArchSpec, build
-from hgsearch.record import (
+from hgsearch.model.families import ArchSpec, build
+from hgsearch.search.claims import close_trial
+from hgsearch.store.schema import RETRY_ATTR
+from hgsearch.training.loop import TrainResult
+from hgsearch.training.record import (
     CONFIG_ATTRS,
     RESULT_ATTRS,
     TrialRecord,
@@ -18,7 +20,6 @@ from hgsearch.record import (
     save_weights,
     weights_path,
 )
-from hgsearch.train import TrainResult
 
 SPEC = ArchSpec("hourglass", 36, 144, 200, 17, 3, fixed_win=True)
 REC = TrialRecord.of(SPEC, lr=3e-3, seed=5, epochs=4)

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from hgsearch.data import load_dataset
+from hgsearch.data.registry import load_dataset
+from hgsearch.data.tasks import prepare
 from hgsearch.errors import TrialFailed
-from hgsearch.models import ArchSpec
-from hgsearch.packed import REBUILD_STEPS, repack_pays, train_packed
-from hgsearch.tasks import prepare
-from hgsearch.train import train
+from hgsearch.model.families import ArchSpec
+from hgsearch.training.loop import train
+from hgsearch.training.packed import REBUILD_STEPS, repack_pays, train_packed
 
 EPOCHS = 3
 LRS = [3e-3, 1e-3, 2e-3, 4e-3]

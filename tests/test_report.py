@@ -14,12 +14,12 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from hgsearch.analysis import analyze, summary, write_outputs
-from hgsearch.baselines import baseline
-from hgsearch.frontier import seeds_study_name, study_state
-from hgsearch.report import render_html
-from hgsearch.storage import DIRECTIONS, SETTINGS_KEY, family_study_name
-from hgsearch.tasks import Split, TaskData
+from hgsearch.data.tasks import Split, TaskData
+from hgsearch.results.analysis import analyze, summary, write_outputs
+from hgsearch.results.report import render_html
+from hgsearch.results.trials import study_state
+from hgsearch.store.schema import DIRECTIONS, SETTINGS_KEY, family_study_name, seeds_study_name
+from hgsearch.training.baselines import baseline
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BUDGET = 4_000_000

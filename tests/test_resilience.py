@@ -14,13 +14,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hgsearch import checkpoint, claims, lifecycle, search, space, storage
 from hgsearch.config import RunConfig
+from hgsearch.data.tasks import load_task
 from hgsearch.errors import StudyMismatchError
 from hgsearch.events import Note, quiet
-from hgsearch.models import ArchSpec
-from hgsearch.tasks import load_task
-from hgsearch.train import train
+from hgsearch.model import space
+from hgsearch.model.families import ArchSpec
+from hgsearch.search import claims
+from hgsearch.search import run as search
+from hgsearch.search import trial as lifecycle
+from hgsearch.store import schema, storage
+from hgsearch.training import checkpoint
+from hgsearch.training.loop import train
 from tests.conftest import finish_run, run_checkpoints, run_trials, start_run, state_counts, wait_marker
 
 
@@ -130,7 +135,7 @@ def test_stale_trial_of_a_dead_host_is_retried_not_counted(tiny_idx, tmp_path):
     study = search.run_search(cfg)["hourglass"]
     # A worker on another machine claimed a configuration, beat once, then its host vanished.
     orphan = study.ask()
-    study._storage.set_trial_user_attr(orphan._trial_id, claims.WORKER_ATTR, {"host": "gone-host", "pid": 1})
+    study._storage.set_trial_user_attr(orphan._trial_id, schema.WORKER_ATTR, {"host": "gone-host", "pid": 1})
     space.sample(orphan, "hourglass", cfg.budget, 36, 144, cfg.space, False)
     study._storage.record_heartbeat(orphan._trial_id)
     db = sqlite3.connect(tmp_path / "results" / "s" / "study.db")
@@ -153,7 +158,7 @@ def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path)
     study = search.run_search(cfg)["hourglass"]
     other = study.ask()  # another live worker (this process, so never "gone") holds the 2nd trial
-    study._storage.set_trial_user_attr(other._trial_id, claims.WORKER_ATTR, claims.this_worker())
+    study._storage.set_trial_user_attr(other._trial_id, schema.WORKER_ATTR, claims.this_worker())
     study._storage.record_heartbeat(other._trial_id)
     assert claims.claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", quiet) is claims.WAIT
     claimed = claims.claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", quiet)
@@ -182,7 +187,7 @@ def _race(url: str, target: int, seed: int) -> None:
 def test_concurrent_workers_reach_exactly_the_target(tmp_path):
     """Three processes claim and finish trials as fast as they can on one SQLite file: no overshoot, no lock errors."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    optuna.create_study(study_name="race.hourglass", storage=storage.make_storage(url), directions=storage.DIRECTIONS)
+    optuna.create_study(study_name="race.hourglass", storage=storage.make_storage(url), directions=schema.DIRECTIONS)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_race, args=(url, 20, i)) for i in range(3)]
     for p in procs:
@@ -213,8 +218,8 @@ def test_resume_with_other_settings_names_each_field(tiny_idx, tmp_path):
 
 @pytest.mark.slow
 def test_failed_trials_record_their_reason_and_the_study_goes_on(tiny_idx, tmp_path, monkeypatch):
-    import hgsearch.train as train_mod
-    from hgsearch.frontier import load_frontier, write_tables
+    import hgsearch.training.loop as train_mod
+    from hgsearch.results.trials import load_frontier, write_tables
 
     real_build, calls = train_mod.build, []
 

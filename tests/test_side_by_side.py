@@ -75,7 +75,7 @@ def test_minutes_to_reach_a_hypervolume(m, tmp_path):
 
 
 def test_the_reference_comes_from_the_stored_settings(m, tmp_path):
-    from hgsearch.storage import SETTINGS_KEY
+    from hgsearch.store.schema import SETTINGS_KEY
 
     url = f"sqlite:///{tmp_path}/study.db"
     for name, budget in (("small", 3_000_000), ("large", 5_000_000)):

@@ -6,13 +6,14 @@ import numpy as np
 import optuna
 import pytest
 
-from hgsearch import storage
-from hgsearch.config import RunConfig
+from hgsearch.config import RunConfig, SpaceConfig
+from hgsearch.data.tasks import load_task
 from hgsearch.errors import StudyMismatchError, UsageError
-from hgsearch.models import build, count_module_params
-from hgsearch.paper import FRONTIERS
-from hgsearch.space import SpaceConfig, bottleneck, decode, depth_range, sample, size_range, smallest, width_range
-from hgsearch.tasks import load_task
+from hgsearch.model.families import build, count_module_params
+from hgsearch.model.space import bottleneck, decode, depth_range, sample, size_range, smallest, width_range
+from hgsearch.results.paper import FRONTIERS
+from hgsearch.search import identity
+from hgsearch.store import schema
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -145,10 +146,10 @@ def test_a_study_of_the_old_parametrisation_is_not_resumed(tiny_idx, tmp_path):
     cfg = RunConfig(budget=100_000, dataset="idx", data_dir=str(tiny_idx), family="hourglass", study="s",
                     results_dir=str(tmp_path / "results"))
     data = load_task(cfg)
-    old = {k: v for k, v in storage.settings(cfg, data, "hourglass").items() if k != "space_version"}
-    storage.make_study_dir(cfg)
-    study = optuna.create_study(study_name=storage.family_study_name("s", "hourglass"), storage=cfg.storage_url,
-                                directions=storage.DIRECTIONS)
-    study.set_user_attr(storage.SETTINGS_KEY, old)
+    old = {k: v for k, v in identity.settings(cfg, data, "hourglass").items() if k != "space_version"}
+    identity.make_study_dir(cfg)
+    study = optuna.create_study(study_name=schema.family_study_name("s", "hourglass"), storage=cfg.storage_url,
+                                directions=schema.DIRECTIONS)
+    study.set_user_attr(schema.SETTINGS_KEY, old)
     with pytest.raises(StudyMismatchError, match=r"space_version \(study: 1, now: 2\)"):
-        storage.open_studies(cfg, ["hourglass"], data)
+        identity.open_studies(cfg, ["hourglass"], data)

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hgsearch.data.tasks import Split, prepare
 from hgsearch.errors import UsageError
-from hgsearch.models import ArchSpec, build
-from hgsearch.packed import PackedMLP, check_packable, evaluate_packed, train_packed
-from hgsearch.tasks import Split, prepare
-from hgsearch.train import EVAL_BATCHES, _autocast, evaluate, train
+from hgsearch.model.families import ArchSpec, build
+from hgsearch.training.loop import EVAL_BATCHES, _autocast, evaluate, train
+from hgsearch.training.packed import PackedMLP, check_packable, evaluate_packed, train_packed
 from tests.conftest import REPO, dataset, load_bench
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -130,7 +130,7 @@ def test_bench_quick_runs(tiny_idx):
 
 @cuda
 def test_cuda_bf16_training_keeps_psnr(data, monkeypatch):
-    monkeypatch.setattr("hgsearch.train.CUDA_BF16", True)
+    monkeypatch.setattr("hgsearch.training.loop.CUDA_BF16", True)
     spec = ArchSpec("hourglass", data.d_in, data.d_out, 180, 12, 3)
     gpu = prepare(dataset(n_train=600, n_test=100, side=12), "superres", val_size=100, device="cuda")
     _, on_cpu = train(spec, data, lr=2e-3, epochs=3, seed=1)

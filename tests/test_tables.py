@@ -6,12 +6,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from hgsearch.baselines import Baseline
-from hgsearch.claims import RETRY_ATTR
-from hgsearch.frontier import FRONTIER_CSV_COLUMNS, TRIAL_COLUMNS, load_frontier, write_tables
-from hgsearch.models import ArchSpec
-from hgsearch.record import TrialRecord
-from hgsearch.storage import DIRECTIONS, SETTINGS_KEY, family_study_name
+from hgsearch.model.families import ArchSpec
+from hgsearch.results.trials import FRONTIER_CSV_COLUMNS, TRIAL_COLUMNS, load_frontier, write_tables
+from hgsearch.store.schema import DIRECTIONS, RETRY_ATTR, SETTINGS_KEY, family_study_name
+from hgsearch.training.baselines import Baseline
+from hgsearch.training.record import TrialRecord
 
 
 def _study(url: str) -> None:

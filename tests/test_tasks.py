@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hgsearch.data.tasks import add_noise, as_float, prepare
 from hgsearch.errors import UsageError
-from hgsearch.space import smallest
-from hgsearch.tasks import add_noise, as_float, prepare
+from hgsearch.model.space import smallest
 from tests.conftest import dataset
 
 

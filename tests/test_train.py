@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
+from hgsearch.data.tasks import Split, prepare
 from hgsearch.errors import TrialFailed, UsageError
-from hgsearch.models import ArchSpec, build
-from hgsearch.tasks import Split, prepare
-from hgsearch.train import as_float, evaluate, train
+from hgsearch.model.families import ArchSpec, build
+from hgsearch.training.loop import as_float, evaluate, train
 from tests.conftest import dataset
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hgsearch.workers import plan_workers, visible_gpus
+from hgsearch.search.workers import plan_workers, visible_gpus
 from tests.conftest import assert_exactly, hgsearch, popen, states, wait_for
 
 

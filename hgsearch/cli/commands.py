@@ -1,0 +1,553 @@
+"""Thin Typer CLI: parse options, call one library function, print. Errors become exit codes here once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.exceptions import Abort, TyperException
+
+from hgsearch import __version__
+from hgsearch.errors import HgsearchError, UsageError
+from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILIES, FAMILY_CHOICES, PRUNING_RULES, TASKS
+
+# Library modules that pull in torch and Optuna (about 2 s) are imported inside the commands: `--help`
+# and option errors do not need them. The choice lists come from hgsearch.names, which imports nothing.
+
+app = typer.Typer(
+    help="Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget.",
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    # Plain Click help: rich markup would eat the square brackets of "[default: ...]" and "[run]".
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# Piped or redirected, rich assumes 80 columns and cuts table cells short ("convention…", "21.86 ± 0.…");
+# a log file has no width to respect, so tables get the room they need unless COLUMNS says otherwise.
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
+err = Console(stderr=True)
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of the library's own list, so --help and validation cannot drift from the code."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Task = _choices("Task", TASKS)
+Dataset = _choices("Dataset", DATASETS)
+Augment = _choices("Augment", AUGMENTS)
+Device = _choices("Device", DEVICES)
+DEVICE_AUTO = Device("auto")  # a module-level default: no call in the signatures
+Family = _choices("Family", FAMILY_CHOICES)
+OneFamily = _choices("OneFamily", FAMILIES)
+PruneRule = _choices("PruneRule", PRUNING_RULES)
+
+# RunConfig's defaults, shown in --help. The options themselves default to None ("take the config
+# file's value, else RunConfig's"); tests/test_cli_usability.py checks these against RunConfig().
+RUN_DEFAULTS: dict[str, Any] = {"task": "superres", "dataset": "fashion-mnist", "augment": "none", "train_size": 0,
+                                "family": "both", "trials": 20, "epochs": 9, "seed": 0, "device": "auto",
+                                "fixed_win": False, "results_dir": "results", "download": False,
+                                "pruning": "pareto-asha"}
+# train's default peak lr: the log-midpoint of the default search range (space.SpaceConfig.lr, 5e-5 to
+# 5e-3), i.e. the value the search centres on; a test checks it against SpaceConfig.
+TRAIN_LR = 5e-4
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
+def _version(show: bool) -> None:
+    if show:
+        print(f"hgsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print hgsearch's version and exit.")] = False) -> None:
+    """Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget."""
+
+
+# Options shared by `run` and `train`; None means "take the config file's or the default value".
+TaskOpt = Annotated[Task | None, typer.Option(
+    "--task", help="What the models learn: x2 super-resolution, denoising or generative classification.",
+    show_default=RUN_DEFAULTS["task"])]
+DatasetOpt = Annotated[Dataset | None, typer.Option(
+    "--dataset", help="Which dataset (idx: any set of MNIST-format files in --data-dir).",
+    show_default=RUN_DEFAULTS["dataset"])]
+DataDirOpt = Annotated[str | None, typer.Option(
+    "--data-dir", help="Directory holding the dataset's files.",
+    show_default="look in $HGSEARCH_DATA_DIR, system locations, the cache")]
+DownloadOpt = Annotated[bool | None, typer.Option(
+    "--download/--no-download", help="Fetch a dataset found nowhere locally from its canonical source, "
+    "md5-verified, into --data-dir or the cache.", show_default="--no-download")]
+AugmentOpt = Annotated[Augment | None, typer.Option(
+    "--augment", help="flips: the paper's flip augmentation x4 (each image also flipped left-right, up-down "
+    "and both; 4x the steps per epoch).", show_default=RUN_DEFAULTS["augment"])]
+EpochsOpt = Annotated[int | None, typer.Option(
+    "--epochs", help="Epochs of training (the paper uses 50).", show_default=str(RUN_DEFAULTS["epochs"]))]
+DeviceOpt = Annotated[Device | None, typer.Option(
+    "--device", help="auto: CUDA when PyTorch sees one, else the CPU.", show_default=RUN_DEFAULTS["device"])]
+WinOpt = Annotated[bool | None, typer.Option(
+    "--fixed-win/--trained-win", help="Keep W_in fixed at its random initialisation, or train it.",
+    show_default="--trained-win")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="TOML file with [run] and [space] tables (see configs/default.toml); options given "
+    "on the command line override it.", show_default="none")]
+
+
+@app.command()
+def run(
+    budget: Annotated[str, typer.Option("--budget", help="Parameter budget: 500K, 5M, 1.5M, 5e6, 2500000 or "
+                                        "2,500,000.", show_default=False)],
+    task: TaskOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    augment: AugmentOpt = None,
+    train_size: Annotated[int | None, typer.Option(
+        "--train-size", help="Train on only N images (validation is unchanged), e.g. for a quick look "
+        "at a large dataset; part of the study's identity; 0 = all.", show_default="0")] = None,
+    family: Annotated[Family | None, typer.Option("--family", help="Which families to search.",
+                                                     show_default=RUN_DEFAULTS["family"])] = None,
+    trials: Annotated[int | None, typer.Option(
+        "--trials", help="Finished trials per family the study ends with, across restarts (completed or "
+        "stopped early by the pruner).",
+        show_default=str(RUN_DEFAULTS["trials"]))] = None,
+    epochs: EpochsOpt = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name.",
+                                                 show_default="<task>-<dataset>-<budget>")] = None,
+    storage: Annotated[str | None, typer.Option(
+        "--storage", help="Optuna RDB URL (e.g. postgresql://user@host/db for many hosts).",
+        show_default="sqlite:///<results-dir>/<study>/study.db")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the sampler and of each trial's "
+                                                "initialisation.", show_default=str(RUN_DEFAULTS["seed"]))] = None,
+    device: DeviceOpt = None,
+    fixed_win: WinOpt = None,
+    results_dir: Annotated[str | None, typer.Option(
+        "--results-dir", help="Where studies and their files live.", show_default=RUN_DEFAULTS["results_dir"])] = None,
+    config: ConfigOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine for this one "
+                                         "study (GPUs round-robin, else the CPU cores shared).")] = 1,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family, "
+        "at most 10), each with its training time per epoch estimated from 3 timed steps here; train "
+        "nothing, write nothing.")] = False,
+    pack_size: Annotated[int | None, typer.Option(
+        "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
+        "(one at a time on a CPU), 1 = one at a time.", show_default="0")] = None,
+    pruner: Annotated[PruneRule | None, typer.Option(
+        "--pruner", help="Stop clearly dominated trials early at rungs of 1, 3, 9... epochs (none: train every "
+        "trial in full); part of the study's identity; see notes/early-stopping.md.",
+        show_default=RUN_DEFAULTS["pruning"])] = None,
+    timeout: Annotated[str | None, typer.Option(
+        "--timeout", help="Stop cleanly after this long (e.g. 45s, 90m, 2h), as Ctrl-C does: the trial in "
+        "progress continues from its last epoch on resume.", show_default="none")] = None,
+) -> None:
+    """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
+    from hgsearch.config import load_config, parse_budget, parse_duration
+    from hgsearch.stop import stop_on_signals
+
+    cfg = load_config(config, budget=parse_budget(budget), task=_value(task), dataset=_value(dataset),
+                      data_dir=data_dir, download=download, augment=_value(augment), train_size=train_size,
+                      family=_value(family), trials=trials, epochs=epochs, study=study, storage=storage, seed=seed,
+                      device=_value(device), fixed_win=fixed_win, results_dir=results_dir,
+                      pack_size=pack_size, pruning=_value(pruner))
+    seconds = parse_duration(timeout) if timeout is not None else None
+    if dry_run:
+        _dry_run(cfg)
+        return
+    from hgsearch.cli.progress import LiveDisplay, PlainProgress
+    from hgsearch.config import format_budget
+    from hgsearch.text import plural
+
+    say(f"searching {cfg.family} on {cfg.task}/{cfg.dataset}, budget {format_budget(cfg.budget)} "
+        f"({cfg.budget:,}), {plural(cfg.trials, 'trial')} per family, {plural(cfg.epochs, 'epoch')} each")
+    # A live panel only on a terminal: in a log file (nohup, batch jobs, CI) it would be a garble of
+    # redraws, so there each trial gets plain lines instead.
+    progress = LiveDisplay(out, cfg.trials) if out.is_terminal else PlainProgress(sys.stdout, cfg.trials)
+    # --timeout is a Ctrl-C sent to ourselves when the time is up: the same clean stop, with or
+    # without --workers (the parent forwards it to its workers).
+    timer = threading.Timer(seconds, _time_up) if seconds is not None else None
+    try:
+        with progress:
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            if workers != 1:
+                from hgsearch.search.workers import run_parallel
+
+                run_parallel(cfg, workers, progress)
+            else:
+                from hgsearch.search.run import run_search
+
+                with stop_on_signals(_stopping):
+                    run_search(cfg, reporter=progress)
+    except KeyboardInterrupt as e:
+        if _timed_out:
+            say(f"stopped at the --timeout of {timeout}; the study is consistent and an unfinished trial is "
+                f"queued to continue from its last epoch. Resume with: {_resume_command()}")
+            return
+        name = getattr(e, "signame", "SIGINT")
+        err.print(f"stopped by {name}; the study is consistent and an unfinished trial is queued to continue "
+                  f"from its last epoch. Resume with: {_resume_command()}", highlight=False, markup=False,
+                  soft_wrap=True)
+        raise typer.Exit(128 + signal.Signals[name].value) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+    _closing_table(cfg)
+
+
+_timed_out: list[bool] = []  # set once run's --timeout has fired
+
+
+def _time_up() -> None:
+    _timed_out.append(True)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _closing_table(cfg: Any) -> None:
+    """run's last word: each frontier with the task's trivial baseline, and what to do next."""
+    from hgsearch.data.tasks import load_task
+    from hgsearch.results.tables import frontier_table
+    from hgsearch.results.trials import load_frontier
+    from hgsearch.training.baselines import baseline
+
+    out.print(frontier_table(load_frontier(cfg.study_name, cfg.storage_url), baseline(load_task(cfg))))
+    say(f"next: hgsearch frontier --study {cfg.study_name} --plot")
+
+
+def _dry_run(cfg: Any) -> None:
+    from hgsearch.config import format_budget
+    from hgsearch.results.tables import df_table
+    from hgsearch.search.preview import TIMED_STEPS, plan
+    from hgsearch.text import plural
+
+    planned, notes = plan(cfg, cfg.trials)
+    for note in notes:
+        say(f"note: {note}")
+    rows = [{"family": p.family, "trial": p.number, "params": f"{p.spec.params:,}",
+             "LxWxd_h": f"{p.spec.depth}x{p.spec.width}x{p.spec.bottleneck}", "lr": f"{p.lr:.1e}",
+             "s/epoch": f"{p.epoch_seconds:.1f}"} for p in planned]
+    import pandas as pd
+
+    out.print(df_table(pd.DataFrame(rows), f"dry run: the first trials of a new study {cfg.study_name} "
+                       f"(budget {format_budget(cfg.budget)})"))
+    if planned:
+        from hgsearch.data.tasks import resolve_device
+
+        steps = planned[0].steps_per_epoch
+        total = sum(p.epoch_seconds for p in planned) * cfg.epochs
+        took = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
+        say(f"s/epoch: {plural(steps, 'step')} per epoch x the median of {TIMED_STEPS} timed training steps "
+            f"of each shape on this machine ({resolve_device(cfg.device)}); these {plural(len(planned), 'trial')} "
+            f"would train about {took} at {plural(cfg.epochs, 'epoch')} each (evaluation not included)")
+    say("dry run: nothing was trained or written")
+
+
+def say(text: str) -> None:
+    """A plain line on stdout: no markup, no highlighting, never wrapped (it may go to a log)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """A diagnostic line on stderr, so stdout stays clean for --json and pipes."""
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name.",
+                                                 show_default="the one changed last under --results-dir")]
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL.",
+                                                   show_default="the study's SQLite file")]
+ResultsDirOpt = Annotated[str, typer.Option("--results-dir", help="Where studies and their files live.")]
+StudyDataDirOpt = Annotated[str | None, typer.Option(
+    "--data-dir", help="The study's dataset directory, if not where `run` found it.",
+    show_default="where `run` found it")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same data as JSON on stdout (messages go to "
+                                       "stderr).")]
+
+
+def _stopping(signame: str) -> None:
+    """Called from the signal handler: say at once that the first signal was heard (no rich: re-entrancy)."""
+    why = "--timeout reached" if _timed_out else signame
+    os.write(2, f"{why}: stopping after the current step; press Ctrl-C again to stop at once\n".encode())
+
+
+def _resume_command() -> str:
+    """The command line that resumes this run, with any storage password masked."""
+    from hgsearch.store.storage import safe_url
+
+    def masked(arg: str) -> str:
+        if "://" not in arg:
+            return arg
+        if arg.startswith("--") and "=" in arg:
+            opt, _, url = arg.partition("=")
+            return f"{opt}={safe_url(url)}"
+        return safe_url(arg)
+
+    return shlex.join(["hgsearch", *map(masked, sys.argv[1:])])
+
+
+def _find(study: str | None, storage: str | None, results_dir: str) -> tuple[str, Path, str]:
+    """Locate the study; when none was named, say on stderr which one was picked."""
+    from hgsearch.store.studies import find_study
+
+    name, out_dir, url, picked = find_study(study, storage, results_dir)
+    if picked:
+        note(f"using {picked}")
+    return name, out_dir, url
+
+
+@app.command()
+def frontier(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    results_dir: ResultsDirOpt = "results",
+    plot: Annotated[bool, typer.Option("--plot", help="Also draw frontier and scaling figures (PNG and SVG); "
+                                       "without it, figures of an earlier --plot are removed (they would be "
+                                       "stale).")] = False,
+    data_dir: StudyDataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the families (hypervolume, domination, gap per budget) and write frontier.csv, trials.csv
+    and summary.json (and figures with --plot) for a study."""
+    from hgsearch.results.analysis import analyze, summary, write_outputs
+    from hgsearch.results.tables import analysis_tables, comparison_notes
+    from hgsearch.store.studies import remove_figures
+
+    name, out_dir, url = _find(study, storage, results_dir)
+    an = analyze(name, url, data_dir=data_dir)
+    paths = write_outputs(an, out_dir, plot=plot)
+    gone = [] if plot else remove_figures(out_dir)
+    tell = note if as_json else say
+    if as_json:
+        print(json.dumps(summary(an), indent=2))
+    else:
+        for table in analysis_tables(an):
+            out.print(table)
+        for line in comparison_notes(an):
+            say(f"note: {line}")
+        if an.baseline_note:
+            say(f"note: {an.baseline_note}")
+    for p in paths:
+        tell(f"wrote {p}")
+    if gone:
+        tell(f"removed {', '.join(p.name for p in gone)} of an earlier --plot (stale beside the new CSVs); "
+             "run with --plot to draw them again")
+
+
+@app.command()
+def show(study: StudyOpt = None, storage: StorageOpt = None, results_dir: ResultsDirOpt = "results",
+         as_json: JsonOpt = False) -> None:
+    """A study's state: completed, running and failed trials per family, best PSNR, hours spent. Without
+    --study and with several studies under --results-dir, a list of them."""
+    from hgsearch.results.trials import study_state
+    from hgsearch.store.studies import list_studies
+
+    if study is None and storage is None:
+        studies = list_studies(results_dir)
+        if len(studies) > 1:
+            _study_list(studies, results_dir, as_json)
+            return
+    name, _, url = _find(study, storage, results_dir)
+    state = study_state(name, url)
+    if as_json:
+        print(json.dumps({"study": name, "families": json.loads(state.to_json(orient="records"))}, indent=2))
+    else:
+        from hgsearch.results.tables import state_table
+
+        out.print(state_table(name, state))
+
+
+def _study_list(studies: list, results_dir: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([s.to_dict() for s in studies], indent=2))
+        return
+    import pandas as pd
+
+    from hgsearch.config import format_budget
+    from hgsearch.results.tables import df_table
+
+    rows = [{"study": s.name, "task": s.task or "-", "dataset": s.dataset or "-",
+             "budget": format_budget(s.budget) if s.budget else "-",
+             "trials done": ", ".join(f"{f} {n}" for f, n in s.done.items()) or "0",
+             "last change": s.changed.strftime("%Y-%m-%d %H:%M")} for s in studies]
+    out.print(df_table(pd.DataFrame(rows), f"studies under {results_dir}/ (last changed last)"))
+    say("pass --study NAME to see one")
+
+
+@app.command()
+def confirm(
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per frontier point (the search's run is "
+                                       "the first).", show_default=False)],
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    results_dir: ResultsDirOpt = "results",
+    data_dir: StudyDataDirOpt = None,
+    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
+                      ] = DEVICE_AUTO,
+) -> None:
+    """Retrain each frontier configuration with K seeds (kept in the storage; re-running is free) and
+    print the frontier on seed means."""
+    from hgsearch.events import Event, RunEnd, RunStart, SeedsStart
+    from hgsearch.results.confirm import confirm_seeds
+    from hgsearch.text import plural
+
+    def seed_run(ev: Event) -> None:
+        if isinstance(ev, SeedsStart):
+            say(f"seed runs go to study {ev.study} in {ev.storage}")
+        elif isinstance(ev, RunStart):
+            r = ev.row
+            out.print(f"  [{ev.index + 1}/{ev.total}] {r['family']} #{int(r['trial'])} "
+                      f"({int(r['params']):,} params) seed {ev.seed} ...", end=" ", markup=False, highlight=False)
+        elif isinstance(ev, RunEnd):
+            say(f"failed: {ev.reason}" if ev.reason else
+                f"val {ev.psnr_val:.2f} dB, test {ev.psnr_test:.2f} dB, {ev.seconds:.1f} s")
+
+    name, _, url = _find(study, storage, results_dir)
+    front = confirm_seeds(name, url, seeds, data_dir=data_dir, device=device.value, reporter=seed_run)
+    say(f"frontier on seed means: {plural(len(front), 'point')} with {plural(int(front['n_seeds'].min()), 'seed')}"
+        " or more each")
+    say(f"next: hgsearch frontier --study {name} --plot, or hgsearch report --study {name}")
+
+
+@app.command()
+def report(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    results_dir: ResultsDirOpt = "results",
+    data_dir: StudyDataDirOpt = None,
+    samples: Annotated[bool, typer.Option("--samples/--no-samples", help="Sample grids per frontier point "
+                                          "(retrains points without saved weights).")] = True,
+    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
+                      ] = DEVICE_AUTO,
+) -> None:
+    """Write results/<study>/report.html: one self-contained offline page with every figure and table."""
+    from hgsearch.results.analysis import analyze
+    from hgsearch.results.report import write_report
+
+    name, out_dir, url = _find(study, storage, results_dir)
+    an = analyze(name, url, data_dir=data_dir, device=device.value)
+    say(f"wrote {write_report(an, out_dir, samples=samples)}")
+
+
+@app.command()
+def train(
+    family: Annotated[OneFamily, typer.Option("--family", help="Hourglass (wide stream, narrow branch) or "
+                                              "conventional (stream at the image size, wide branch).",
+                                              show_default=False)],
+    depth: Annotated[int, typer.Option("--depth", min=1, help="Number of residual blocks L.", show_default=False)],
+    bottleneck: Annotated[int, typer.Option("--bottleneck", min=1, help="Inner width d_h of each block's branch: "
+                                            "under --width for hourglass, over it for conventional.",
+                                            show_default=False)],
+    width: Annotated[int | None, typer.Option(
+        "--width", min=1, help="Stream width d_z; hourglass needs it wider than the image (784 values on 28x28), "
+        "conventional's is the image size.", show_default="the image size, conventional only")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (decayed "
+                                      "linearly to zero); the default is the middle, on a log scale, of the "
+                                      "search's range 5e-5 to 5e-3.")] = TRAIN_LR,
+    task: TaskOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    augment: AugmentOpt = None,
+    train_size: Annotated[int | None, typer.Option(
+        "--train-size", help="Train on only N images (validation and test are unchanged); 0 = all.",
+        show_default="0")] = None,
+    epochs: EpochsOpt = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initialisation and the batch order.",
+                                                show_default=str(RUN_DEFAULTS["seed"]))] = None,
+    device: DeviceOpt = None,
+    fixed_win: WinOpt = None,
+    config: ConfigOpt = None,
+    save: Annotated[Path | None, typer.Option("--save", help="Write the trained weights (state_dict) here.",
+                                                 show_default="not saved")] = None,
+) -> None:
+    """Train one configuration with the same code a trial uses; print its size, PSNRs beside the task's
+    trivial baseline, and wall time."""
+    from hgsearch.config import load_config
+    from hgsearch.data.tasks import load_task
+    from hgsearch.results.tables import psnr_verdict
+    from hgsearch.search.run import train_single
+    from hgsearch.text import plural
+    from hgsearch.training.baselines import baseline
+
+    cfg = load_config(config, task=_value(task), dataset=_value(dataset), data_dir=data_dir, download=download,
+                      augment=_value(augment), train_size=train_size, epochs=epochs, seed=seed,
+                      device=_value(device), fixed_win=fixed_win)
+    data = load_task(cfg)
+    spec, res = train_single(cfg, family=family.value, width=width, bottleneck=bottleneck, depth=depth, lr=lr,
+                             save=save, data=data)
+    say(f"{spec.family}: LxWxd_h {spec.depth}x{spec.width}x{spec.bottleneck} (depth, width, bottleneck), "
+        f"{spec.params:,} parameters ({spec.trainable_params:,} trainable), lr {lr:g}")
+    say(f"validation PSNR {res.psnr_val:.2f} dB, test PSNR {res.psnr_test:.2f} dB, "
+        f"{plural(res.epochs, 'epoch')} in {res.seconds:.1f} s{psnr_verdict(res.psnr_val, baseline(data))}")
+    if save:
+        say(f"wrote {save}")
+
+
+_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"}
+
+
+def _flag_given_a_value(args: list[str]) -> UsageError | None:
+    """`--plot true` or `--plot=true`: explain that a flag takes no value (Click's own message does not)."""
+    command = typer.main.get_command(app)
+    sub = getattr(command, "commands", {}).get(args[0]) if args else None
+    if sub is None:
+        return None
+    flags = {opt: p for p in sub.params if getattr(p, "is_flag", False)
+             for opt in (*p.opts, *p.secondary_opts)}
+    for i, arg in enumerate(args):
+        opt, eq, value = arg.partition("=")
+        if opt in flags and (eq or (i + 1 < len(args) and args[i + 1].lower() in _BOOL_WORDS)):
+            p = flags[opt]
+            off = (f" and {p.secondary_opts[0]} to turn it off" if p.secondary_opts
+                   else " and leave it out to turn it off")
+            return UsageError(f"{opt} is a flag and takes no value: write {p.opts[0]} alone to turn it on{off} "
+                              f"(see hgsearch {args[0]} --help)")
+    return None
+
+
+def _setup_process() -> None:
+    """Process-wide settings that belong to the command line, not to the library (a notebook keeps its own)."""
+    # hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
+    # logging.disable rather than optuna.logging.set_verbosity: that would import Optuna (~1 s) for --help.
+    logging.disable(logging.INFO)
+
+
+def main() -> None:
+    """Console entry point: every expected failure is one line on stderr and an exit code."""
+    _setup_process()
+    args = sys.argv[1:] or ["--help"]
+    try:
+        wrong = _flag_given_a_value(args)
+        if wrong:
+            raise wrong
+        code = app(args=args, prog_name="hgsearch", standalone_mode=False)
+    except HgsearchError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except Abort:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except TyperException as e:  # option parsing: unknown option, missing value, wrong type
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "hgsearch"
+        # Typer words a bad choice "Value error, 'x' is not one of ...": the prefix says nothing.
+        message = e.format_message().replace("Value error, ", "")
+        err.print(f"error: {message} (see {where} --help)", highlight=False, markup=False,
+                  soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(code or 0)

@@ -1,1 +1,0 @@
-"""File-format readers and the verified downloader behind hgsearch.data (the public entry point)."""

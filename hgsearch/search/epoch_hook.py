@@ -1,0 +1,82 @@
+"""The search's per-epoch hook: store each trial's learning curve, then let the pruner stop it at a rung.
+
+Order at each epoch end (the executors call this before writing the epoch's checkpoint): the curve
+is written to the trial, the pruner decides from what the storage holds (so every worker and host
+decides alike), and only a trial that continues gets its checkpoint. A kill anywhere in between
+resumes from the previous checkpoint, retrains that epoch (resume is exact) and decides again, so a
+rung decision is never skipped; a stop is acted on only through the final PRUNED state.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hgsearch.config import RunConfig
+from hgsearch.search import curves
+from hgsearch.search.pruning import Observation, Pruner
+from hgsearch.search.trial import ClaimedTrial, EpochHook
+from hgsearch.store import schema
+
+PRUNED_REASON_ATTR = "fail_reason"  # trials.csv and the displays show a stopped trial's reason from here
+PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def pruner_for(cfg: RunConfig) -> Pruner:
+    """The run's stopping rule from its settings (rule "none" has no rungs: it stops nothing)."""
+    return Pruner(cfg.pruning, cfg.min_epochs, cfg.reduction_factor, cfg.epochs, cfg.prune_margin,
+                  cfg.prune_min_peers)
+
+
+class CurveHook:
+    """on_epoch for run_trials: records curves always, stops trials only under a pruning rule."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.pruner = pruner_for(cfg)
+        self.curves: dict[int, tuple[list[float], list[float]]] = {}  # by trial number, this process only
+
+    def _curve(self, c: ClaimedTrial) -> tuple[list[float], list[float]]:
+        """The trial's curve so far: empty, or on a retry its chain's stored curve cut to the checkpoint."""
+        number = c.trial.number
+        if number not in self.curves:
+            start = int(c.resume["epoch"]) if c.resume else 0
+            curve: list[float] = []
+            secs: list[float] = []
+            if start and c.retry_of:
+                previous = _trial(c, c.retry_of[-1])
+                if previous is not None:
+                    curve = list(previous.user_attrs.get(schema.CURVE_KEY) or [])[:start]
+                    secs = list(previous.user_attrs.get(schema.CURVE_SECONDS_KEY) or [])[:start]
+            self.curves[number] = (curve, secs)
+        return self.curves[number]
+
+    def __call__(self, c: ClaimedTrial, epoch: int, metrics: dict[str, float]) -> bool:
+        if "psnr_val_epoch" not in metrics:  # an executor without per-epoch evaluation
+            return True
+        curve, secs = self._curve(c)
+        del curve[epoch - 1:], secs[epoch - 1:]  # the epoch retrained after a resume replaces its entry
+        curve.append(float(metrics["psnr_val_epoch"]))
+        secs.append(float(metrics["seconds"]))
+        for key, value in curves.curve_attrs(curve, secs).items():
+            c.trial.set_user_attr(key, value)
+        if epoch == c.record.epochs:
+            self.curves.pop(c.trial.number, None)
+        if epoch not in self.pruner.rungs:
+            return True
+        # A FAIL trial is either broken or cut off and retried (its retry carries its curve on): no peer.
+        recorded = [o for t in c.study.get_trials(deepcopy=False, states=PEER_STATES)
+                    if (o := curves.observation(c.family, t)) is not None]
+        me = Observation(c.family, c.trial.number, c.record.params, tuple(curve))
+        decision = self.pruner.decide(me, epoch, recorded)
+        if not decision.stop:
+            return True
+        c.trial.set_user_attr(PRUNED_REASON_ATTR, decision.reason)
+        self.curves.pop(c.trial.number, None)
+        return False
+
+
+def _trial(c: ClaimedTrial, number: int) -> FrozenTrial | None:
+    return next((t for t in c.study.get_trials(deepcopy=False) if t.number == number), None)
+
+
+def hook_for(cfg: RunConfig) -> EpochHook:
+    return CurveHook(cfg)

@@ -1,0 +1,1 @@
+"""Study storage: opening Optuna storages through the retrying wrapper, the Optuna seam, atomic files."""

@@ -1,0 +1,47 @@
+"""The schema of what hgsearch stores in Optuna: trial and study attribute keys, objectives, finished states.
+
+Every key is written here once; the rest of the package imports it from here.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+DIRECTIONS = ["minimize", "maximize"]  # (parameter count, validation PSNR)
+
+
+METRIC_NAMES = ["params", "psnr_val"]
+
+
+SETTINGS_KEY = "hgsearch_settings"
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # final outcomes: what --trials counts
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def family_study_name(study: str, family: str) -> str:
+    return f"{study}.{family}"
+
+
+WORKER_ATTR = "worker"  # user attr: the process that runs a RUNNING trial (host, boot, pid, start)
+
+
+RETRY_ATTR = "retry_of"  # user attr: numbers of the earlier, cut-off trials of this configuration
+
+
+CURVE_KEY = "curve"
+
+
+CURVE_SECONDS_KEY = "curve_seconds"
+
+
+SEEDS = "seeds"  # <study>.seeds holds `hgsearch confirm`'s retrainings of fixed configurations
+
+
+def seeds_study_name(study: str) -> str:
+    return f"{study}.{SEEDS}"

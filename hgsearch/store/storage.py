@@ -1,0 +1,155 @@
+"""Opening a study storage: one retrying storage per URL and process, SQLite tuned for workers, safe URLs.
+
+SQLite is the single-machine default (WAL and a busy timeout keep several workers on one file free
+of "database is locked"); any Optuna RDB URL works, PostgreSQL for several hosts.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hgsearch.config import RunConfig
+from hgsearch.errors import HgsearchError, StorageError
+from hgsearch.store import optuna_seam as seam
+from hgsearch.store.resilient import ResilientStorage, wait_out
+from hgsearch.text import first_line
+
+HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
+
+
+GRACE_PERIOD = 60  # a RUNNING trial whose last heartbeat is older than this is stale
+
+
+SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for the lock instead of failing "database is locked"
+
+
+
+
+def safe_url(url: str) -> str:
+    """The storage URL with any password masked, for messages and files."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable storage URL>"
+
+
+
+
+def scrubbed(e: BaseException, url: str) -> str:
+    """An error's first line with the storage URL and its password removed (drivers may echo them)."""
+    text = first_line(e).replace(url, safe_url(url))
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        password = re.search(r"://[^:/@]*:([^@]*)@", url)
+        password = password.group(1) if password else None
+    return text.replace(str(password), "***") if password else text
+
+
+_storages: dict[str, ResilientStorage] = {}
+
+
+_CREATE_RACE = re.compile(r"UniqueViolation|DuplicateTable|already exists|duplicate key", re.I)
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Check a SQLite file is a database and switch it to WAL (readers never block the writer).
+
+    WAL plus a 60 s busy timeout is what keeps several workers on one SQLite file free of
+    "database is locked" (measured in notes/search-api.md). WAL needs a local filesystem: use a
+    server database (PostgreSQL) for hosts that share a study.
+    """
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise StorageError(f"cannot open storage {safe_url(url)}: directory {p.parent} does not exist")
+    try:
+        con = sqlite3.connect(p, timeout=SQLITE_TIMEOUT)
+        try:
+            con.execute("PRAGMA journal_mode=WAL").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise StorageError(
+            f"cannot open storage {safe_url(url)}: {e} (corrupted or not a SQLite file); move it away "
+            "or pass a new --study / --storage"
+        ) from None
+
+
+def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_seconds) -> ResilientStorage:
+    """The run's storage object (one per URL and process), with heartbeats and SQLite tuned for workers.
+
+    It retries its calls through a database outage of up to retry_seconds (hgsearch.store.resilient).
+    """
+    if url in _storages:
+        _storages[url].limit = retry_seconds
+        return _storages[url]
+    # pool_pre_ping: a pooled connection the server dropped (restart, failover, idle timeout) is
+    # noticed and replaced before use, instead of failing the next call.
+    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    try:
+        if url.startswith("sqlite"):
+            _prepare_sqlite(url)
+            kwargs["engine_kwargs"]["connect_args"] = {"timeout": SQLITE_TIMEOUT}
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = wait_out(lambda: optuna.storages.RDBStorage(  # a worker may start mid-outage
+                        url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
+                    ), safe_url(url), retry_seconds)
+                break
+            except Exception as e:
+                # Optuna creates its tables without a lock: hosts starting at once on an empty
+                # server database can collide (UniqueViolation, DuplicateTable). The loser retries.
+                if attempt == 4 or not _CREATE_RACE.search(repr(e) + repr(e.__cause__)):
+                    raise
+                time.sleep(random.uniform(0.2, 1.0))
+    except HgsearchError:
+        raise
+    except Exception as e:  # SQLAlchemy, driver import and URL errors all land here
+        if safe_url(url).startswith("<"):
+            raise StorageError("invalid --storage URL: give an Optuna RDB URL such as "
+                               "sqlite:///results/study.db or postgresql://user@host/db") from None
+        raise StorageError(f"cannot open storage {safe_url(url)}: {scrubbed(e, url)}; check the URL, the "
+                           "server and its driver (pip install hgsearch[postgres])") from None
+    # Optuna puts its cache in front of an RDBStorage it is given; given this wrapper, it does not.
+    _storages[url] = ResilientStorage(seam.CachedStorage(storage), safe_url(url), retry_seconds,
+                                      GRACE_PERIOD)
+    return _storages[url]
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+

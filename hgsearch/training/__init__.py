@@ -1,0 +1,1 @@
+"""Training models: the plain loop, packs of trials trained together, checkpoints and weights files."""
