@@ -34,6 +34,14 @@ WORKER_ATTR = "worker"  # user attr: the process that runs a RUNNING trial (host
 RETRY_ATTR = "retry_of"  # user attr: numbers of the earlier, cut-off trials of this configuration
 
 
+# user attr: why a trial ended without completing: a FAIL's reason, and a PRUNED trial's stop reason too.
+# The key predates early stopping and stored studies (and trials.csv's column) use it, so it keeps its name.
+REASON_ATTR = "fail_reason"
+
+
+STOPPED_AT_EPOCH_ATTR = "stopped_at_epoch"  # user attr: the epochs a PRUNED trial finished before it was stopped
+
+
 CURVE_KEY = "curve"
 
 
