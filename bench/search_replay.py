@@ -22,7 +22,7 @@ Strategies, each replayed per family with --seeds seeds until the family's table
 --min-epochs, --reduction-factor, --margin and --min-peers replay other pruner settings (default: RunConfig's).
 Compute is epochs trained, split equally between the families (a search runs --trials per family). At
 compute c, each family's completed trials within c / families epochs form the frontier; its hypervolume
-(hgsearch.results.analysis.hypervolume, parameters x test PSNR, reference (budget, bicubic test PSNR)) is
+(hgsearch.results.stats.hypervolume, parameters x test PSNR, reference (budget, bicubic test PSNR)) is
 printed as a fraction of the whole table's. C = --trials x epochs x families is full-fidelity
 compute for --trials per family (default: a third of each family's table).
 """
@@ -45,7 +45,7 @@ from optuna.trial import TrialState, create_trial
 
 from hgsearch.config import RunConfig, SpaceConfig
 from hgsearch.model.space import depth_range, sample, size_range, width_range
-from hgsearch.results.analysis import hypervolume
+from hgsearch.results.stats import hypervolume
 from hgsearch.search.pruning import KEEP, RULES, Decision, Observation, Pruner, dominates
 from hgsearch.store.schema import DIRECTIONS
 

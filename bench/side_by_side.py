@@ -7,7 +7,7 @@ Each --storage holds one `hgsearch run` (both family studies, as `run` names the
 study name defaults to the storage's. Issue 11 asks for the two searches to run for the same wall time on
 the same machine (run them concurrently, one core each, so that neither gets a quieter machine). For each
 search this prints, at every --every minutes after its first trial started: trials finished, stopped
-(PRUNED) and the epochs trained, and the hypervolume (hgsearch.results.analysis.hypervolume: parameters in
+(PRUNED) and the epochs trained, and the hypervolume (hgsearch.results.stats.hypervolume: parameters in
 millions x test PSNR, reference (the searches' budget, the task's trivial-baseline test PSNR), both read
 from the studies as `hgsearch frontier` reads them; the same objective as bench/search_replay.py) of the
 two families' completed trials together, and of each family alone; then the minute at which each search
@@ -26,7 +26,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.model.families import FAMILIES
-from hgsearch.results.analysis import analyze, hypervolume
+from hgsearch.results.analysis import analyze
+from hgsearch.results.stats import hypervolume
 from hgsearch.store.schema import CURVE_KEY, family_study_name
 
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from hgsearch.errors import UsageError
-from hgsearch.results.analysis import (
+from hgsearch.results.paper import FRONTIERS, published_front
+from hgsearch.results.stats import (
     BinGap,
     best_lr,
     bin_gaps,
@@ -25,7 +26,6 @@ from hgsearch.results.analysis import (
     t_quantile,
     welch_interval,
 )
-from hgsearch.results.paper import FRONTIERS, published_front
 
 
 def rows(family: str, points, lr: float = 1e-3, seed: int | None = None) -> pd.DataFrame:

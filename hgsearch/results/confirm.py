@@ -13,39 +13,18 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from hgsearch.results.analysis import CONFIG_KEYS, paper_front
 from hgsearch.config import RunConfig
-from hgsearch.errors import StudyMismatchError, TrialFailed, UsageError
+from hgsearch.data.tasks import TaskData
+from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.events import Reporter, RunEnd, RunStart, SeedsStart, quiet
-from hgsearch.results.trials import Frontier, load_frontier, load_seed_rows, seed_rows
-from hgsearch.store.schema import seeds_study_name
-from hgsearch.training.record import TrialRecord, load_weights, result_attrs, save_weights, weights_path
-from hgsearch.store.schema import DIRECTIONS, METRIC_NAMES
-from hgsearch.search.identity import config_from_settings
-from hgsearch.store.storage import safe_url
-from hgsearch.data.tasks import TaskData, load_task
+from hgsearch.model.families import build
+from hgsearch.results.analysis import load_checked_task, study_config
+from hgsearch.results.stats import CONFIG_KEYS, means_frontiers
+from hgsearch.results.trials import load_frontier, load_seed_rows, seed_rows
+from hgsearch.store.schema import DIRECTIONS, METRIC_NAMES, seeds_study_name
+from hgsearch.store.storage import make_storage, safe_url
 from hgsearch.training.loop import train
-
-
-def stored_settings(fr: Frontier) -> dict[str, Any]:
-    """The settings stored with the study (every family's study stores the same defining ones)."""
-    return next(iter(fr.settings.values()), {})
-
-
-def study_config(fr: Frontier, *, data_dir: str | None = None, device: str = "auto") -> RunConfig:
-    """The RunConfig the study was searched with (identity.config_from_settings of its stored settings)."""
-    return config_from_settings(stored_settings(fr), fr.study, data_dir=data_dir, device=device)
-
-
-def load_checked_task(fr: Frontier, cfg: RunConfig) -> TaskData:
-    """The study's task data, refused when the dataset's checksum differs from the stored one."""
-    data = load_task(cfg)
-    stored = stored_settings(fr).get("dataset_checksum")
-    if stored and data.checksum != stored:
-        raise StudyMismatchError(
-            f"the {cfg.dataset} data found ({data.checksum[:12]}...) is not the data study {fr.study!r} "
-            f"was searched on ({stored[:12]}...): pass the original files with --data-dir")
-    return data
+from hgsearch.training.record import TrialRecord, load_weights, result_attrs, save_weights, weights_path
 
 
 def _key(row: pd.Series | dict[str, Any]) -> tuple:
@@ -54,7 +33,8 @@ def _key(row: pd.Series | dict[str, Any]) -> tuple:
 
 def _open_seeds(study: str, storage: str) -> optuna.Study:
     # Trials here are fixed configurations: nothing is sampled, so the cheapest sampler will do.
-    s = optuna.create_study(study_name=seeds_study_name(study), storage=storage, directions=DIRECTIONS,
+    s = optuna.create_study(study_name=seeds_study_name(study), storage=make_storage(storage),
+                            directions=DIRECTIONS,
                             sampler=optuna.samplers.RandomSampler(seed=0), load_if_exists=True)
     if "of_study" not in s.user_attrs:
         s.set_user_attr("of_study", study)
@@ -62,13 +42,6 @@ def _open_seeds(study: str, storage: str) -> optuna.Study:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             s.set_metric_names(METRIC_NAMES)
     return s
-
-
-def family_fronts(rows: pd.DataFrame) -> pd.DataFrame:
-    """The paper's frontier (seed means, best lr, upper envelope) of each family, stacked."""
-    parts = [paper_front(part) for _, part in rows.groupby("family", sort=True)]
-    parts = [p for p in parts if len(p)]
-    return pd.concat(parts, ignore_index=True) if parts else paper_front(rows)
 
 
 def missing_runs(rows: pd.DataFrame, seeds_df: pd.DataFrame, k: int) -> list[tuple[pd.Series, int]]:
@@ -81,7 +54,7 @@ def missing_runs(rows: pd.DataFrame, seeds_df: pd.DataFrame, k: int) -> list[tup
              if r["state"] == "COMPLETE" or (r["state"] == "FAIL" and r["fail_reason"] != "interrupted")}
     tried |= {(*_key(r), r["seed"]) for _, r in rows.iterrows()}
     todo = []
-    for _, point in family_fronts(rows).iterrows():
+    for _, point in means_frontiers(rows).iterrows():
         first = rows[[_key(r) == _key(point) for _, r in rows.iterrows()]].iloc[0]
         s0 = int(first["seed"])
         todo += [(first, s) for s in range(s0, s0 + k) if (*_key(point), s) not in tried]
@@ -114,7 +87,7 @@ def confirm_seeds(study: str, storage: str, k: int, *, data_dir: str | None = No
         for i, (row, seed) in enumerate(todo):
             reporter(RunStart(row, seed, i, len(todo)))
             reporter(RunEnd(row, seed, **_train_seed(seeds_study, cfg, data, row, seed)))
-    return family_fronts(rows)
+    return means_frontiers(rows)
 
 
 def _train_seed(study: optuna.Study, cfg: RunConfig, data: TaskData, row: pd.Series, seed: int) -> dict:
@@ -139,28 +112,17 @@ def _train_seed(study: optuna.Study, cfg: RunConfig, data: TaskData, row: pd.Ser
     return {"reason": None, "psnr_val": res.psnr_val, "psnr_test": res.psnr_test, "seconds": res.seconds}
 
 
-def means_front(fr: Frontier, seeds_df: pd.DataFrame) -> pd.DataFrame:
-    """The paper's frontier on seed means, with std and seed counts and each point's first trial."""
-    rows = seed_rows(fr, seeds_df)
-    front = family_fronts(rows)
-    first = rows.drop_duplicates(subset=CONFIG_KEYS, keep="first")
-    extra = first[[*CONFIG_KEYS, "trial", "seed", "d_in", "d_out", "epochs"]]
-    return front.merge(extra, on=CONFIG_KEYS, how="left")
-
-
 def frontier_model(row: pd.Series, data: TaskData, cfg: RunConfig, study_dir: str | Path
                    ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A frontier point's trained model: its cached weights, else retrained exactly as its trial was.
 
-    The search keeps the weights of each trial that completes on its family's front
-    (lifecycle.keep_weights), so every point of the search's own front is normally cached. Missing
+    The search keeps the weights of each trial that completes on its family's Pareto set
+    (search.trial), so every point of the search's own front is normally cached. Missing
     ones (a point that only seed means put on the front, a file lost to a kill or a full disk, a
     trial run on another host) are retrained with the trial's seed, lr and epochs through
-    train.train (bit-exact on CPU) and then cached, so only the first report pays. The model's
+    training.loop.train (bit-exact on CPU) and then cached, so only the first report pays. The model's
     validation PSNR (stored with the weights, or retrained) is returned to show the match.
     """
-    from hgsearch.model.families import build
-
     rec = TrialRecord.from_row(row)
     path = weights_path(study_dir, rec.family, row["trial"])
     if path.is_file():

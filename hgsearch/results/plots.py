@@ -15,9 +15,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hgsearch.store.atomic import atomic_write
-from hgsearch.results.trials import Frontier
 from hgsearch.names import FAMILIES
+from hgsearch.results.trials import Frontier
+from hgsearch.store.atomic import atomic_write
 
 STYLE = {"hourglass": {"color": "tab:blue", "marker": "o"}, "conventional": {"color": "tab:orange", "marker": "s"}}
 FORMATS = ("png", "svg")  # PNG for screens and the report, SVG for papers
@@ -65,8 +65,8 @@ def frontier_figure(
     flagged: set[tuple[str, int]] | None = None,
 ) -> Figure:
     """Both families' frontiers: x = parameters (millions), y = test PSNR (dB) of the points chosen on
-    validation PSNR. means (the paper's frontier on seed means, with psnr_test_std and n_seeds) replaces
-    the single-seed frontier and adds a +-1 std band; baseline = (label, test dB) is a horizontal
+    validation PSNR. means (the means frontier of results.stats, with psnr_test_std and n_seeds) replaces
+    the Pareto set (fr.frontier) and adds a +-1 std band; baseline = (label, test dB) is a horizontal
     line; published adds the paper's MNIST frontiers, dashed."""
     fig = _figure((6.4, 4.4))
     ax = fig.subplots()

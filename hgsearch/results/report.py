@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hgsearch.results.analysis import CURVES_TITLE, Analysis, figure_kw, frontier_trials, json_ready
-from hgsearch.store.atomic import atomic_write
-from hgsearch.results.confirm import frontier_model, study_config
-from hgsearch.results.curves import load_curves
 from hgsearch.errors import StorageError
-from hgsearch.results.trials import package_versions
+from hgsearch.results.analysis import CURVES_TITLE, Analysis, figure_kw, frontier_trials, study_config
+from hgsearch.results.confirm import frontier_model
+from hgsearch.results.curves import load_curves
 from hgsearch.results.plots import curves_figure
+from hgsearch.results.stats import json_ready
 from hgsearch.results.tables import comparison_view, front_view, scaling_view
+from hgsearch.results.trials import package_versions
+from hgsearch.store.atomic import atomic_write
 from hgsearch.training.loop import as_float
 
 N_SAMPLES = 8  # test images per sample grid, evenly spaced over the test split (fixed, not random)

@@ -8,12 +8,11 @@ import pandas as pd
 from rich import box
 from rich.table import Table
 
-from hgsearch.results.analysis import Analysis, Comparison
-from hgsearch.training.baselines import Baseline
+from hgsearch.results.analysis import Analysis
+from hgsearch.results.stats import Comparison
 from hgsearch.results.trials import Frontier
 from hgsearch.text import plural
-
-
+from hgsearch.training.baselines import Baseline
 
 
 def psnr_verdict(psnr_val: float, base: Baseline | None) -> str:

@@ -11,15 +11,14 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hgsearch.store.atomic import atomic_write
-from hgsearch.training.baselines import Baseline
-from hgsearch.store.schema import RETRY_ATTR
 from hgsearch.errors import StorageError, UsageError
 from hgsearch.model.families import FAMILIES
-from hgsearch.training.record import CONFIG_ATTRS, RESULT_ATTRS
-from hgsearch.store.schema import SEEDS, SETTINGS_KEY, family_study_name, seeds_study_name
-from hgsearch.text import first_line
+from hgsearch.store.atomic import atomic_write
+from hgsearch.store.schema import RETRY_ATTR, SEEDS, SETTINGS_KEY, family_study_name, seeds_study_name
 from hgsearch.store.storage import make_storage, safe_url
+from hgsearch.text import first_line
+from hgsearch.training.baselines import Baseline
+from hgsearch.training.record import CONFIG_ATTRS, RESULT_ATTRS
 
 # The columns of a trial row (meanings: README, "Reading the results"); a row alone is enough to rebuild and retrain
 # its model (record.TrialRecord.from_row). family + trial is a row's unique key.
