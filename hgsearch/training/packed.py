@@ -16,9 +16,11 @@ Results equal K separate `train.train()` runs within float rounding (tests check
   0 / (0 + eps) plus decay of 0, keeps it at 0. Real features are normalised per column, untouched.
 - Depths are padded by masks: the pack has max(depth) blocks and block l of member k is multiplied by
   a 0/1 mask. A masked block is the identity exactly (z + 0 * branch) and gets zero gradients.
-- Learning rates may differ: AdamW is written out below with a per-member learning rate, the same
-  update as torch.optim.AdamW (decoupled decay, bias correction), linear decay to zero per member.
-  Members with a fixed W_in get a W_in learning rate of 0, which also switches off its weight decay.
+- Learning rates may differ: each member's weights get PyTorch's fused AdamW kernel (torch._fused_adamw_,
+  what torch.optim.AdamW(fused=True) in train() runs) with that member's learning rate as a device
+  tensor, linear decay to zero per member. A member's slices are its whole padded (out, in) slabs, so
+  the padding above keeps them exact. A member with a fixed W_in leaves its W_in out of its update
+  (as train() leaves it out of its optimizer), so it neither moves nor decays.
 - BatchNorm normalises each member over the batch separately; running statistics are kept per member
   and used in evaluation, as nn.BatchNorm1d does.
 - The loss is the sum of the K per-member MSEs: member k's gradient is exactly its own MSE's gradient,
@@ -119,24 +121,27 @@ class PackedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, d_in), shared by all members -> (K, B, d_out)."""
-        z = torch.matmul(x, self.w_in.transpose(1, 2))  # (K, B, width)
-        n = z.shape[1]
+        # Activations are feature-major, (K, features, B): each weight's gradient is then the product
+        # grad @ input^T, which comes out contiguous in the weight's own (K, out, in) layout, as the
+        # fused AdamW kernel needs (see PackStep); batch-major activations would give transposed ones.
+        z = torch.matmul(self.w_in, x.T)  # (K, width, B)
+        n = z.shape[2]
         for layer in range(len(self.down)):
             # BatchNorm in float32 even under bf16 autocast, as autocast runs nn.BatchNorm1d.
             zf = z.float()
             if self.training:
-                mean = zf.mean(1, keepdim=True)
-                var = zf.var(1, unbiased=False, keepdim=True)
+                mean = zf.mean(2, keepdim=True)
+                var = zf.var(2, unbiased=False, keepdim=True)
                 with torch.no_grad():  # nn.BatchNorm1d keeps the unbiased variance
-                    self.running_mean[layer].lerp_(mean, self.momentum)
-                    self.running_var[layer].lerp_(var * (n / max(n - 1, 1)), self.momentum)
+                    self.running_mean[layer].lerp_(mean.transpose(1, 2), self.momentum)
+                    self.running_var[layer].lerp_(var.transpose(1, 2) * (n / max(n - 1, 1)), self.momentum)
             else:
-                mean, var = self.running_mean[layer], self.running_var[layer]
+                mean = self.running_mean[layer].transpose(1, 2)
+                var = self.running_var[layer].transpose(1, 2)
             zn = (zf - mean) * torch.rsqrt(var + BN_EPS)
-            branch = torch.bmm(torch.relu(torch.bmm(zn, self.down[layer].transpose(1, 2))),
-                               self.up[layer].transpose(1, 2))
+            branch = torch.bmm(self.up[layer], torch.relu(torch.bmm(self.down[layer], zn)))
             z = z + self.mask[layer] * branch
-        return torch.sigmoid(torch.bmm(z, self.w_out.transpose(1, 2)))
+        return torch.sigmoid(torch.bmm(self.w_out, z)).transpose(1, 2)
 
     def member_slices(self, k: int) -> dict[str, tuple[nn.Parameter, tuple[int | slice, ...]]]:
         """Member k's weights by ResidualMLP's parameter names: (packed tensor, index of its corner)."""
@@ -207,12 +212,22 @@ class PackStep:
         k = len(model.specs)
         # Retiring a member sets its rate to 0 in place (no update, no decay; a graph sees the change).
         self.base_lr = torch.tensor(list(lrs), dtype=torch.float32, device=device)
-        self.win_lr = torch.tensor([0.0 if s.fixed_win else 1.0 for s in model.specs], device=device)
         self.t = torch.zeros((), device=device)  # steps taken, as a tensor so a graph can advance it
         self.loss_sum = torch.zeros(k, device=device)  # sum over this epoch of batch MSE * batch size
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
+        # Member k's slabs: index i of self.params (every packed weight is (K, out, in), so [k] is one
+        # contiguous slab; the CPU kernel mishandles non-contiguous views, so corners are never passed).
+        # Its padded blocks past its depth are left out: their weights and gradients are exactly 0.
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self._member_params = [
+            [index[id(p)] for p in (model.w_in, model.w_out, *model.down[:s.depth], *model.up[:s.depth])
+             if id(p) in index and not (p is model.w_in and s.fixed_win)]
+            for s in model.specs]
+        self._m_slabs = [m.unbind(0) for m in self.m]
+        self._v_slabs = [v.unbind(0) for v in self.v]
+        self._p_slabs = [p.detach().unbind(0) for p in self.params]
         self._graph: torch.cuda.CUDAGraph | None = None
         self.capture_errors: list[str] = []  # first lines of failed captures (see _capture)
         self._graph_rows = 0
@@ -232,16 +247,18 @@ class PackStep:
         per_member = (out.float() - y).pow(2).mean((1, 2))  # (K,): each member's MSE
         grads = torch.autograd.grad(per_member.sum(), self.params)
         with torch.no_grad():
-            self.t.add_(1.0)
-            b1, b2 = BETAS
-            bc1 = 1.0 - torch.pow(b1, self.t)
-            bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2, self.t))
-            for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-                lr_p = (lr * self.win_lr if p is self.model.w_in else lr).view(-1, *([1] * (p.dim() - 1)))
-                p.mul_(1.0 - lr_p * self.wd)
-                m.lerp_(g, 1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-                p.sub_((lr_p / bc1) * m / (v.sqrt() / bc2_sqrt + ADAM_EPS))
+            self.t.add_(1.0)  # the kernel's bias corrections read the step count from the device
+            # The forward's layout makes every gradient contiguous (no copy); contiguous() keeps the
+            # kernel exact should a change to the forward ever break that.
+            g_slabs = [g.contiguous().unbind(0) for g in grads]
+            # One fused launch per member: the kernel takes one learning rate per call, and a member's
+            # rate must stay a tensor entry that retire() zeroes in place (one call per distinct rate
+            # would regroup members, which a captured graph cannot).
+            for k, (lr_k, idx) in enumerate(zip(lr.unbind(0), self._member_params, strict=True)):
+                torch._fused_adamw_([self._p_slabs[i][k] for i in idx], [g_slabs[i][k] for i in idx],
+                                    [self._m_slabs[i][k] for i in idx], [self._v_slabs[i][k] for i in idx],
+                                    [], [self.t] * len(idx), lr=lr_k, beta1=BETAS[0], beta2=BETAS[1],
+                                    weight_decay=self.wd, eps=ADAM_EPS, amsgrad=False, maximize=False)
             self.loss_sum.add_(per_member.detach() * x.shape[0])
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
