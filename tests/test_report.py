@@ -19,6 +19,7 @@ from hgsearch.results.analysis import analyze, summary, write_outputs
 from hgsearch.results.report import render_html
 from hgsearch.results.trials import study_state
 from hgsearch.store.schema import DIRECTIONS, SETTINGS_KEY, family_study_name, seeds_study_name
+from hgsearch.store.studies import list_studies
 from hgsearch.training.baselines import baseline
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -168,6 +169,34 @@ def test_show_on_a_2000_trial_study(stub, cli):
     code, stdout, stderr = cli("show", "--study", STUDY, "--storage", url)
     assert code == 0, stderr
     assert re.search(r"hourglass\s+1870\s+0\s+66\s+68", stdout), stdout  # complete, stopped early, running, failed
+
+
+def _study_dir(root, name: str) -> str:
+    (root / name).mkdir()
+    url = f"sqlite:///{root / name / 'study.db'}"
+    make_study(url)
+    return url
+
+
+def test_the_study_list_counts_finished_trials_as_run_does(tmp_path):
+    url = _study_dir(tmp_path, "a")
+    hourglass = optuna.load_study(study_name=family_study_name(STUDY, "hourglass"), storage=url)
+    hourglass.add_trial(trial("hourglass", 1_500_000, 25.0, 2, state=TrialState.PRUNED))
+    # run's target counts completed and stopped-early trials (schema.FINISHED); so does the list.
+    assert [s.done for s in list_studies(tmp_path)] == [{"hourglass": 4, "conventional": 3}]
+
+
+def test_an_unreadable_database_does_not_hide_the_other_studies(tmp_path):
+    _study_dir(tmp_path, "good")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "study.db").write_bytes(b"not a database " * 100)
+    studies = {s.name: s for s in list_studies(tmp_path)}
+    assert set(studies) == {"good", "bad"}
+    assert studies["good"].error is None and studies["good"].task == "superres"
+    assert studies["good"].done == {"hourglass": 3, "conventional": 3}
+    bad = studies["bad"]
+    assert "bad/study.db" in bad.error and "\n" not in bad.error and (bad.task, bad.done) == (None, {})
+    assert json.loads(json.dumps(bad.to_dict()))["error"] == bad.error
 
 
 def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, cli):

@@ -31,8 +31,6 @@ from hgsearch.model.families import FAMILIES, ArchSpec
 SPACE_VERSION = 2
 
 
-
-
 def stream_width(d_in: int, d_out: int) -> int:
     """d_x, the image size: the conventional stream width, and the floor of the Hourglass one."""
     return max(d_in, d_out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
@@ -13,6 +12,7 @@ from hgsearch.errors import StorageError
 from hgsearch.names import FAMILIES
 from hgsearch.store.atomic import atomic_write
 from hgsearch.store.schema import CURVE_KEY, CURVE_SECONDS_KEY, family_study_name
+from hgsearch.store.studies import open_study, study_names
 
 CURVE_COLUMNS = ["family", "trial", "state", "epoch", "psnr_val_epoch", "seconds"]
 
@@ -31,12 +31,12 @@ def curve_rows(family: str, trials: list[FrozenTrial]) -> list[dict[str, Any]]:
 
 def load_curves(study: str, storage: str) -> pd.DataFrame:
     """Every recorded learning curve of a search's family studies, CURVE_COLUMNS, sorted."""
-    names = set(optuna.get_all_study_names(storage))
+    names = study_names(storage)
     rows: list[dict[str, Any]] = []
     for fam in FAMILIES:
         name = family_study_name(study, fam)
         if name in names:
-            rows += curve_rows(fam, optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+            rows += curve_rows(fam, open_study(name, storage).get_trials(deepcopy=False))
     return pd.DataFrame(rows, columns=CURVE_COLUMNS).sort_values(["family", "trial", "epoch"], ignore_index=True)
 
 

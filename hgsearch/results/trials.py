@@ -7,16 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.errors import StorageError, UsageError
 from hgsearch.model.families import FAMILIES
 from hgsearch.store.atomic import atomic_write
-from hgsearch.store.schema import RETRY_ATTR, SEEDS, SETTINGS_KEY, family_study_name, seeds_study_name
-from hgsearch.store.storage import make_storage, safe_url
-from hgsearch.text import first_line
+from hgsearch.store.schema import FINISHED, RETRY_ATTR, SEEDS, SETTINGS_KEY, family_study_name, seeds_study_name
+from hgsearch.store.storage import safe_url
+from hgsearch.store.studies import open_study, study_names
 from hgsearch.training.baselines import Baseline
 from hgsearch.training.record import CONFIG_ATTRS, RESULT_ATTRS
 
@@ -57,13 +56,13 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 def load_frontier(study: str, storage: str) -> Frontier:
     """Read both families' studies; an absent study or one with no completed trial is an error."""
-    names = _names(storage)
+    names = study_names(storage)
     rows, front, settings = [], [], {}
     for fam in FAMILIES:
         name = family_study_name(study, fam)
         if name not in names:
             continue
-        s = optuna.load_study(study_name=name, storage=_open(storage))
+        s = open_study(name, storage)
         settings[fam] = s.user_attrs.get(SETTINGS_KEY, {})
         rows += [_row(fam, t) for t in s.get_trials(deepcopy=False)]
         if any(t.state == TrialState.COMPLETE for t in s.get_trials(deepcopy=False)):
@@ -80,29 +79,13 @@ def load_frontier(study: str, storage: str) -> Frontier:
     return Frontier(study, settings, trials, frontier)
 
 
-
-
-
-
-def _open(storage: str) -> str | optuna.storages.BaseStorage:
-    """A server database through the storage that waits out outages (a run's closing table, after a blip)."""
-    return storage if storage.startswith("sqlite") else make_storage(storage)
-
-
-def _names(storage: str) -> set[str]:
-    try:
-        return set(optuna.get_all_study_names(storage=_open(storage)))
-    except Exception as e:
-        raise StorageError(f"cannot read storage {safe_url(storage)}: {first_line(e)}") from None
-
-
 def load_seed_rows(study: str, storage: str) -> pd.DataFrame:
     """Every trial of <study>.seeds (TRIAL_COLUMNS + source_trial); empty when confirm never ran."""
     cols = [*TRIAL_COLUMNS, "source_trial"]
     name = seeds_study_name(study)
-    if name not in _names(storage):
+    if name not in study_names(storage):
         return pd.DataFrame(columns=cols)
-    trials = optuna.load_study(study_name=name, storage=_open(storage)).get_trials(deepcopy=False)
+    trials = open_study(name, storage).get_trials(deepcopy=False)
     rows = [{**_row(t.user_attrs.get("family"), t), "source_trial": t.user_attrs.get("source_trial")}
             for t in trials]
     return pd.DataFrame(rows, columns=cols)
@@ -130,16 +113,17 @@ def study_state(study: str, storage: str) -> pd.DataFrame:
     One get_trials(deepcopy=False) per study and a single pass over it, so thousands of trials read
     in about a second. Hours are trial wall time (start to end, or to now while running).
     """
-    names = _names(storage)
+    names = study_names(storage)
     now = datetime.datetime.now()
     rows = []
     for fam in (*FAMILIES, SEEDS):
         name = seeds_study_name(study) if fam == SEEDS else family_study_name(study, fam)
         if name not in names:
             continue
-        counts = {"COMPLETE": 0, "PRUNED": 0, "RUNNING": 0, "FAIL": 0}
+        # The finished states (schema.FINISHED: completed, stopped early), running and failed; the rest is "other".
+        counts = {state.name: 0 for state in (*FINISHED, TrialState.RUNNING, TrialState.FAIL)}
         other, seconds, best = 0, 0.0, None
-        for t in optuna.load_study(study_name=name, storage=_open(storage)).get_trials(deepcopy=False):
+        for t in open_study(name, storage).get_trials(deepcopy=False):
             if t.state.name in counts:
                 counts[t.state.name] += 1
             else:
@@ -171,18 +155,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def locate_study(study: str | None, storage: str | None, results_dir: str | Path) -> tuple[str, Path, str]:
-    """(study name, its results directory, storage URL) for the commands that read a finished study."""
-    from hgsearch.config import STUDY_DB, sqlite_url
-    from hgsearch.store.studies import default_study_dir
-
-    name = study or default_study_dir(results_dir)
-    out_dir = Path(results_dir) / name
-    if storage is None and not (out_dir / STUDY_DB).is_file():
-        raise StorageError(f"no study {name!r} under {results_dir}/: check --study or --results-dir")
-    return name, out_dir, storage or sqlite_url(out_dir)
 
 
 def write_tables(fr: Frontier, out_dir: str | Path, baseline: Baseline | None = None) -> list[Path]:

@@ -31,8 +31,6 @@ GRACE_PERIOD = 60  # a RUNNING trial whose last heartbeat is older than this is 
 SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for the lock instead of failing "database is locked"
 
 
-
-
 def safe_url(url: str) -> str:
     """The storage URL with any password masked, for messages and files."""
     try:
@@ -41,8 +39,6 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable storage URL>"
-
-
 
 
 def scrubbed(e: BaseException, url: str) -> str:
@@ -133,23 +129,3 @@ def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_second
     _storages[url] = ResilientStorage(seam.CachedStorage(storage), safe_url(url), retry_seconds,
                                       GRACE_PERIOD)
     return _storages[url]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
