@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -47,15 +48,19 @@ def parse_budget(text: str | int) -> int:
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.I)
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?|\.\d+")  # Optuna's own timeout unit: "90", "2.5"
 
 
-def parse_duration(text: str) -> float:
-    """'45s', '90m', '2h', '1h30m', '1.5h' -> seconds; else a UsageError."""
+def parse_duration(text: str | float) -> float:
+    """'90' (plain seconds, as Optuna's timeout), '45s', '90m', '2h', '1h30m', '1.5h' -> seconds; else a UsageError."""
     compact = re.sub(r"\s+", "", str(text))
-    parts = _DURATION.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
-        raise UsageError(f"invalid duration {text!r}: write it like 45s, 90m, 2h or 1h30m")
-    seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in parts)
+    if _PLAIN_SECONDS.fullmatch(compact):
+        seconds = float(compact)
+    else:
+        parts = _DURATION.findall(compact)
+        if not compact or "".join(n + u for n, u in parts) != compact:
+            raise UsageError(f"invalid duration {text!r}: write it like 90 (seconds), 45s, 90m, 2h or 1h30m")
+        seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in parts)
     if seconds <= 0:
         raise UsageError(f"invalid duration {text!r}: it must be longer than 0 s")
     return seconds
@@ -191,9 +196,15 @@ def sqlite_url(study_dir: str | Path) -> str:
     return f"sqlite:///{Path(study_dir) / STUDY_DB}"
 
 
+# A config file's [run] keys are the command-line options' names (budget, pruner, ...), so a file reads
+# like the command it replaces. One RunConfig field is named otherwise, because every study's stored
+# settings call it so (search.identity): key -> field.
+_FIELD_OF_KEY = {"pruner": "pruning"}
+# Keys renamed since: still read, with a note to rename them (old -> new).
+_OLD_KEYS = {"pruning": "pruner"}
 # The values a config file may give each string key; RunConfig checks them again for CLI options.
 _CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "dataset": DATASETS, "augment": AUGMENTS,
-                                        "family": FAMILY_CHOICES, "device": DEVICES}
+                                        "family": FAMILY_CHOICES, "device": DEVICES, "pruner": PRUNING_RULES}
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -242,42 +253,85 @@ def _check_value(key: str, value: Any, hint: Any, where: str) -> Any:
     return float(value) if kind is float else value
 
 
-def _from_table(cls: type, table: Any, where: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A [run] or [space] table checked key by key against the dataclass's fields and their types."""
+def _from_table(cls: type, table: Any, where: str, keys: dict[str, str]) -> dict[str, Any]:
+    """A [run] or [space] table checked key by key (keys: key -> field) against the fields' types."""
     if not isinstance(table, dict):
         raise UsageError(f"{where} must be a table of key = value lines, not {_toml_type(table)}")
     hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)} - set(skip)
-    unknown = sorted(set(table) - names)
+    unknown = sorted(set(table) - set(keys))
     if unknown:
-        where_else = " ([space] is its own table)" if "space" in unknown and "space" in skip else ""
+        where_else = " ([space] is its own table)" if "space" in unknown and cls is RunConfig else ""
         raise UsageError(f"unknown key(s) {', '.join(unknown)} in {where}{where_else}: allowed are "
-                         f"{', '.join(sorted(names))}")
-    return {k: _check_value(k, v, hints[k], where) for k, v in table.items()}
+                         f"{', '.join(sorted(keys))}")
+    return {k: _check_value(k, v, hints[keys[k]], where) for k, v in table.items()}
+
+
+def _run_keys() -> dict[str, str]:
+    """[run]'s keys -> RunConfig's fields: every field but the [space] table, under its option's name."""
+    renamed = {f: k for k, f in _FIELD_OF_KEY.items()}
+    return {renamed.get(f.name, f.name): f.name for f in fields(RunConfig) if f.name != "space"}
+
+
+def _fields(run: dict[str, Any]) -> dict[str, Any]:
+    """[run] values by key -> RunConfig keyword arguments."""
+    return {_FIELD_OF_KEY.get(k, k): v for k, v in run.items()}
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A TOML config file, read and checked: [run] by key (the options' names), [space], notes for the user."""
+
+    run: dict[str, Any] = field(default_factory=dict)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    notes: tuple[str, ...] = ()  # one line each: what to change in the file, though it was read
+
+    def build(self, **overrides: Any) -> RunConfig:
+        """The file's values, then the overrides (RunConfig's field names) that are not None."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return RunConfig(**{**_fields(self.run), **given}, space=self.space)
+
+
+def read_config(path: str | Path) -> ConfigFile:
+    """The TOML file's [run] and [space] tables; a UsageError naming file, key and fix for anything wrong."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {p} does not exist: check the --config path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"config file {p} is not valid TOML ({e}): fix the file") from None
+    unknown = sorted(set(doc) - {"run", "space"})
+    if unknown:
+        raise UsageError(f"unknown table(s) {', '.join(unknown)} in {p}: use [run] and [space]")
+    table = doc.get("run", {})
+    notes = []
+    if isinstance(table, dict):
+        table = dict(table)
+        for old, new in _OLD_KEYS.items():
+            if old in table and new in table:
+                raise UsageError(f"{p} [run]: {old} and {new} are the same setting; keep {new} only")
+            if old in table:
+                table[new] = table.pop(old)
+                notes.append(f"{p} [run]: the key {old} is now called {new}, like the option --{new}: rename it")
+    run = _from_table(RunConfig, table, f"{p} [run]", _run_keys())
+    space = _from_table(SpaceConfig, doc.get("space", {}), f"{p} [space]",
+                        {f.name: f.name for f in fields(SpaceConfig)})
+    try:
+        space_cfg = SpaceConfig(**space)
+    except UsageError as e:
+        raise UsageError(f"{p} [space]: {e}") from None
+    file = ConfigFile(run, space_cfg, tuple(notes))
+    try:
+        file.build()  # the file's values make a valid RunConfig on their own, whatever options come later
+    except UsageError as e:
+        raise UsageError(f"{p} [run]: {e}") from None
+    return file
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """Defaults, then the TOML file's [run] and [space] tables, then explicit overrides (CLI options)."""
-    run: dict[str, Any] = {}
-    space: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            doc = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"config file {p} does not exist: check the --config path") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"config file {p} is not valid TOML ({e}): fix the file") from None
-        unknown = sorted(set(doc) - {"run", "space"})
-        if unknown:
-            raise UsageError(f"unknown table(s) {', '.join(unknown)} in {p}: use [run] and [space]")
-        run = _from_table(RunConfig, doc.get("run", {}), f"{p} [run]", skip=("space",))
-        space = _from_table(SpaceConfig, doc.get("space", {}), f"{p} [space]")
-        try:
-            space_cfg = SpaceConfig(**space)
-        except UsageError as e:
-            raise UsageError(f"{p} [space]: {e}") from None
-    else:
-        space_cfg = SpaceConfig()
-    run.update({k: v for k, v in overrides.items() if v is not None})
-    return RunConfig(**run, space=space_cfg)
+    """Defaults, then the TOML file's [run] and [space] tables, then explicit overrides (RunConfig's field
+    names; None means not given). A renamed key in the file still works, with a DeprecationWarning."""
+    file = read_config(path) if path is not None else ConfigFile()
+    for line in file.notes:
+        warnings.warn(line, DeprecationWarning, stacklevel=2)
+    return file.build(**overrides)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hgsearch.config import RunConfig, format_budget, load_config, parse_budget
+from hgsearch.config import RunConfig, format_budget, load_config, parse_budget, parse_duration, read_config
 from hgsearch.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +38,10 @@ def test_default_toml_matches_embedded_defaults():
     doc = tomllib.loads((REPO / "configs" / "default.toml").read_text())
     cfg = load_config(REPO / "configs" / "default.toml")
     assert cfg == RunConfig()
-    # Every field of the dataclasses is spelled out in the file (so it documents all of them).
-    assert set(doc["run"]) == set(asdict(RunConfig())) - {"budget", "data_dir", "study", "storage", "space"}
+    # Every field of the dataclasses is spelled out in the file (so it documents all of them), each under
+    # its option's name: the pruning rule is --pruner, so its key is pruner.
+    fields = set(asdict(RunConfig())) - {"budget", "data_dir", "study", "storage", "space", "pruning"}
+    assert set(doc["run"]) == fields | {"pruner"}
     assert set(doc["space"]) == set(asdict(RunConfig().space))
 
 
@@ -63,6 +65,44 @@ def test_overrides_beat_file(tmp_path):
     assert (cfg.budget, cfg.epochs) == (3_000_000, 1)
     assert cfg.study_name == "superres-fashion-mnist-3M"
     assert cfg.storage_url == "sqlite:///results/superres-fashion-mnist-3M/study.db"
+
+
+def test_pruner_key_and_the_old_pruning_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[run]\npruner = "none"\n')
+    assert load_config(p).pruning == "none" and read_config(p).notes == ()
+    p.write_text('[run]\npruning = "psnr-bins"\n')  # the key before it took the option's name
+    with pytest.warns(DeprecationWarning, match="the key pruning is now called pruner"):
+        assert load_config(p).pruning == "psnr-bins"
+    assert read_config(p).notes == (f"{p} [run]: the key pruning is now called pruner, like the option --pruner: "
+                                    "rename it",)
+    p.write_text('[run]\npruning = "none"\npruner = "none"\n')
+    with pytest.raises(UsageError, match="pruning and pruner are the same setting; keep pruner only"):
+        read_config(p)
+    p.write_text('[run]\npruner = "asha"\n')
+    with pytest.raises(UsageError, match="pruner must be one of none, pareto-asha, psnr-bins"):
+        read_config(p)
+
+
+def test_a_file_is_checked_whole_and_names_itself(tmp_path):
+    # A value of the right type but out of range is refused with RunConfig's words and the file's name,
+    # whatever the command line would override: the file is wrong on its own.
+    p = tmp_path / "c.toml"
+    p.write_text("[run]\npack_size = -1\n")
+    with pytest.raises(UsageError, match=r"c.toml \[run\]: --pack-size must be 0 \(auto\)"):
+        read_config(p)
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90.0), ("2.5", 2.5), (" 600 ", 600.0), (90, 90.0), ("45s", 45.0),
+                                          ("90m", 5400.0), ("2h", 7200.0), ("1h30m", 5400.0), ("1.5h", 5400.0)])
+def test_durations_in_plain_seconds_or_units(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "", "0", "0s", "-5", "90x", "1e3", "nan", "h", "5 m 3"])
+def test_bad_durations(text):
+    with pytest.raises(UsageError, match="invalid duration"):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize("field,value", [("trials", 0), ("trials", -3), ("epochs", 0), ("task", "segment"),
