@@ -14,7 +14,6 @@ with the same value, or (set_trial_param) ignore the duplicate key.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import random
 import re
@@ -46,9 +45,6 @@ _TRANSIENT = (sa_exc.OperationalError, sa_exc.DisconnectionError, sa_exc.Interfa
 
 _listener: list[Callable[[str], None]] = []
 
-# RDBStorage logs a warning when a read fails with OperationalError (then tries a slower query): on a
-# dropped connection that is noise on the terminal; the outage note says what happened.
-logging.getLogger("optuna.storages._rdb.storage").setLevel(logging.ERROR)
 
 
 def set_listener(note: Callable[[str], None] | None) -> None:
