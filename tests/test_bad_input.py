@@ -27,8 +27,12 @@ def inputs(tiny_idx, tmp_path) -> dict[str, Path]:
         f.write_bytes(gzip.compress(damage(gzip.decompress(f.read_bytes()))))
     (d / "corrupt.db").write_bytes(b"SQLite format 3\x00" + b"garbage" * 500)
     (d / "a-file").write_text("not a directory")
+    configs = {"typo": "[run]\nepochz = 3\n", "string": '[run]\ntrials = "abc"\n', "range": "[run]\npack_size = -1\n",
+               "badtoml": "[run\n"}
+    for name, text in configs.items():
+        (d / f"{name}.toml").write_text(text)
     return {"tiny": tiny_idx, "empty": d / "empty", "trunc": d / "trunc", "magic": d / "magic",
-            "corrupt": d / "corrupt.db", "file": d / "a-file"}
+            "corrupt": d / "corrupt.db", "file": d / "a-file", **{name: d / f"{name}.toml" for name in configs}}
 
 
 CASES = [
@@ -49,6 +53,14 @@ CASES = [
     (["--budget", "3M", "--trials", "-3"], 2, "--trials must be at least 1, got -3"),
     (["--budget", "3M", "--epochs", "0"], 2, "--epochs must be at least 1, got 0"),
     (["--budget", "3M", "--bogus"], 2, "No such option: --bogus"),
+    (["--budget", "3M", "--timeout", "soon"], 2, "invalid duration 'soon': write it like 90 (seconds), 45s, 90m"),
+    (["--budget", "3M", "--timeout", "0"], 2, "invalid duration '0': it must be longer than 0 s"),
+    (["--budget", "3M", "--config", "{empty}/none.toml"], 2, "none.toml does not exist: check the --config path"),
+    (["--budget", "3M", "--config", "{badtoml}"], 2, "badtoml.toml is not valid TOML"),
+    (["--budget", "3M", "--config", "{typo}"], 2, "unknown key(s) epochz in {typo} [run]: allowed are"),
+    (["--budget", "3M", "--config", "{string}"], 2, '{string} [run]: trials = "abc" is a string; trials must be a'),
+    (["--budget", "3M", "--config", "{range}", "--pack-size", "2"], 2,
+     "{range} [run]: --pack-size must be 0 (auto), 1 (one trial at a time) or more, got -1"),
     (["--budget", "100K", "--data-dir", "{empty}/missing"], 1, "missing does not exist; put train-images"),
     (["--budget", "100K", "--data-dir", "{empty}"], 1, "empty lacks train-images-idx3-ubyte.gz"),
     (["--budget", "100K", "--data-dir", "{trunc}"], 1, "train-images-idx3-ubyte.gz: truncated"),

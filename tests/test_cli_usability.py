@@ -3,11 +3,11 @@
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
-from hgsearch.cli import commands as cli
+from hgsearch.cli import app
+from hgsearch.cli import options as cli
 from hgsearch.cli.progress import PlainProgress
 from hgsearch.config import RunConfig, SpaceConfig, parse_budget
 from hgsearch.errors import UsageError
@@ -22,7 +22,7 @@ COMMANDS = ("run", "frontier", "show", "confirm", "report", "train")
 def _commands():
     import typer.main
 
-    return typer.main.get_command(cli.app).commands
+    return typer.main.get_command(app).commands
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -43,11 +43,29 @@ def test_help_reads_as_written_and_shows_every_default(name):
         pure_flag = getattr(param, "is_flag", False) and not param.secondary_opts
         if not (param.required or pure_flag):
             assert "[default:" in block, f"{name} {param.opts[0]} shows no default"
+    # One way to print a default, a value or words alike: Click's "(...)" marks defaults in words.
+    assert "[default: (" not in text
     assert "-h, --help" in res.stdout
 
 
+def test_top_level_help_summaries_end_where_a_sentence_ends():
+    # Click cuts a command's first docstring paragraph to fit its line, ending it with "...".
+    res = hgsearch("--help")
+    listed = res.stdout.split("Commands:\n")[1]
+    summaries = dict(re.findall(r"^  ([a-z]+)\s+(\S.*)$", listed, re.M))
+    assert sorted(summaries) == sorted(COMMANDS)
+    for name, command in _commands().items():
+        for summary in (summaries[name], command.get_short_help_str()):  # as listed, and at Click's narrowest
+            assert summary.endswith(".") and not summary.endswith("..."), f"{name}: {summary!r}"
+
+
 def test_help_choices_and_defaults_come_from_the_library():
-    assert cli.RUN_DEFAULTS == {k: getattr(RunConfig(), k) for k in cli.RUN_DEFAULTS}
+    defaults = RunConfig()
+    for name in ("run", "train"):
+        for param in _commands()[name].params:
+            field = {"pruner": "pruning"}.get(param.name, param.name)
+            if not param.required and hasattr(defaults, field):
+                assert param.default == getattr(defaults, field), f"{name} {param.opts[0]}"
     assert [e.value for e in cli.Task] == list(TASKS) and [e.value for e in cli.Dataset] == list(DATASETS)
     assert [e.value for e in cli.Augment] == list(AUGMENTS) and [e.value for e in cli.Device] == list(DEVICES)
     assert [e.value for e in cli.Family] == list(FAMILY_CHOICES)
@@ -204,9 +222,3 @@ def test_finding_studies_json_and_stale_figures(logged_run, tiny_idx):
     assert "using study other: changed last of the 2" in picked.stderr
     names = [s["name"] for s in json.loads(hgsearch("show", "--json", cwd=cwd).stdout)]
     assert names == ["superres-idx-100K", "other"]
-
-
-def test_readme_documents_new_options():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for opt in ("--dry-run", "--json", "--version", "--install-completion"):
-        assert opt in readme

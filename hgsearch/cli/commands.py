@@ -9,20 +9,47 @@ import shlex
 import signal
 import sys
 import threading
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer.exceptions import Abort, TyperException
 
 from hgsearch import __version__
+from hgsearch.cli.options import (
+    DEFAULTS,
+    TRAIN_LR,
+    Augment,
+    AugmentOpt,
+    Command,
+    DataDirOpt,
+    Dataset,
+    DatasetOpt,
+    Device,
+    DeviceOpt,
+    DownloadOpt,
+    EpochsOpt,
+    Family,
+    JsonOpt,
+    OneFamily,
+    PruneRule,
+    ResultsDirOpt,
+    RunConfigOpt,
+    StorageOpt,
+    StudyDataDirOpt,
+    StudyOpt,
+    Task,
+    TaskOpt,
+    TrainConfigOpt,
+    WinOpt,
+    config_file,
+)
+from hgsearch.cli.output import err, note, out, say
 from hgsearch.errors import HgsearchError, UsageError
-from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILIES, FAMILY_CHOICES, PRUNING_RULES, TASKS
+from hgsearch.store import quiet_optuna_rdb_logger
 
 # Library modules that pull in torch and Optuna (about 2 s) are imported inside the commands: `--help`
-# and option errors do not need them. The choice lists come from hgsearch.names, which imports nothing.
+# and option errors do not need them.
 
 app = typer.Typer(
     help="Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget.",
@@ -32,39 +59,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# Piped or redirected, rich assumes 80 columns and cuts table cells short ("convention…", "21.86 ± 0.…");
-# a log file has no width to respect, so tables get the room they need unless COLUMNS says otherwise.
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
-err = Console(stderr=True)
-
-
-def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """An Enum of the library's own list, so --help and validation cannot drift from the code."""
-    return Enum(name, {v: v for v in values}, type=str)
-
-
-Task = _choices("Task", TASKS)
-Dataset = _choices("Dataset", DATASETS)
-Augment = _choices("Augment", AUGMENTS)
-Device = _choices("Device", DEVICES)
-DEVICE_AUTO = Device("auto")  # a module-level default: no call in the signatures
-Family = _choices("Family", FAMILY_CHOICES)
-OneFamily = _choices("OneFamily", FAMILIES)
-PruneRule = _choices("PruneRule", PRUNING_RULES)
-
-# RunConfig's defaults, shown in --help. The options themselves default to None ("take the config
-# file's value, else RunConfig's"); tests/test_cli_usability.py checks these against RunConfig().
-RUN_DEFAULTS: dict[str, Any] = {"task": "superres", "dataset": "fashion-mnist", "augment": "none", "train_size": 0,
-                                "family": "both", "trials": 20, "epochs": 9, "seed": 0, "device": "auto",
-                                "fixed_win": False, "results_dir": "results", "download": False,
-                                "pruning": "pareto-asha"}
-# train's default peak lr: the log-midpoint of the default search range (space.SpaceConfig.lr, 5e-5 to
-# 5e-3), i.e. the value the search centres on; a test checks it against SpaceConfig.
-TRAIN_LR = 5e-4
-
-
-def _value(choice: Enum | None) -> str | None:
-    return None if choice is None else choice.value
 
 
 def _version(show: bool) -> None:
@@ -79,91 +73,61 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
     """Architecture search over MLP shapes: Hourglass vs conventional residual MLPs on a parameter budget."""
 
 
-# Options shared by `run` and `train`; None means "take the config file's or the default value".
-TaskOpt = Annotated[Task | None, typer.Option(
-    "--task", help="What the models learn: x2 super-resolution, denoising or generative classification.",
-    show_default=RUN_DEFAULTS["task"])]
-DatasetOpt = Annotated[Dataset | None, typer.Option(
-    "--dataset", help="Which dataset (idx: any set of MNIST-format files in --data-dir).",
-    show_default=RUN_DEFAULTS["dataset"])]
-DataDirOpt = Annotated[str | None, typer.Option(
-    "--data-dir", help="Directory holding the dataset's files.",
-    show_default="look in $HGSEARCH_DATA_DIR, system locations, the cache")]
-DownloadOpt = Annotated[bool | None, typer.Option(
-    "--download/--no-download", help="Fetch a dataset found nowhere locally from its canonical source, "
-    "md5-verified, into --data-dir or the cache.", show_default="--no-download")]
-AugmentOpt = Annotated[Augment | None, typer.Option(
-    "--augment", help="flips: the paper's flip augmentation x4 (each image also flipped left-right, up-down "
-    "and both; 4x the steps per epoch).", show_default=RUN_DEFAULTS["augment"])]
-EpochsOpt = Annotated[int | None, typer.Option(
-    "--epochs", help="Epochs of training (the paper uses 50).", show_default=str(RUN_DEFAULTS["epochs"]))]
-DeviceOpt = Annotated[Device | None, typer.Option(
-    "--device", help="auto: CUDA when PyTorch sees one, else the CPU.", show_default=RUN_DEFAULTS["device"])]
-WinOpt = Annotated[bool | None, typer.Option(
-    "--fixed-win/--trained-win", help="Keep W_in fixed at its random initialisation, or train it.",
-    show_default="--trained-win")]
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="TOML file with [run] and [space] tables (see configs/default.toml); options given "
-    "on the command line override it.", show_default="none")]
-
-
-@app.command()
+@app.command(cls=Command, short_help="Start or resume a budgeted search of both MLP families.")
 def run(
+    ctx: typer.Context,
     budget: Annotated[str, typer.Option("--budget", help="Parameter budget: 500K, 5M, 1.5M, 5e6, 2500000 or "
                                         "2,500,000.", show_default=False)],
-    task: TaskOpt = None,
-    dataset: DatasetOpt = None,
+    task: TaskOpt = Task[DEFAULTS.task],
+    dataset: DatasetOpt = Dataset[DEFAULTS.dataset],
     data_dir: DataDirOpt = None,
-    download: DownloadOpt = None,
-    augment: AugmentOpt = None,
-    train_size: Annotated[int | None, typer.Option(
+    download: DownloadOpt = DEFAULTS.download,
+    augment: AugmentOpt = Augment[DEFAULTS.augment],
+    train_size: Annotated[int, typer.Option(
         "--train-size", help="Train on only N images (validation is unchanged), e.g. for a quick look "
-        "at a large dataset; part of the study's identity; 0 = all.", show_default="0")] = None,
-    family: Annotated[Family | None, typer.Option("--family", help="Which families to search.",
-                                                     show_default=RUN_DEFAULTS["family"])] = None,
-    trials: Annotated[int | None, typer.Option(
+        "at a large dataset; part of the study's identity; 0 = all.")] = DEFAULTS.train_size,
+    family: Annotated[Family, typer.Option("--family", help="Which families to search.")] = Family[DEFAULTS.family],
+    trials: Annotated[int, typer.Option(
         "--trials", help="Finished trials per family the study ends with, across restarts (completed or "
-        "stopped early by the pruner).",
-        show_default=str(RUN_DEFAULTS["trials"]))] = None,
-    epochs: EpochsOpt = None,
+        "stopped early by the pruner).")] = DEFAULTS.trials,
+    epochs: EpochsOpt = DEFAULTS.epochs,
     study: Annotated[str | None, typer.Option("--study", help="Study name.",
                                                  show_default="<task>-<dataset>-<budget>")] = None,
     storage: Annotated[str | None, typer.Option(
         "--storage", help="Optuna RDB URL (e.g. postgresql://user@host/db for many hosts).",
         show_default="sqlite:///<results-dir>/<study>/study.db")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the sampler and of each trial's "
-                                                "initialisation.", show_default=str(RUN_DEFAULTS["seed"]))] = None,
-    device: DeviceOpt = None,
-    fixed_win: WinOpt = None,
-    results_dir: Annotated[str | None, typer.Option(
-        "--results-dir", help="Where studies and their files live.", show_default=RUN_DEFAULTS["results_dir"])] = None,
-    config: ConfigOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler and of each trial's "
+                                      "initialisation.")] = DEFAULTS.seed,
+    device: DeviceOpt = Device[DEFAULTS.device],
+    fixed_win: WinOpt = DEFAULTS.fixed_win,
+    results_dir: Annotated[str, typer.Option(
+        "--results-dir", help="Where studies and their files live.")] = DEFAULTS.results_dir,
+    config: RunConfigOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine for this one "
                                          "study (GPUs round-robin, else the CPU cores shared).")] = 1,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family, "
         "at most 10), each with its training time per epoch estimated from 3 timed steps here; train "
         "nothing, write nothing.")] = False,
-    pack_size: Annotated[int | None, typer.Option(
+    pack_size: Annotated[int, typer.Option(
         "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
-        "(one at a time on a CPU), 1 = one at a time.", show_default="0")] = None,
-    pruner: Annotated[PruneRule | None, typer.Option(
+        "(one at a time on a CPU), 1 = one at a time.")] = DEFAULTS.pack_size,
+    pruner: Annotated[PruneRule, typer.Option(
         "--pruner", help="Stop clearly dominated trials early at rungs of 1, 3, 9... epochs (none: train every "
-        "trial in full); part of the study's identity; see notes/early-stopping.md.",
-        show_default=RUN_DEFAULTS["pruning"])] = None,
+        "trial in full); part of the study's identity; see notes/early-stopping.md.")] = PruneRule[DEFAULTS.pruning],
     timeout: Annotated[str | None, typer.Option(
-        "--timeout", help="Stop cleanly after this long (e.g. 45s, 90m, 2h), as Ctrl-C does: the trial in "
-        "progress continues from its last epoch on resume.", show_default="none")] = None,
+        "--timeout", help="Stop cleanly after this long (90 is seconds; also 45s, 90m, 2h, 1h30m), as Ctrl-C "
+        "does: the trial in progress continues from its last epoch on resume.", show_default="none")] = None,
 ) -> None:
     """Start or resume a budgeted Pareto search of both MLP families (the same command resumes)."""
-    from hgsearch.config import load_config, parse_budget, parse_duration
+    from hgsearch.config import parse_budget, parse_duration
     from hgsearch.stop import stop_on_signals
 
-    cfg = load_config(config, budget=parse_budget(budget), task=_value(task), dataset=_value(dataset),
-                      data_dir=data_dir, download=download, augment=_value(augment), train_size=train_size,
-                      family=_value(family), trials=trials, epochs=epochs, study=study, storage=storage, seed=seed,
-                      device=_value(device), fixed_win=fixed_win, results_dir=results_dir,
-                      pack_size=pack_size, pruning=_value(pruner))
+    cfg = config_file(ctx).build(
+        budget=parse_budget(budget), task=task.value, dataset=dataset.value, data_dir=data_dir, download=download,
+        augment=augment.value, train_size=train_size, family=family.value, trials=trials, epochs=epochs,
+        study=study, storage=storage, seed=seed, device=device.value, fixed_win=fixed_win,
+        results_dir=results_dir, pack_size=pack_size, pruning=pruner.value)
     seconds = parse_duration(timeout) if timeout is not None else None
     if dry_run:
         _dry_run(cfg)
@@ -196,8 +160,8 @@ def run(
                     run_search(cfg, reporter=progress)
     except KeyboardInterrupt as e:
         if _timed_out:
-            say(f"stopped at the --timeout of {timeout}; the study is consistent and an unfinished trial is "
-                f"queued to continue from its last epoch. Resume with: {_resume_command()}")
+            say(f"stopped at the --timeout of {_duration_text(timeout)}; the study is consistent and an unfinished "
+                f"trial is queued to continue from its last epoch. Resume with: {_resume_command()}")
             return
         name = getattr(e, "signame", "SIGINT")
         err.print(f"stopped by {name}; the study is consistent and an unfinished trial is queued to continue "
@@ -211,6 +175,12 @@ def run(
 
 
 _timed_out: list[bool] = []  # set once run's --timeout has fired
+
+
+def _duration_text(timeout: str | None) -> str:
+    """--timeout as given, with plain seconds named: '90' -> '90 s', '10s' stays."""
+    text = str(timeout).strip()
+    return f"{text} s" if text.replace(".", "", 1).isdigit() else text
 
 
 def _time_up() -> None:
@@ -236,8 +206,8 @@ def _dry_run(cfg: Any) -> None:
     from hgsearch.text import plural
 
     planned, notes = plan(cfg, cfg.trials)
-    for note in notes:
-        say(f"note: {note}")
+    for line in notes:
+        say(f"note: {line}")
     rows = [{"family": p.family, "trial": p.number, "params": f"{p.spec.params:,}",
              "LxWxd_h": f"{p.spec.depth}x{p.spec.width}x{p.spec.bottleneck}", "lr": f"{p.lr:.1e}",
              "s/epoch": f"{p.epoch_seconds:.1f}"} for p in planned]
@@ -255,28 +225,6 @@ def _dry_run(cfg: Any) -> None:
             f"of each shape on this machine ({resolve_device(cfg.device)}); these {plural(len(planned), 'trial')} "
             f"would train about {took} at {plural(cfg.epochs, 'epoch')} each (evaluation not included)")
     say("dry run: nothing was trained or written")
-
-
-def say(text: str) -> None:
-    """A plain line on stdout: no markup, no highlighting, never wrapped (it may go to a log)."""
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def note(text: str) -> None:
-    """A diagnostic line on stderr, so stdout stays clean for --json and pipes."""
-    err.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name.",
-                                                 show_default="the one changed last under --results-dir")]
-StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL.",
-                                                   show_default="the study's SQLite file")]
-ResultsDirOpt = Annotated[str, typer.Option("--results-dir", help="Where studies and their files live.")]
-StudyDataDirOpt = Annotated[str | None, typer.Option(
-    "--data-dir", help="The study's dataset directory, if not where `run` found it.",
-    show_default="where `run` found it")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same data as JSON on stdout (messages go to "
-                                       "stderr).")]
 
 
 def _stopping(signame: str) -> None:
@@ -310,7 +258,7 @@ def _find(study: str | None, storage: str | None, results_dir: str) -> tuple[str
     return name, out_dir, url
 
 
-@app.command()
+@app.command(cls=Command, short_help="Compare the families and write a study's result files.")
 def frontier(
     study: StudyOpt = None,
     storage: StorageOpt = None,
@@ -348,7 +296,7 @@ def frontier(
              "run with --plot to draw them again")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Show a study's state, or list the studies.")
 def show(study: StudyOpt = None, storage: StorageOpt = None, results_dir: ResultsDirOpt = "results",
          as_json: JsonOpt = False) -> None:
     """A study's state: completed, running and failed trials per family, best PSNR, hours spent. Without
@@ -388,7 +336,7 @@ def _study_list(studies: list, results_dir: str, as_json: bool) -> None:
     say("pass --study NAME to see one")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Retrain the frontier's configurations with more seeds.")
 def confirm(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per frontier point (the search's run is "
                                        "the first).", show_default=False)],
@@ -397,7 +345,7 @@ def confirm(
     results_dir: ResultsDirOpt = "results",
     data_dir: StudyDataDirOpt = None,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
-                      ] = DEVICE_AUTO,
+                      ] = Device[DEFAULTS.device],
 ) -> None:
     """Retrain each frontier configuration with K seeds (kept in the storage; re-running is free) and
     print the frontier on seed means."""
@@ -423,7 +371,7 @@ def confirm(
     say(f"next: hgsearch frontier --study {name} --plot, or hgsearch report --study {name}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Write a study's offline HTML report.")
 def report(
     study: StudyOpt = None,
     storage: StorageOpt = None,
@@ -432,7 +380,7 @@ def report(
     samples: Annotated[bool, typer.Option("--samples/--no-samples", help="Sample grids per frontier point "
                                           "(retrains points without saved weights).")] = True,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
-                      ] = DEVICE_AUTO,
+                      ] = Device[DEFAULTS.device],
 ) -> None:
     """Write results/<study>/report.html: one self-contained offline page with every figure and table."""
     from hgsearch.results.analysis import analyze
@@ -443,8 +391,9 @@ def report(
     say(f"wrote {write_report(an, out_dir, samples=samples)}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Train one configuration as a trial would.")
 def train(
+    ctx: typer.Context,
     family: Annotated[OneFamily, typer.Option("--family", help="Hourglass (wide stream, narrow branch) or "
                                               "conventional (stream at the image size, wide branch).",
                                               show_default=False)],
@@ -458,35 +407,34 @@ def train(
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (decayed "
                                       "linearly to zero); the default is the middle, on a log scale, of the "
                                       "search's range 5e-5 to 5e-3.")] = TRAIN_LR,
-    task: TaskOpt = None,
-    dataset: DatasetOpt = None,
+    task: TaskOpt = Task[DEFAULTS.task],
+    dataset: DatasetOpt = Dataset[DEFAULTS.dataset],
     data_dir: DataDirOpt = None,
-    download: DownloadOpt = None,
-    augment: AugmentOpt = None,
-    train_size: Annotated[int | None, typer.Option(
-        "--train-size", help="Train on only N images (validation and test are unchanged); 0 = all.",
-        show_default="0")] = None,
-    epochs: EpochsOpt = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initialisation and the batch order.",
-                                                show_default=str(RUN_DEFAULTS["seed"]))] = None,
-    device: DeviceOpt = None,
-    fixed_win: WinOpt = None,
-    config: ConfigOpt = None,
+    download: DownloadOpt = DEFAULTS.download,
+    augment: AugmentOpt = Augment[DEFAULTS.augment],
+    train_size: Annotated[int, typer.Option(
+        "--train-size", help="Train on only N images (validation and test are unchanged); 0 = all.")
+    ] = DEFAULTS.train_size,
+    epochs: EpochsOpt = DEFAULTS.epochs,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initialisation and the batch order.")
+                    ] = DEFAULTS.seed,
+    device: DeviceOpt = Device[DEFAULTS.device],
+    fixed_win: WinOpt = DEFAULTS.fixed_win,
+    config: TrainConfigOpt = None,
     save: Annotated[Path | None, typer.Option("--save", help="Write the trained weights (state_dict) here.",
                                                  show_default="not saved")] = None,
 ) -> None:
     """Train one configuration with the same code a trial uses; print its size, PSNRs beside the task's
     trivial baseline, and wall time."""
-    from hgsearch.config import load_config
     from hgsearch.data.tasks import load_task
     from hgsearch.results.tables import psnr_verdict
     from hgsearch.search.run import train_single
     from hgsearch.text import plural
     from hgsearch.training.baselines import baseline
 
-    cfg = load_config(config, task=_value(task), dataset=_value(dataset), data_dir=data_dir, download=download,
-                      augment=_value(augment), train_size=train_size, epochs=epochs, seed=seed,
-                      device=_value(device), fixed_win=fixed_win)
+    cfg = config_file(ctx).build(task=task.value, dataset=dataset.value, data_dir=data_dir, download=download,
+                                 augment=augment.value, train_size=train_size, epochs=epochs, seed=seed,
+                                 device=device.value, fixed_win=fixed_win)
     data = load_task(cfg)
     spec, res = train_single(cfg, family=family.value, width=width, bottleneck=bottleneck, depth=depth, lr=lr,
                              save=save, data=data)
@@ -525,6 +473,7 @@ def _setup_process() -> None:
     # hgsearch reports through its own display; Optuna's per-trial INFO lines would interleave with it.
     # logging.disable rather than optuna.logging.set_verbosity: that would import Optuna (~1 s) for --help.
     logging.disable(logging.INFO)
+    quiet_optuna_rdb_logger()
 
 
 def main() -> None:
