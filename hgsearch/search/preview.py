@@ -17,7 +17,6 @@ from hgsearch.model.families import ArchSpec
 if TYPE_CHECKING:
     from hgsearch.data.tasks import TaskData
 
-STARTUP_TRIALS = 10  # sampler.make_sampler's n_startup_trials: the configurations fixed in advance
 TIMED_STEPS = 3  # training steps timed per shape, after one untimed warm-up step
 
 
@@ -71,7 +70,7 @@ def plan(cfg: RunConfig, n: int) -> tuple[list[Planned], list[str]]:
     from hgsearch.data.tasks import load_task
     from hgsearch.model import space
     from hgsearch.search.run import feasible_families
-    from hgsearch.search.sampler import make_sampler
+    from hgsearch.search.sampler import STARTUP_TRIALS, make_sampler  # the start-up: configurations fixed in advance
     from hgsearch.store.schema import DIRECTIONS
 
     data = load_task(cfg)
