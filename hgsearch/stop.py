@@ -1,7 +1,7 @@
 """Stopping a search cleanly: SIGINT/SIGTERM (or request_stop) -> Stopped at the next safe point.
 
 A stop closes the claimed trial the same way a dead worker's trial is closed (failed with its
-reason, queued again, continuing from its checkpoint): see lifecycle.run_trial.
+reason, queued again, continuing from its checkpoint): see search.trial.TrialRun.requeue.
 """
 
 from __future__ import annotations

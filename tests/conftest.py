@@ -24,7 +24,7 @@ import optuna
 import pytest
 
 from hgsearch.data.registry import Dataset, ImageSet
-from hgsearch.search import trial as lifecycle
+from hgsearch.search import testhooks
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -158,9 +158,9 @@ RUN_ENV = {"PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
 
 def start_run(cwd: Path, data: Path, *extra: str, pause: str | None = None) -> subprocess.Popen:
     env = {**os.environ, **RUN_ENV}
-    env.pop(lifecycle.PAUSE_ENV, None)
+    env.pop(testhooks.PAUSE_ENV, None)
     if pause:
-        env[lifecycle.PAUSE_ENV] = pause
+        env[testhooks.PAUSE_ENV] = pause
     return subprocess.Popen([sys.executable, "-m", "hgsearch", "run", *RUN_ARGS, "--data-dir", str(data), *extra],
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -183,7 +183,7 @@ def wait_marker(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str
 
 
 def finish_run(cwd: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != lifecycle.PAUSE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != testhooks.PAUSE_ENV}
     res = subprocess.run([sys.executable, "-m", "hgsearch", "run", *RUN_ARGS, "--data-dir", str(data), *extra],
                          cwd=cwd, env={**env, **RUN_ENV}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -17,9 +17,12 @@ from hgsearch.data.tasks import load_task, prepare
 from hgsearch.events import TrialStart, quiet
 from hgsearch.model.families import ArchSpec
 from hgsearch.search import run as search
-from hgsearch.search import trial as lifecycle
-from hgsearch.search.executors import PackExecutor, executor_for
+from hgsearch.search import trial
+from hgsearch.search.claims import claim
+from hgsearch.search.context import FamilySearch
+from hgsearch.search.executors import PackExecutor, SerialExecutor, executor_for
 from hgsearch.search.identity import open_studies
+from hgsearch.search.trial import TrialRun
 from hgsearch.training.loop import epoch_eval_split, evaluate, train
 from hgsearch.training.packed import train_packed
 from hgsearch.training.record import TrialRecord
@@ -115,10 +118,11 @@ def test_on_epoch_stops_one_member_which_is_pruned(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path, family="hourglass", epochs=2)
     data = load_task(cfg)
     study = open_studies(cfg, ["hourglass"], data)["hourglass"]
-    trials = [search.claim(study, cfg, "hourglass", quiet) for _ in range(3)]
+    fs = FamilySearch(study, cfg, "hourglass", data, quiet)
+    trials = [claim(fs) for _ in range(3)]
     seen = []
 
-    def stop_second(c: lifecycle.ClaimedTrial, epoch: int, metrics: dict) -> bool:
+    def stop_second(c: TrialRun, epoch: int, metrics: dict) -> bool:
         # Decided before the epoch's checkpoint is written; the member's PSNR on the subset comes with it.
         assert c.checkpoint.is_file() == (epoch > 1)
         assert set(metrics) == {"train_loss", "seconds", "psnr_val_epoch"}
@@ -127,8 +131,7 @@ def test_on_epoch_stops_one_member_which_is_pruned(tiny_idx, tmp_path):
         return c.trial.number != 1
 
     psnr: dict[int, float] = {}
-    frozen = lifecycle.run_trials(study, cfg, "hourglass", data, quiet, trials,
-                                  executor=PackExecutor(4, epoch_eval_size=64), on_epoch=stop_second)
+    frozen = trial.run_trials(fs, trials, PackExecutor(4, epoch_eval_size=64), stop_second)
     assert sorted(seen) == [(0, 1), (0, 2), (1, 1), (2, 1), (2, 2)]
     for t in (frozen[0], frozen[2]):  # the pack's per-epoch PSNR is each member's own, as alone
         rec = TrialRecord.from_attrs(t.user_attrs)
@@ -145,7 +148,7 @@ def test_executor_choice(tiny_idx, tmp_path):
     cpu = torch.device("cpu")
     for cfg in (_cfg(tiny_idx, tmp_path), _cfg(tiny_idx, tmp_path, pack_size=1)):  # CPU default: serial
         ex, k = executor_for(cfg, cpu)
-        assert isinstance(ex, lifecycle.SerialExecutor) and k == 1 and ex.epoch_eval_size == cfg.epoch_eval_size
+        assert isinstance(ex, SerialExecutor) and k == 1 and ex.epoch_eval_size == cfg.epoch_eval_size
     ex, k = executor_for(_cfg(tiny_idx, tmp_path, pack_size=3), cpu)
     assert isinstance(ex, PackExecutor) and k == 3 and ex.epoch_eval_size == 2048
     with pytest.raises(Exception, match="--pack-size must be 0"):

@@ -20,9 +20,11 @@ from hgsearch.errors import StudyMismatchError
 from hgsearch.events import Note, quiet
 from hgsearch.model import space
 from hgsearch.model.families import ArchSpec
-from hgsearch.search import claims
+from hgsearch.search import claims, testhooks
 from hgsearch.search import run as search
-from hgsearch.search import trial as lifecycle
+from hgsearch.search.claims import Claim
+from hgsearch.search.context import FamilySearch
+from hgsearch.search.liveness import this_worker
 from hgsearch.store import schema, storage
 from hgsearch.training import checkpoint
 from hgsearch.training.loop import train
@@ -158,10 +160,11 @@ def test_live_trial_of_another_worker_is_waited_for(tiny_idx, tmp_path):
     cfg = _cfg(tiny_idx, tmp_path)
     study = search.run_search(cfg)["hourglass"]
     other = study.ask()  # another live worker (this process, so never "gone") holds the 2nd trial
-    study._storage.set_trial_user_attr(other._trial_id, schema.WORKER_ATTR, claims.this_worker())
+    study._storage.set_trial_user_attr(other._trial_id, schema.WORKER_ATTR, this_worker())
     study._storage.record_heartbeat(other._trial_id)
-    assert claims.claim(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", quiet) is claims.WAIT
-    claimed = claims.claim(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", quiet)
+    data = load_task(_cfg(tiny_idx, tmp_path))
+    assert claims.claim(FamilySearch(study, _cfg(tiny_idx, tmp_path, trials=2), "hourglass", data, quiet)) is Claim.WAIT
+    claimed = claims.claim(FamilySearch(study, _cfg(tiny_idx, tmp_path, trials=3), "hourglass", data, quiet))
     assert claimed.number == 2
 
 
@@ -172,10 +175,10 @@ def _race(url: str, target: int, seed: int) -> None:
     cfg = RunConfig(budget=100_000, trials=target, study="race")
     study = optuna.load_study(study_name="race.hourglass", storage=storage.make_storage(url))
     while True:
-        trial = claims.claim(study, cfg, "hourglass", quiet)
-        if trial is None:
+        trial = claims.claim(FamilySearch(study, cfg, "hourglass", None, quiet))  # claiming reads no data
+        if trial is Claim.DONE:
             return
-        if trial is claims.WAIT:
+        if trial is Claim.WAIT:
             time.sleep(0.05)
             continue
         trial.suggest_float("x", 0, 1)
@@ -282,7 +285,7 @@ def test_checkpoint_never_unpickles_code(tmp_path):
 
 
 def test_pause_hook_is_inert_without_its_variable(monkeypatch):
-    monkeypatch.delenv(lifecycle.PAUSE_ENV, raising=False)
+    monkeypatch.delenv(testhooks.PAUSE_ENV, raising=False)
     t0 = time.monotonic()
-    lifecycle._pause_at("epoch")
+    testhooks.pause_at("epoch")
     assert time.monotonic() - t0 < 0.1

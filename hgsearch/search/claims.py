@@ -1,104 +1,35 @@
-"""Claiming trials among any number of workers: exact counts, heartbeats, dead workers' trials retried."""
+"""Claiming trials among any number of workers: exact counts, dead workers' trials closed and retried."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import socket
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from enum import Enum
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from hgsearch.config import RunConfig
-from hgsearch.events import Note, Reporter
+from hgsearch.events import Note
+from hgsearch.search.context import FamilySearch
+from hgsearch.search.liveness import this_worker, who, worker_gone
 from hgsearch.search.sampler import make_sampler
 from hgsearch.stop import check_stop
 from hgsearch.store import optuna_seam as seam
-from hgsearch.store.schema import FINISHED, RETRY_ATTR, WORKER_ATTR
-from hgsearch.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from hgsearch.store.schema import FINISHED, REASON_ATTR, RETRY_ATTR, WORKER_ATTR
+from hgsearch.store.storage import GRACE_PERIOD
 from hgsearch.training.record import CONFIG_ATTRS
 
 MAX_RETRIES = 3  # a configuration cut off more often than this (e.g. it gets the process OOM-killed) is dropped
 
 
+class Claim(Enum):
+    """claim's answer when it claims no trial."""
 
-
-
-
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (tells a live pid from a reused one)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def this_worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "start": _proc_start(os.getpid())}
-
-
-def _worker_gone(worker: Any) -> bool:
-    """True when the worker ran on this machine and its process no longer exists (no need to wait)."""
-    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname():
-        return False  # another machine: only its heartbeat can tell
-    if worker.get("boot") != _boot_id():
-        return True  # this machine rebooted since
-    if worker.get("pid") == os.getpid():
-        return False
-    if worker.get("start") is None or not Path("/proc").is_dir():
-        try:
-            os.kill(int(worker["pid"]), 0)
-            return False
-        except ProcessLookupError:
-            return True
-        except (OSError, ValueError, KeyError):
-            return False
-    return _proc_start(int(worker["pid"])) != worker["start"]
-
-
-class Heartbeat:
-    """Records a trial's heartbeat every HEARTBEAT_INTERVAL s from a daemon thread.
-
-    We use ask/tell, not study.optimize (which runs Optuna's own heartbeat thread), because the run
-    loop must count and claim a trial before asking (no overshoot with many workers), queue a
-    cut-off trial for retry with its checkpoint, and stop between steps on a signal. Unlike Optuna's
-    thread, this one is a daemon (a hung storage cannot keep a stopping process alive) and survives
-    transient storage errors (a missed beat is retried next interval).
-    """
-
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
-        self.storage, self.trial_id = storage, trial_id
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{trial_id}")
-
-    def _beat(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                self.storage.record_heartbeat(self.trial_id)
-            if self.stopped.wait(HEARTBEAT_INTERVAL):
-                return
-
-    def start(self) -> Heartbeat:
-        self.storage.record_heartbeat(self.trial_id)  # the first beat before any work
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopped.set()
+    DONE = "done"  # the family has its target of finished trials
+    WAIT = "wait"  # other workers hold the last trials of the family: look again later
 
 
 def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: bool) -> tuple[bool, str]:
@@ -119,7 +50,7 @@ def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: 
         reason += "; retried with the same configuration"
     storage, trial_id = seam.storage(study), seam.trial_id(trial)
     with contextlib.suppress(UpdateFinishedTrialError):
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(trial_id, REASON_ATTR, reason)
     try:
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return False, reason
@@ -133,27 +64,24 @@ def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: 
     return True, reason
 
 
-def reap(study: optuna.Study, family: str, reporter: Reporter) -> None:
-    """Close the RUNNING trials whose worker is gone and queue them again (see the module docstring)."""
+def reap(search: FamilySearch) -> None:
+    """Close the RUNNING trials whose worker is gone and queue them again (see search.run's module docstring)."""
+    study = search.study
     stale = seam.stale_trial_ids(study)
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get(WORKER_ATTR)
         if seam.trial_id(t) in stale:
-            why = f"no heartbeat for over {GRACE_PERIOD} s from its worker {_who(worker)}"
-        elif _worker_gone(worker):
-            why = f"its worker {_who(worker)} is gone (killed or crashed)"
+            why = f"no heartbeat for over {GRACE_PERIOD} s from its worker {who(worker)}"
+        elif worker_gone(worker):
+            why = f"its worker {who(worker)} is gone (killed or crashed)"
         elif worker is None and t.datetime_start and now - t.datetime_start.timestamp() > GRACE_PERIOD:
             why = "its worker stopped before recording itself"  # killed between ask and the first write
         else:
             continue
         closed, reason = close_trial(study, t, f"interrupted: {why}", retry=True)
         if closed:
-            reporter(Note(f"{family} trial #{t.number}: {reason}"))
-
-
-def _who(worker: Any) -> str:
-    return f"{worker.get('host')}:{worker.get('pid')}" if isinstance(worker, dict) else "(unknown)"
+            search.reporter(Note(f"{search.family} trial #{t.number}: {reason}"))
 
 
 def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> optuna.Trial:
@@ -179,14 +107,11 @@ def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSa
     return optuna.Trial(study, trial_id)
 
 
-WAIT = object()  # claim's answer while other workers hold the last trials of a family
-
-
 COUNTED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # trials towards the target, finished or not
 
 
-def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) -> optuna.Trial | None | object:
-    """A RUNNING trial of ours towards the target, None when the family is done, or WAIT.
+def claim(search: FamilySearch) -> optuna.Trial | Claim:
+    """A RUNNING trial of ours towards the target, Claim.DONE when the family is done, or Claim.WAIT.
 
     The target counts finished trials: COMPLETE and PRUNED (stopped early, as final as COMPLETE,
     never retried), so compute stays bounded by trials x epochs (notes/early-stopping.md).
@@ -197,22 +122,23 @@ def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) 
     closed as stale cannot complete afterwards (tell refuses), so it cannot add to the count either.
     The losers of a tie give up (FAIL, reason "surplus") and back off a random moment.
     """
+    study, target = search.study, search.cfg.trials
     while True:
         check_stop()
-        reap(study, family, reporter)
+        reap(search)
         trials = study.get_trials(deepcopy=False)
         done = sum(t.state in FINISHED for t in trials)
         active = sum(t.state in COUNTED for t in trials)
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        if done >= cfg.trials:
-            return None
-        if active >= cfg.trials and not waiting:
-            return WAIT
-        trial = ask(study, lambda number: make_sampler(cfg, family, number))
+        if done >= target:
+            return Claim.DONE
+        if active >= target and not waiting:
+            return Claim.WAIT
+        trial = ask(study, lambda number: make_sampler(search.cfg, search.family, number))
         try:
             trials = study.get_trials(deepcopy=False)
             active = sum(t.state in COUNTED for t in trials)
-            if active <= cfg.trials:
+            if active <= target:
                 return trial
             close_trial(study, seam.frozen(study, trial),
                         "surplus: other workers claimed the last trials at the same moment", retry=False)
@@ -221,3 +147,21 @@ def claim(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter) 
                 close_trial(study, seam.frozen(study, trial), "interrupted while claiming", retry=True)
             raise
         time.sleep(random.uniform(0.05, 0.5))
+
+
+def claim_some(search: FamilySearch, k: int) -> list[optuna.Trial] | Claim:
+    """Up to k trials claimed one by one (claim: never past the target), or claim's answer when not even
+    one can be claimed now. Cut off while claiming, the ones claimed are queued again."""
+    got: list[optuna.Trial] = []
+    try:
+        while len(got) < k:
+            trial = claim(search)
+            if isinstance(trial, Claim):
+                return got or trial
+            got.append(trial)
+    except BaseException:
+        for trial in got:
+            with contextlib.suppress(Exception):
+                close_trial(search.study, seam.frozen(search.study, trial), "interrupted while claiming", retry=True)
+        raise
+    return got

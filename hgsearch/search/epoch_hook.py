@@ -14,10 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 from hgsearch.config import RunConfig
 from hgsearch.search import curves
 from hgsearch.search.pruning import Observation, Pruner
-from hgsearch.search.trial import ClaimedTrial, EpochHook
+from hgsearch.search.trial import EpochHook, TrialRun
 from hgsearch.store import schema
 
-PRUNED_REASON_ATTR = "fail_reason"  # trials.csv and the displays show a stopped trial's reason from here
 PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -28,13 +27,13 @@ def pruner_for(cfg: RunConfig) -> Pruner:
 
 
 class CurveHook:
-    """on_epoch for run_trials: records curves always, stops trials only under a pruning rule."""
+    """on_epoch for trial.run_trials: records curves always, stops trials only under a pruning rule."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.pruner = pruner_for(cfg)
         self.curves: dict[int, tuple[list[float], list[float]]] = {}  # by trial number, this process only
 
-    def _curve(self, c: ClaimedTrial) -> tuple[list[float], list[float]]:
+    def _curve(self, c: TrialRun) -> tuple[list[float], list[float]]:
         """The trial's curve so far: empty, or on a retry its chain's stored curve cut to the checkpoint."""
         number = c.trial.number
         if number not in self.curves:
@@ -49,7 +48,7 @@ class CurveHook:
             self.curves[number] = (curve, secs)
         return self.curves[number]
 
-    def __call__(self, c: ClaimedTrial, epoch: int, metrics: dict[str, float]) -> bool:
+    def __call__(self, c: TrialRun, epoch: int, metrics: dict[str, float]) -> bool:
         if "psnr_val_epoch" not in metrics:  # an executor without per-epoch evaluation
             return True
         curve, secs = self._curve(c)
@@ -63,19 +62,19 @@ class CurveHook:
         if epoch not in self.pruner.rungs:
             return True
         # A FAIL trial is either broken or cut off and retried (its retry carries its curve on): no peer.
-        recorded = [o for t in c.study.get_trials(deepcopy=False, states=PEER_STATES)
-                    if (o := curves.observation(c.family, t)) is not None]
-        me = Observation(c.family, c.trial.number, c.record.params, tuple(curve))
+        recorded = [o for t in c.search.study.get_trials(deepcopy=False, states=PEER_STATES)
+                    if (o := curves.observation(c.search.family, t)) is not None]
+        me = Observation(c.search.family, c.trial.number, c.record.params, tuple(curve))
         decision = self.pruner.decide(me, epoch, recorded)
         if not decision.stop:
             return True
-        c.trial.set_user_attr(PRUNED_REASON_ATTR, decision.reason)
+        c.trial.set_user_attr(schema.REASON_ATTR, decision.reason)  # trials.csv and the displays show it from there
         self.curves.pop(c.trial.number, None)
         return False
 
 
-def _trial(c: ClaimedTrial, number: int) -> FrozenTrial | None:
-    return next((t for t in c.study.get_trials(deepcopy=False) if t.number == number), None)
+def _trial(c: TrialRun, number: int) -> FrozenTrial | None:
+    return next((t for t in c.search.study.get_trials(deepcopy=False) if t.number == number), None)
 
 
 def hook_for(cfg: RunConfig) -> EpochHook:

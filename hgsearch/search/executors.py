@@ -1,6 +1,9 @@
-"""The pack executor: the search's claimed trials trained as heterogeneous packs (packed.train_packed).
+"""The executors: how claimed trials are trained, one after the other or as packs; never their bookkeeping.
 
-What a serial trial promises holds per member:
+Both call TrialRun.epoch_end after each finished epoch (the decision, then the checkpoint: trial.py) and
+return one outcome per run; they differ only in how they train. SerialExecutor trains one trial after
+the other through training.loop.train. PackExecutor trains them as heterogeneous packs
+(training.packed.train_packed); what a serial trial promises holds per member:
 - Checkpoints: after each finished epoch every live member's state is written to its own
   checkpoint (checkpoint.path_for of its retry chain) in train.train's format, sliced out of the
   pack (packed.PackStep.member_optimizer_state). Per-member files, not one pack file, because a
@@ -12,10 +15,10 @@ What a serial trial promises holds per member:
   the whole pack in train_packed: the executor then retrains its members (from their checkpoints)
   in packs of half the size, and only a member that runs out of memory alone fails.
 - Ctrl-C: the stop flag is checked after every step (a host-side list check, no device sync), so
-  the pack stops within a step; run_trials closes every member for retry.
-- Early stopping: on_epoch(claimed, epoch, metrics) with the member's psnr_val_epoch (one packed
-  evaluation on the per-epoch subset), before the member's checkpoint is written; False
-  retires the member (its weights freeze) and its outcome is StoppedEarly, told PRUNED like a serial trial.
+  the pack stops within a step; trial.run_trials closes every member for retry.
+- Early stopping: the member's epoch_end with its psnr_val_epoch (one packed evaluation on the
+  per-epoch subset); False retires the member (its weights freeze) and its outcome is StoppedEarly,
+  told PRUNED like a serial trial.
 - Repack: at the end of an epoch in which members retired, the pack is rebuilt from its live
   members alone (train_packed(repack=True), packed.repack_pays: always while an epoch remains when
   the step runs eagerly, when the saving outweighs the recapture with CUDA graphs), each carrying its
@@ -26,7 +29,6 @@ What a serial trial promises holds per member:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,27 +37,67 @@ from typing import Any
 import torch
 
 from hgsearch.config import RunConfig
-from hgsearch.data.tasks import TaskData
 from hgsearch.errors import TrialFailed
-from hgsearch.events import Progress, Reporter
-from hgsearch.search.trial import (
-    ClaimedTrial,
-    EpochHook,
-    Executor,
-    Outcome,
-    SerialExecutor,
-    StoppedEarly,
-    _pause_at,
-    epoch_metrics,
-    save_checkpoint,
-)
+from hgsearch.events import Progress
+from hgsearch.search.testhooks import pause_at
+from hgsearch.search.trial import Executor, Outcome, StoppedEarly, TrialRun
 from hgsearch.stop import check_stop
-from hgsearch.training import checkpoint
-from hgsearch.training.loop import CUDA_BF16, epoch_eval_split
+from hgsearch.training.loop import CUDA_BF16, epoch_eval_split, train
 from hgsearch.training.packed import train_packed
 from hgsearch.training.packing import pack_limits, plan_packs
 
 PROGRESS_EVERY = 50  # steps between Progress events, as train.train's default report_every
+
+
+class _EndTrial(Exception):
+    """Raised out of train's epoch callback when the run's epoch_end ends the trial."""
+
+
+def _stopped(run: TrialRun) -> StoppedEarly:
+    assert run.stopped is not None  # epoch_end returned False
+    return run.stopped
+
+
+class SerialExecutor:
+    """One trial after the other through training.loop.train, checkpointing each epoch.
+
+    epoch_eval_size: score each epoch on the first that many validation images (0: all of them) and
+    pass it to on_epoch as psnr_val_epoch; None: no per-epoch evaluation.
+    """
+
+    def __init__(self, epoch_eval_size: int | None = None) -> None:
+        self.epoch_eval_size = epoch_eval_size
+
+    def run(self, runs: Sequence[TrialRun]) -> list[Outcome]:
+        return [self._train(run) for run in runs]
+
+    def _train(self, run: TrialRun) -> Outcome:
+        rec, family, data, reporter = run.record, run.search.family, run.search.data, run.search.reporter
+        batch_size = run.search.cfg.batch_size
+
+        def progress(epoch: int, step: int, steps: int, loss: float) -> None:
+            check_stop()
+            reporter(Progress(family, epoch, rec.epochs, step, steps, loss))
+            if epoch >= 1 and step < steps:
+                pause_at("epoch")  # mid-epoch, with an earlier epoch's checkpoint on disk
+
+        def on_epoch_end(state: dict[str, Any]) -> None:
+            if not run.epoch_end(state):
+                raise _EndTrial
+            if state["epoch"] == rec.epochs:
+                pause_at("eval")  # training done, evaluation next
+
+        steps = -(-len(data.train) // batch_size)
+        epoch_eval = None if self.epoch_eval_size is None else epoch_eval_split(data.val, self.epoch_eval_size)
+        try:
+            _, res = train(rec.spec, data, lr=rec.lr, epochs=rec.epochs, batch_size=batch_size, seed=rec.seed,
+                           progress=progress, report_every=max(1, min(50, steps // 4)), resume=run.resume,
+                           on_epoch_end=on_epoch_end, epoch_eval=epoch_eval, stop_check=check_stop)
+        except TrialFailed as e:
+            return e
+        except _EndTrial:
+            return _stopped(run)
+        return res
 
 
 class PackExecutor:
@@ -65,18 +107,18 @@ class PackExecutor:
         self.max_k = max_k
         self.epoch_eval_size = epoch_eval_size  # as SerialExecutor's: psnr_val_epoch from evaluate_packed
 
-    def run(self, claimed: Sequence[ClaimedTrial], data: TaskData, reporter: Reporter,
-            on_epoch: EpochHook) -> list[Outcome]:
-        device = data.train.inputs.device
+    def run(self, runs: Sequence[TrialRun]) -> list[Outcome]:
+        if not runs:
+            return []
+        device = runs[0].search.data.train.inputs.device
         max_k, max_bytes = pack_limits(device, self.max_k)
-        current = list(claimed)
         outcomes: dict[int, Outcome] = {}
-        todo = [(list(range(len(current))), max_k)]
+        todo = [(list(range(len(runs))), max_k)]
         while todo:
             members, k = todo.pop(0)
-            for pack in self._plan([current[i] for i in members], members, k, max_bytes):
+            for pack in self._plan([runs[i] for i in members], members, k, max_bytes):
                 try:
-                    self._train(pack, current, data, reporter, on_epoch, outcomes)
+                    self._train(pack, runs, outcomes)
                 except TrialFailed as e:  # out of memory for the pack as a whole
                     left = [i for i in pack if i not in outcomes]
                     if len(pack) == 1:
@@ -84,31 +126,31 @@ class PackExecutor:
                     elif left:
                         # Retrain from the members' last checkpoints, half as many at once.
                         for i in left:
-                            resume, _ = checkpoint.load(current[i].checkpoint, current[i].meta)
-                            current[i] = dataclasses.replace(current[i], resume=resume)
+                            runs[i].reload()
                         todo.append((left, max(1, len(pack) // 2)))
-        return [outcomes[i] for i in range(len(current))]
+        return [outcomes[i] for i in range(len(runs))]
 
     @staticmethod
-    def _plan(members: list[ClaimedTrial], index: list[int], max_k: int, max_bytes: int | None) -> list[list[int]]:
-        """Packs (as indices into the claimed list) of members that resume from the same epoch."""
+    def _plan(members: list[TrialRun], index: list[int], max_k: int, max_bytes: int | None) -> list[list[int]]:
+        """Packs (as indices into the runs) of members that resume from the same epoch."""
         by_epoch: dict[int, list[int]] = defaultdict(list)
-        for j, c in enumerate(members):
-            by_epoch[int(c.resume["epoch"]) if c.resume else 0].append(j)
+        for j, run in enumerate(members):
+            by_epoch[int(run.resume["epoch"]) if run.resume else 0].append(j)
         packs = []
         for js in by_epoch.values():
             specs = [members[j].record.spec for j in js]
             seeds = [members[j].record.seed for j in js]
-            for p in plan_packs(specs, max_k, seeds=seeds, max_bytes=max_bytes, batch_size=members[js[0]].batch_size):
+            batch_size = members[js[0]].search.cfg.batch_size
+            for p in plan_packs(specs, max_k, seeds=seeds, max_bytes=max_bytes, batch_size=batch_size):
                 packs.append([index[js[q]] for q in p])
         return packs
 
-    def _train(self, pack: list[int], claimed: Sequence[ClaimedTrial], data: TaskData, reporter: Reporter,
-               on_epoch: EpochHook, outcomes: dict[int, Outcome]) -> None:
-        members = [claimed[i] for i in pack]
+    def _train(self, pack: list[int], runs: Sequence[TrialRun], outcomes: dict[int, Outcome]) -> None:
+        members = [runs[i] for i in pack]
         first = members[0]
-        epochs, family = first.record.epochs, first.family
-        steps = -(-len(data.train) // first.batch_size)
+        epochs, batch_size = first.record.epochs, first.search.cfg.batch_size
+        family, data, reporter = first.search.family, first.search.data, first.search.reporter
+        steps = -(-len(data.train) // batch_size)
         reported = [0]  # the last epoch whose end was reported
 
         def on_step(epoch: int, step: int, per_epoch: int) -> None:
@@ -116,30 +158,24 @@ class PackExecutor:
             if step % PROGRESS_EVERY == 0:
                 reporter(Progress(family, epoch, epochs, step, per_epoch, math.nan))  # no device read per step
             if epoch >= 1 and step < per_epoch:
-                _pause_at("epoch")  # mid-epoch, with the members' earlier checkpoints on disk
+                pause_at("epoch")  # mid-epoch, with the members' earlier checkpoints on disk
 
         def on_epoch_end(j: int, state: dict[str, Any]) -> bool:
-            c = members[j]
             epoch = int(state["epoch"])
             if reported[0] < epoch:  # the epoch's end, with the loss of its first live member
                 reported[0] = epoch
                 reporter(Progress(family, epoch - 1, epochs, steps, steps, float(state["loss"])))
-            metrics = epoch_metrics(state)
-            # Decide before the checkpoint, as the serial loop does (see early_stop.py).
-            keep = on_epoch(c, epoch, metrics)
-            _pause_at("decided")
-            if not keep:
-                outcomes[pack[j]] = StoppedEarly(epoch, metrics)
+            if not members[j].epoch_end(state):
+                outcomes[pack[j]] = _stopped(members[j])
                 return False
-            save_checkpoint(c, state)
             if epoch == epochs and j == len(members) - 1:
-                _pause_at("eval")  # training done (the members' last checkpoints written), evaluation next
+                pause_at("eval")  # training done (the members' last checkpoints written), evaluation next
             return True
 
         _, results = train_packed(
-            [c.record.spec for c in members], data, lrs=[c.record.lr for c in members], epochs=epochs,
-            batch_size=first.batch_size, seed=first.record.seed, device=data.train.inputs.device,
-            bf16=CUDA_BF16, resume=[c.resume for c in members], on_epoch_end=on_epoch_end, on_step=on_step,
+            [m.record.spec for m in members], data, lrs=[m.record.lr for m in members], epochs=epochs,
+            batch_size=batch_size, seed=first.record.seed, device=data.train.inputs.device,
+            bf16=CUDA_BF16, resume=[m.resume for m in members], on_epoch_end=on_epoch_end, on_step=on_step,
             repack=True,
             epoch_eval=None if self.epoch_eval_size is None else epoch_eval_split(data.val, self.epoch_eval_size))
         for i, res in zip(pack, results, strict=True):
@@ -151,7 +187,7 @@ def executor_for(cfg: RunConfig, device: torch.device) -> tuple[Executor, int]:
 
     pack_size 0 (the default) means packs sized by the device on CUDA and the serial loop on a CPU,
     where packs measured 0.5-0.8x serial; 1 is the serial loop everywhere. Either evaluates every
-    epoch on cfg.epoch_eval_size validation images: the learning curves (early_stop.py).
+    epoch on cfg.epoch_eval_size validation images: the learning curves (epoch_hook.py).
     """
     if cfg.pack_size == 1 or (cfg.pack_size == 0 and device.type != "cuda"):
         return SerialExecutor(cfg.epoch_eval_size), 1

@@ -12,7 +12,6 @@ Guarantees of run_search (one process, or any number of processes/hosts on one s
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -25,15 +24,15 @@ from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Note, Reporter, Start, quiet
 from hgsearch.model import space as space_mod
 from hgsearch.model.families import ArchSpec
-from hgsearch.search.claims import WAIT, claim, close_trial, reap
+from hgsearch.search.claims import Claim, claim_some, reap
+from hgsearch.search.context import FamilySearch
 from hgsearch.search.epoch_hook import hook_for
 from hgsearch.search.executors import executor_for
 from hgsearch.search.identity import open_studies
 from hgsearch.search.trial import run_trials, sweep_checkpoints
 from hgsearch.stop import check_stop
-from hgsearch.store import optuna_seam as seam
 from hgsearch.store.resilient import set_listener
-from hgsearch.store.schema import finished
+from hgsearch.store.schema import REASON_ATTR, finished
 from hgsearch.store.storage import GRACE_PERIOD, safe_url
 from hgsearch.training.baselines import baseline
 from hgsearch.training.loop import TrainResult, train
@@ -85,9 +84,10 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
     check_stop()
     set_listener(lambda message: reporter(Note(message)))  # storage outages and recoveries
     studies = open_studies(cfg, families, data)
-    for fam, study in studies.items():
-        reap(study, fam, reporter)
-        sweep_checkpoints(study, cfg, fam)
+    searches = {fam: FamilySearch(study, cfg, fam, data, reporter) for fam, study in studies.items()}
+    for search in searches.values():
+        reap(search)
+        sweep_checkpoints(search)
     reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: finished(s) for f, s in studies.items()},
                    baseline=baseline(data)))
     failures = dict.fromkeys(families, 0)
@@ -100,20 +100,19 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
     while pending:
         all_wait = True
         for fam in list(pending):
-            trials = claim_some(studies[fam], cfg, fam, reporter, per_round)
-            if trials is None:
+            trials = claim_some(searches[fam], per_round)
+            if trials is Claim.DONE:
                 pending.remove(fam)
                 continue
-            if trials is WAIT:
+            if trials is Claim.WAIT:
                 continue
             all_wait = False
-            for frozen in run_trials(studies[fam], cfg, fam, data, reporter, trials, executor=executor,
-                                     on_epoch=on_epoch):
+            for frozen in run_trials(searches[fam], trials, executor, on_epoch):
                 failures[fam] = failures[fam] + 1 if frozen.state == TrialState.FAIL else 0
                 if failures[fam] >= MAX_CONSECUTIVE_FAILURES:
                     raise HgsearchError(
                         f"{MAX_CONSECUTIVE_FAILURES} {fam} trials failed in a row (last: "
-                        f"{frozen.user_attrs.get('fail_reason')}): check --epochs, the lr range and the data"
+                        f"{frozen.user_attrs.get(REASON_ATTR)}): check --epochs, the lr range and the data"
                     )
         if pending and all_wait:
             if not waited:
@@ -125,25 +124,6 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
                 time.sleep(0.1)
     reporter(Done(time.perf_counter() - t0))
     return studies
-
-
-def claim_some(study: optuna.Study, cfg: RunConfig, family: str, reporter: Reporter,
-               k: int) -> list[optuna.Trial] | None | object:
-    """Up to k trials claimed one by one (claims.claim: never past the target), or claim's None / WAIT
-    when not even one can be claimed now. Cut off while claiming, the ones claimed are queued again."""
-    got: list[optuna.Trial] = []
-    try:
-        while len(got) < k:
-            trial = claim(study, cfg, family, reporter)
-            if trial is None or trial is WAIT:
-                return got or trial
-            got.append(trial)
-    except BaseException:
-        for trial in got:
-            with contextlib.suppress(Exception):
-                close_trial(study, seam.frozen(study, trial), "interrupted while claiming", retry=True)
-        raise
-    return got
 
 
 def train_single(

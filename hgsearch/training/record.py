@@ -75,7 +75,7 @@ def result_attrs(res: TrainResult) -> dict[str, float]:
 
 def weights_path(study_dir: str | Path, family: str, trial: int) -> Path:
     """Where a frontier point's trained weights are cached (kept by the search when the trial completes
-    on its family's front, see lifecycle.keep_weights; else written by confirm.frontier_model)."""
+    on its family's front, see search.trial.TrialRun.keep_weights; else written by confirm.frontier_model)."""
     return Path(study_dir) / "weights" / f"{family}-{int(trial)}.pt"
 
 
