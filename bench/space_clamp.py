@@ -23,8 +23,12 @@ def clamped(family: str, params: dict[str, float], spec, budget: int, d_in: int,
     if not hasattr(space, "decode"):  # version 1
         off_ratio = family == "hourglass" and abs(spec.bottleneck / spec.width - params["ratio"]) > 1 / spec.width
         return spec.depth != params["depth"] or off_ratio
+    from hgsearch.model.families import param_count  # version 2 only
+
     target, depth, width = space.decode(family, params, budget, d_in, d_out, space.SpaceConfig())
-    return (spec.depth, spec.width) != (depth, width) or not target - 2 * depth * width < spec.params <= target
+    # The largest size within the target: one more unit of bottleneck would exceed it.
+    largest = spec.params <= target < param_count(d_in, d_out, width, spec.bottleneck + 1, depth)
+    return (spec.depth, spec.width) != (depth, width) or not largest
 
 
 def main() -> None:

@@ -68,12 +68,6 @@ def test_log_scale_when_the_range_calls_for_it(tmp_path):
     non_blank(decode(plots.save_all(fig, tmp_path / "wide", ("png",))[0]))
 
 
-def test_plot_frontier_keeps_its_single_file_behaviour(tmp_path):
-    out = plots.plot_frontier(frontier(), tmp_path / "f.png")
-    assert out == tmp_path / "f.png"
-    non_blank(decode(out))
-
-
 def test_scaling_figure(tmp_path):
     scaling = pd.DataFrame([{"family": f, "hi": hi, "depth": d, "width": w, "bottleneck": b, "ratio": b / w}
                             for f, rows in (("hourglass", [(1e6, 4, 785, 10), (2e6, 10, 785, 115),

@@ -24,7 +24,7 @@ import optuna
 
 from hgsearch.config import SpaceConfig
 from hgsearch.errors import UsageError
-from hgsearch.model.families import FAMILIES, ArchSpec
+from hgsearch.model.families import FAMILIES, ArchSpec, param_count
 
 # Part of the settings that define a study (search.identity.settings): a study sampled with another version
 # of this parametrisation is not resumed with this one.
@@ -59,14 +59,15 @@ def _narrowest(family: str, d_in: int, d_out: int, space: SpaceConfig) -> tuple[
 def _floor(family: str, depth: int, d_in: int, d_out: int, space: SpaceConfig) -> int:
     """Parameters of the smallest configuration of this depth in the space."""
     w0, d_h = _narrowest(family, d_in, d_out, space)
-    return w0 * (d_in + d_out) + 2 * depth * w0 * d_h
+    return param_count(d_in, d_out, w0, d_h, depth)
 
 
 def depth_range(family: str, budget: int, d_in: int, d_out: int, space: SpaceConfig) -> tuple[int, int] | None:
     """Depths whose smallest configuration fits the budget, or None if not even the shallowest does."""
     lo, hi = space.hourglass_depth if family == "hourglass" else space.conventional_depth
     w0, d_h = _narrowest(family, d_in, d_out, space)
-    deepest = min(hi, (budget - w0 * (d_in + d_out)) // (2 * w0 * d_h))
+    # families.param_count solved for depth: (budget - W_in - W_out) // (parameters of one block).
+    deepest = min(hi, (budget - param_count(d_in, d_out, w0, d_h, 0)) // (2 * w0 * d_h))
     return (lo, deepest) if deepest >= lo else None
 
 
@@ -82,7 +83,8 @@ def size_range(family: str, d_in: int, d_out: int, budget: int, space: SpaceConf
 
 def bottleneck(target: int, depth: int, width: int, d_in: int, d_out: int) -> int:
     """The largest bottleneck whose parameter count, at this depth and width, is <= target."""
-    return (target - width * (d_in + d_out)) // (2 * depth * width)
+    # families.param_count solved for the bottleneck (it is linear in it): one unit adds 2 * depth * width.
+    return (target - param_count(d_in, d_out, width, 0, depth)) // (2 * depth * width)
 
 
 def width_range(target: int, depth: int, d_in: int, d_out: int, space: SpaceConfig) -> tuple[int, int]:
@@ -98,7 +100,9 @@ def width_range(target: int, depth: int, d_in: int, d_out: int, space: SpaceConf
     def ratio(w: int) -> float:
         return bottleneck(target, depth, w, d_in, d_out) / w
 
-    def root(r: float) -> float:  # the width where the unrounded ratio is r: 2*L*r*w^2 + outer*w = target
+    def root(r: float) -> float:
+        # The width where the unrounded ratio is r: families.param_count with bottleneck r*w, solved for w
+        # (2*L*r*w^2 + outer*w = target).
         a = 2 * depth * r
         return (-outer + math.sqrt(outer * outer + 4 * a * target)) / (2 * a)
 
@@ -106,6 +110,7 @@ def width_range(target: int, depth: int, d_in: int, d_out: int, space: SpaceConf
     lo = max(stream_width(d_in, d_out) + 1, math.ceil(root(r_hi)) - 1)
     while ratio(lo) > r_hi:
         lo += 1
+    # target // (outer + 2 * depth): the widest stream with a bottleneck of 1 (param_count solved for width).
     hi = min(int(root(r_lo)) + 1, target // (outer + 2 * depth))
     while hi >= lo and (ratio(hi) < r_lo or bottleneck(target, depth, hi, d_in, d_out) < 1):
         hi -= 1

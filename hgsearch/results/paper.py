@@ -42,12 +42,6 @@ FRONTIERS: dict[str, dict[str, list[tuple[float, float, tuple[int, int, int]]]]]
     },
 }
 
-# Denoising has no point list in the paper's readable text, only this summary.
-DENOISING_NOTE = (
-    "sigma 0.25, 30 epochs, 1 seed: the two frontiers sit within 0.02 to 0.06 dB of each other, "
-    "about 24.2 to 24.36 dB between 2M and 7M parameters"
-)
-
 D_IN = {"classify": 784, "superres": 196}  # 14x14 input for x2 SR
 D_OUT = 784
 

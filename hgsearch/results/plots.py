@@ -109,11 +109,6 @@ def frontier_figure(
     return fig
 
 
-def plot_frontier(fr: Frontier, path: str | Path, **kw) -> Path:
-    """The frontier figure (see frontier_figure) in the format of path's suffix."""
-    return _save(frontier_figure(fr, **kw), Path(path))
-
-
 def scaling_figure(scaling: pd.DataFrame, title: str = "") -> Figure:
     """Per budget bin, the best configuration's depth, width, bottleneck and ratio, one line per family."""
     fig = _figure((7.2, 5.2))

@@ -17,14 +17,12 @@ from collections.abc import Sequence
 import torch
 
 from hgsearch.errors import UsageError
-from hgsearch.model.families import ArchSpec
+from hgsearch.model.families import ArchSpec, param_count
 
 K0 = 10.0  # fixed cost of a pack, in members' work (fitted to the H200 numbers above)
 CPU_PACK = 4  # packs measured 0.5-0.8x serial on a CPU; small packs keep the CPU path cheap to test
 MAX_PACK = 128  # the H200's throughput barely grows past K = 128 (551k at 32, 625k at 128)
 MEMORY_FRACTION = 0.5  # of the free device memory; the rest is evaluation, the graph pool, fragmentation
-
-Shape = tuple[int, int, int]  # (width, bottleneck, depth)
 
 
 def padded_params(specs: Sequence[ArchSpec]) -> int:
@@ -32,7 +30,7 @@ def padded_params(specs: Sequence[ArchSpec]) -> int:
     w = max(s.width for s in specs)
     h = max(s.bottleneck for s in specs)
     depth = max(s.depth for s in specs)
-    return w * (specs[0].d_in + specs[0].d_out) + 2 * depth * w * h
+    return param_count(specs[0].d_in, specs[0].d_out, w, h, depth)
 
 
 def padding_waste(specs: Sequence[ArchSpec], packs: Sequence[Sequence[int]]) -> float:
@@ -72,7 +70,7 @@ def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float, m
             k = end - start
             if k > 1 and max_bytes is not None and k * _bytes(d_in, d_out, w, h, depth, batch_size) > max_bytes:
                 break  # the run only grows further back: no longer run fits either
-            cost = best[start] + (w * (d_in + d_out) + 2 * depth * w * h) * (k + k0)
+            cost = best[start] + param_count(d_in, d_out, w, h, depth) * (k + k0)
             if cost < best[end]:
                 best[end], cut[end] = cost, start
     packs, end = [], n
@@ -101,7 +99,7 @@ def plan_packs(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | 
 
 
 def _bytes(d_in: int, d_out: int, w: int, h: int, depth: int, batch_size: int) -> int:
-    state = 4 * 4 * (w * (d_in + d_out) + 2 * depth * w * h)  # float32 weight, gradient, two moments
+    state = 4 * 4 * param_count(d_in, d_out, w, h, depth)  # float32 weight, gradient, two moments
     # Saved for backward per block: the stream, its normalised copy, the branch and the masked branch
     # (4 x width) and the pre- and post-ReLU bottleneck (2 x bottleneck); plus the ends of the network.
     acts = 4 * batch_size * (depth * (4 * w + 2 * h) + 2 * w + 2 * d_out + d_in)
