@@ -1,7 +1,8 @@
 """What the library reports while it runs, as small frozen events, and the Reporter that receives them.
 
-The library never prints: run_search, claims, the trial lifecycle, workers and confirm call a
-Reporter with these events, and the CLI's display (or a notebook) decides what to show. Events
+The search (search.run, claims, search.trial, workers) and confirm print nothing: they call a Reporter
+with these events, and the CLI's display (or a notebook) decides what to show. The one thing the library
+draws itself is a dataset download's progress bar on stderr (data.download.fetch). Events
 cross process boundaries under `run --workers` (pickled), so their fields are plain data.
 """
 
@@ -86,7 +87,7 @@ class SeedsStart:
 class RunStart:
     """confirm: training one frontier configuration (a trials-table row) with one more seed."""
 
-    row: Any  # a pandas Series of frontier.COLUMNS
+    row: Any  # a pandas Series of results.trials.COLUMNS
     seed: int
     index: int
     total: int

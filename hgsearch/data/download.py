@@ -1,4 +1,7 @@
-"""Verified downloads: stream into a temp file beside the target, check its md5, only then rename it in."""
+"""Verified downloads: stream into a temp file beside the target, check its md5, only then rename it in.
+
+The progress bar drawn on stderr here is the one output the library makes without a Reporter (events.py).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from hgsearch.errors import DataError
 from hgsearch.store.atomic import atomic_open
 
 TIMEOUT_S = 60.0  # per socket operation, so a stalled server fails instead of hanging a search
-_CHUNK = 1 << 16
+_CHUNK = 1 << 16  # bytes read per step: 64 KiB keeps the md5 and the bar current without a syscall per packet
 
 
 def fetch(url: str, dest: Path, md5: str, *, timeout: float = TIMEOUT_S) -> None:

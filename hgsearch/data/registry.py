@@ -213,7 +213,11 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-@functools.lru_cache(maxsize=4)
+# Datasets kept loaded per process: a search reads one, the tests a few; bounded, as ImageNet-32 alone is 3.9 GB.
+CACHED_DATASETS = 4
+
+
+@functools.lru_cache(maxsize=CACHED_DATASETS)
 def _load(name: str, directory: Path) -> Dataset:
     """Read and validate one dataset from one directory; cached, since ImageNet-32 takes a while."""
     spec = _SPECS[name]

@@ -9,22 +9,21 @@ training step is a few tensor gathers, not a DataLoader round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hgsearch.config import RunConfig
 from hgsearch.data.registry import Dataset, load_dataset
 from hgsearch.errors import DataError, UsageError
 from hgsearch.names import AUGMENTS, TASKS
 
-if TYPE_CHECKING:  # load_task's annotation only: config imports this module
-    from hgsearch.config import RunConfig
-
 SPLIT_SEED = 0  # the validation split never depends on the run's seed, so runs stay comparable
 EVAL_NOISE_SEED = 1234  # fixed noise on validation/test inputs: every model sees the same images
 FLIPS = 4  # --augment flips: each image also appears flipped left-right, up-down and both
+CHUNK_ROWS = 8192  # images converted at a time (downsampling, evaluation noise): bounded peak memory
+VAL_SHARE = 6  # validation takes at most 1/6 of the training images: 10k of 60k on (Fashion-)MNIST, as in the paper
 
 
 def as_float(t: torch.Tensor) -> torch.Tensor:
@@ -77,7 +76,7 @@ def flip(flat: torch.Tensor, fold: torch.Tensor, shape: tuple[int, int, int]) ->
 
 @dataclass(frozen=True)
 class TaskData:
-    """Train/validation/test splits of one task on one dataset, ready for train.train()."""
+    """Train/validation/test splits of one task on one dataset, ready for training.loop.train()."""
 
     task: str
     dataset: str
@@ -109,7 +108,7 @@ def downsample(flat: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """x2 bicubic downsampling per channel, no antialiasing (as in the paper), flattened back (float32)."""
     c, h, w = shape
     out = []
-    for chunk in flat.split(8192):  # bounded peak memory on large datasets
+    for chunk in flat.split(CHUNK_ROWS):
         img = as_float(chunk).view(-1, c, h, w)
         small = F.interpolate(img, size=(h // 2, w // 2), mode="bicubic", align_corners=False, antialias=False)
         out.append(small.reshape(small.shape[0], -1))
@@ -124,7 +123,7 @@ def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None =
 
 def _noisy(flat: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
     """Fixed evaluation noise, drawn in chunks (bounded memory) from one generator: same as one draw."""
-    return torch.cat([add_noise(as_float(chunk), sigma, generator) for chunk in flat.split(8192)])
+    return torch.cat([add_noise(as_float(chunk), sigma, generator) for chunk in flat.split(CHUNK_ROWS)])
 
 
 def prototypes(images: np.ndarray, labels: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -163,10 +162,10 @@ def prepare(
     if task == "superres" and (h % 2 or w % 2):
         raise UsageError(f"superres needs even image sides, {dataset.name} has {h}x{w}: use another task")
     n_train = len(dataset.train.images)
-    # 10k of 60k on (Fashion-)MNIST as in the paper; small datasets keep five sixths for training.
-    val_size = min(val_size, n_train // 6)
+    # Small datasets keep five sixths for training.
+    val_size = min(val_size, n_train // VAL_SHARE)
     if val_size < 1:
-        raise DataError(f"{dataset.name} has only {n_train} training images: at least 6 are needed")
+        raise DataError(f"{dataset.name} has only {n_train} training images: at least {VAL_SHARE} are needed")
 
     if train_size < 0 or train_size > n_train - val_size:
         raise UsageError(f"--train-size must be between 1 and the {n_train - val_size:,} training images left "

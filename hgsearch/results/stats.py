@@ -43,7 +43,7 @@ def _require(df: pd.DataFrame, cols: list[str]) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         cols = ", ".join(missing)
-        raise UsageError(f"results lack column(s) {cols}: pass the trial rows frontier.py writes")
+        raise UsageError(f"results lack column(s) {cols}: pass trial rows as results.trials reads them (trials.csv)")
 
 
 def pareto_front(df: pd.DataFrame, x: str = "params", y: str = "psnr_val") -> pd.DataFrame:

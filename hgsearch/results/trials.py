@@ -19,7 +19,7 @@ from hgsearch.store.studies import open_study, study_names
 from hgsearch.training.baselines import Baseline
 from hgsearch.training.record import CONFIG_ATTRS, RESULT_ATTRS
 
-# The columns of a trial row (meanings: README, "Reading the results"); a row alone is enough to rebuild and retrain
+# The columns of a trial row (meanings: docs/results.md); a row alone is enough to rebuild and retrain
 # its model (record.TrialRecord.from_row). family + trial is a row's unique key.
 COLUMNS = ["family", "params", "trainable_params", "psnr_test", "psnr_val", "train_loss", "depth", "width",
            "bottleneck", "lr", "fixed_win", "trial", "retry_of", "d_in", "d_out", "epochs", "seed", "seconds"]

@@ -30,6 +30,11 @@ GRACE_PERIOD = 60  # a RUNNING trial whose last heartbeat is older than this is 
 
 SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for the lock instead of failing "database is locked"
 
+# Hosts starting at once on an empty server database race to create Optuna's tables; the losers retry
+# after a random pause, so one or two attempts settle it and five leave a wide margin.
+CREATE_ATTEMPTS = 5
+CREATE_PAUSE = (0.2, 1.0)  # seconds, drawn uniformly: the hosts' retries do not collide again
+
 
 def safe_url(url: str) -> str:
     """The storage URL with any password masked, for messages and files."""
@@ -63,7 +68,7 @@ _CREATE_RACE = re.compile(r"UniqueViolation|DuplicateTable|already exists|duplic
 def _prepare_sqlite(url: str) -> None:
     """Check a SQLite file is a database and switch it to WAL (readers never block the writer).
 
-    WAL plus a 60 s busy timeout is what keeps several workers on one SQLite file free of
+    WAL plus a busy timeout (SQLITE_TIMEOUT) is what keeps several workers on one SQLite file free of
     "database is locked" (measured in notes/search-api.md). WAL needs a local filesystem: use a
     server database (PostgreSQL) for hosts that share a study.
     """
@@ -103,7 +108,7 @@ def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_second
         if url.startswith("sqlite"):
             _prepare_sqlite(url)
             kwargs["engine_kwargs"]["connect_args"] = {"timeout": SQLITE_TIMEOUT}
-        for attempt in range(5):
+        for attempt in range(CREATE_ATTEMPTS):
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -114,9 +119,9 @@ def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_second
             except Exception as e:
                 # Optuna creates its tables without a lock: hosts starting at once on an empty
                 # server database can collide (UniqueViolation, DuplicateTable). The loser retries.
-                if attempt == 4 or not _CREATE_RACE.search(repr(e) + repr(e.__cause__)):
+                if attempt == CREATE_ATTEMPTS - 1 or not _CREATE_RACE.search(repr(e) + repr(e.__cause__)):
                     raise
-                time.sleep(random.uniform(0.2, 1.0))
+                time.sleep(random.uniform(*CREATE_PAUSE))
     except HgsearchError:
         raise
     except Exception as e:  # SQLAlchemy, driver import and URL errors all land here

@@ -20,7 +20,7 @@ METHODS = {
 
 @dataclass(frozen=True)
 class Baseline:
-    """PSNR (dB) of the task's trivial baseline, measured exactly like a model's (train.evaluate)."""
+    """PSNR (dB) of the task's trivial baseline, measured exactly like a model's (training.loop.evaluate)."""
 
     task: str
     method: str

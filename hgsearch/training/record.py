@@ -19,7 +19,7 @@ class TrialRecord:
     """Everything needed to rebuild and retrain a trial's model from the storage alone.
 
     Written as user attrs before training starts, copied to a retry, and a frontier/trials CSV row
-    holds every field. Results (psnr_val, psnr_test, train_loss, seconds) stay in train.TrainResult.
+    holds every field. Results (psnr_val, psnr_test, train_loss, seconds) stay in training.loop.TrainResult.
     """
 
     family: str
