@@ -108,3 +108,63 @@ def test_every_weight_gradient_is_contiguous(member):
     params = [p for p in packed.parameters() if p.requires_grad]
     grads = torch.autograd.grad((packed(x) - y).pow(2).sum(), params)
     assert all(g.is_contiguous() and g.stride() == p.stride() for g, p in zip(grads, params, strict=True))
+
+
+def block_ops(block) -> collections.Counter:
+    """Top-level aten ops (and compiled kernels) of one training block's forward and backward."""
+    gen = torch.Generator().manual_seed(0)
+    k, w, h, b = 3, 20, 6, 32
+    z, down, up = (torch.randn(*shape, generator=gen, requires_grad=True)
+                   for shape in ((k, w, b), (k, h, w), (k, w, h)))
+    stats = (torch.ones(k, 1, 1), torch.zeros(k, 1, w), torch.ones(k, 1, w), torch.full((k, 1, 1), 0.1))
+    grad = torch.ones(k, w, b)
+    torch.autograd.grad(block(z, down, up, *stats, b / (b - 1)), (z, down, up), grad)  # compiles, if it does
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.autograd.grad(block(z, down, up, *stats, b / (b - 1)), (z, down, up), grad)
+    return collections.Counter(e.name for e in prof.events() if e.cpu_parent is None
+                               or not e.cpu_parent.name.startswith("aten::"))
+
+
+def test_a_failed_compile_falls_back_to_the_eager_block(monkeypatch):
+    import hgsearch.training.packed as packed_mod
+
+    def broken(*args):
+        raise RuntimeError("no compiler\nmore")
+
+    monkeypatch.setattr(packed_mod, "compiled_block", lambda: broken)
+    data = batches(3)
+    steppers = [PackStep(PackedMLP(specs(), seed=0), [3e-3] * 4, total_steps=3, weight_decay=0.01,
+                         compile_blocks=c) for c in (True, False)]
+    for stepper in steppers:
+        for x, y in data:
+            stepper.step(x, y)
+    tried, eager = steppers
+    assert tried.compile_errors == ["RuntimeError: no compiler"] and not tried.model.compile_blocks
+    assert all(torch.equal(a, b) for a, b in zip(tried._state(), eager._state(), strict=True))
+
+
+@pytest.mark.slow
+def test_compiled_block_fuses_batchnorm_and_matches_eager():
+    """torch.compile of train_block (about 25 s on 2 cores): same training within rounding, fewer ops."""
+    import shutil
+
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler (inductor)")
+    from hgsearch.training.packed import compiled_block, train_block
+
+    data = batches()
+    steppers = [PackStep(PackedMLP(specs(), seed=0), [3e-3, 1e-3, 2e-3, 4e-3], total_steps=STEPS,
+                         weight_decay=0.01, compile_blocks=c) for c in (True, False)]
+    for stepper in steppers:
+        for x, y in data[:-1]:
+            stepper.step(x, y)
+        stepper.step(data[-1][0][:20], data[-1][1][:20])  # an epoch's short last batch: no recompile needed
+    compiled, eager = steppers
+    assert compiled.compile_errors == [] and compiled.model.compile_blocks
+    for a, b in zip(compiled._state(), eager._state(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    fused, plain = block_ops(compiled_block()), block_ops(train_block)
+    # BatchNorm's statistics, normalisation, ReLU and their backward run inside compiled kernels.
+    assert plain["aten::var"] == 1 and plain["aten::rsqrt"] == 1 and plain["aten::threshold_backward"] == 1
+    assert fused["aten::var"] == fused["aten::rsqrt"] == fused["aten::relu"] == fused["aten::threshold_backward"] == 0
+    assert fused["aten::bmm"] == plain["aten::bmm"] == 6  # the matmuls stay library calls

@@ -76,6 +76,34 @@ StepHook = Callable[[int, int, int], None]
 PackEpoch = Callable[["PackedMLP", int], None]
 
 
+def train_block(z: torch.Tensor, down: torch.Tensor, up: torch.Tensor, mask: torch.Tensor,
+                running_mean: torch.Tensor, running_var: torch.Tensor, momentum: torch.Tensor,
+                unbias: float) -> torch.Tensor:
+    """One residual block in training mode on feature-major z (K, width, B): BatchNorm over the batch
+    (running statistics, (K, 1, width) views, updated in place), ReLU bottleneck, depth mask, residual."""
+    # BatchNorm in float32 even under bf16 autocast, as autocast runs nn.BatchNorm1d.
+    zf = z.float()
+    mean = zf.mean(2, keepdim=True)
+    var = zf.var(2, unbiased=False, keepdim=True)
+    with torch.no_grad():  # nn.BatchNorm1d keeps the unbiased variance (unbias = n / (n - 1))
+        running_mean.lerp_(mean.transpose(1, 2), momentum)
+        running_var.lerp_(var.transpose(1, 2) * unbias, momentum)
+    zn = (zf - mean) * torch.rsqrt(var + BN_EPS)
+    return z + mask * torch.bmm(up, torch.relu(torch.bmm(down, zn)))
+
+
+_compiled_block: Callable[..., torch.Tensor] | None = None
+
+
+def compiled_block() -> Callable[..., torch.Tensor]:
+    """train_block through torch.compile with dynamic shapes: one compilation (fused BatchNorm, ReLU,
+    mask and residual, forward and backward) serves every pack's K, width, bottleneck and batch."""
+    global _compiled_block
+    if _compiled_block is None:
+        _compiled_block = torch.compile(train_block, dynamic=True)
+    return _compiled_block
+
+
 def check_packable(specs: Sequence[ArchSpec]) -> None:
     """Packable specs share the input and output sizes; widths, bottlenecks, depths and families may differ."""
     if not specs:
@@ -118,6 +146,7 @@ class PackedMLP(nn.Module):
         self.register_buffer("running_var", torch.ones(depth, k, 1, width, device=device))
         # Per-member BatchNorm momentum: 0 freezes a retired member's running statistics.
         self.register_buffer("momentum", torch.full((k, 1, 1), BN_MOMENTUM, device=device))
+        self.compile_blocks = False  # training blocks through compiled_block (set by PackStep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, d_in), shared by all members -> (K, B, d_out)."""
@@ -126,21 +155,16 @@ class PackedMLP(nn.Module):
         # fused AdamW kernel needs (see PackStep); batch-major activations would give transposed ones.
         z = torch.matmul(self.w_in, x.T)  # (K, width, B)
         n = z.shape[2]
+        block = compiled_block() if self.compile_blocks else train_block
         for layer in range(len(self.down)):
-            # BatchNorm in float32 even under bf16 autocast, as autocast runs nn.BatchNorm1d.
-            zf = z.float()
             if self.training:
-                mean = zf.mean(2, keepdim=True)
-                var = zf.var(2, unbiased=False, keepdim=True)
-                with torch.no_grad():  # nn.BatchNorm1d keeps the unbiased variance
-                    self.running_mean[layer].lerp_(mean.transpose(1, 2), self.momentum)
-                    self.running_var[layer].lerp_(var.transpose(1, 2) * (n / max(n - 1, 1)), self.momentum)
-            else:
-                mean = self.running_mean[layer].transpose(1, 2)
-                var = self.running_var[layer].transpose(1, 2)
-            zn = (zf - mean) * torch.rsqrt(var + BN_EPS)
-            branch = torch.bmm(self.up[layer], torch.relu(torch.bmm(self.down[layer], zn)))
-            z = z + self.mask[layer] * branch
+                z = block(z, self.down[layer], self.up[layer], self.mask[layer], self.running_mean[layer],
+                          self.running_var[layer], self.momentum, n / max(n - 1, 1))
+                continue
+            mean = self.running_mean[layer].transpose(1, 2)
+            var = self.running_var[layer].transpose(1, 2)
+            zn = (z.float() - mean) * torch.rsqrt(var + BN_EPS)
+            z = z + self.mask[layer] * torch.bmm(self.up[layer], torch.relu(torch.bmm(self.down[layer], zn)))
         return torch.sigmoid(torch.bmm(self.w_out, z)).transpose(1, 2)
 
     def member_slices(self, k: int) -> dict[str, tuple[nn.Parameter, tuple[int | slice, ...]]]:
@@ -203,12 +227,15 @@ class PackStep:
     """
 
     def __init__(self, model: PackedMLP, lrs: Sequence[float], *, total_steps: int, weight_decay: float,
-                 graphs: bool = False, bf16: bool = False) -> None:
+                 graphs: bool = False, bf16: bool = False, compile_blocks: bool = False) -> None:
         device = model.w_out.device
         if graphs and device.type != "cuda":
             raise UsageError("CUDA graphs need a CUDA device: train the pack with graphs=False")
         self.model, self.wd, self.total = model, weight_decay, float(total_steps)
         self.graphs, self.bf16 = graphs, bf16 and device.type == "cuda"
+        model.compile_blocks = compile_blocks
+        self._compile_tried = not compile_blocks
+        self.compile_errors: list[str] = []  # why compiled_block failed, if it did (see step)
         k = len(model.specs)
         # Retiring a member sets its rate to 0 in place (no update, no decay; a graph sees the change).
         self.base_lr = torch.tensor(list(lrs), dtype=torch.float32, device=device)
@@ -263,6 +290,18 @@ class PackStep:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Train on one batch (x (B, d_in), y (B, d_out), float32)."""
+        if not self._compile_tried:  # the first step compiles the block, forward and backward
+            self._compile_tried = True
+            saved = [s.detach().clone() for s in self._state()]
+            try:
+                self._step(x, y)
+                return
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # no compiler, an unsupported op: the eager block is the same maths
+                self.compile_errors.append(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+                self._restore(saved)
+                self.model.compile_blocks = False
         if not self.graphs:
             self._step(x, y)
             return
@@ -375,7 +414,8 @@ class PackStep:
         the step count and schedule, copied exactly, so each continues as if its pack had not changed.
         (A fixed W_in's moments are left at 0: its learning rate is 0, so they never move it.)"""
         new = PackStep(model, self.base_lr[list(slots)].tolist(), total_steps=int(self.total),
-                       weight_decay=self.wd, graphs=graphs, bf16=self.bf16)
+                       weight_decay=self.wd, graphs=graphs, bf16=self.bf16,
+                       compile_blocks=self.model.compile_blocks)
         new.t.copy_(self.t)
         for j, s in enumerate(slots):
             for (_, m, v), (_, m_old, v_old) in zip(new._member_moments(j), self._member_moments(s), strict=True):
@@ -415,6 +455,7 @@ def train_packed(
     device: torch.device | str | None = None,
     graphs: bool | None = None,
     bf16: bool = False,
+    compile_blocks: bool = False,
     on_epoch: MemberEpoch | None = None,
     resume: Sequence[dict[str, Any] | None] | None = None,
     on_epoch_end: MemberEpochEnd | None = None,
@@ -426,7 +467,9 @@ def train_packed(
     """Train specs[k] at lrs[k] together; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
 
     graphs (default: on CUDA) replays the step as a CUDA graph; bf16 autocasts the training step on
-    CUDA. A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
+    CUDA; compile_blocks trains each block through compiled_block (torch.compile, dynamic shapes; off by
+    default: about 25 s of compilation per process on 2 CPU cores, not yet measured on a GPU).
+    A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
     does not disturb the others; `seconds` is the pack's wall time for each member (plus the seconds
     of its resumed state). resume[k] is member k's train.train checkpoint state (None: from the start);
     a pack shares one data order, so every member must resume from the same epoch. epoch_eval adds
@@ -460,7 +503,8 @@ def train_packed(
         model = PackedMLP(specs, seed).to(device)
         n = len(data.train)
         total_steps = epochs * math.ceil(n / batch_size)
-        stepper = PackStep(model, lrs, total_steps=total_steps, weight_decay=weight_decay, graphs=graphs, bf16=bf16)
+        stepper = PackStep(model, lrs, total_steps=total_steps, weight_decay=weight_decay, graphs=graphs, bf16=bf16,
+                           compile_blocks=compile_blocks)
         losses = [float("nan")] * k
         offsets = [0.0] * k  # seconds each member trained before its resumed state
         if start_epoch:
