@@ -1,4 +1,4 @@
-"""Options `run` and `train` share: choices and defaults from the library, and --config read as Click's default_map."""
+"""The commands' options: choices and defaults from the library, shared types, --config as Click's default_map."""
 
 from __future__ import annotations
 
