@@ -199,6 +199,20 @@ def test_an_unreadable_database_does_not_hide_the_other_studies(tmp_path):
     assert json.loads(json.dumps(bad.to_dict()))["error"] == bad.error
 
 
+def test_a_relative_sqlite_url_reads_the_study_of_the_current_directory(tmp_path, monkeypatch):
+    # One storage is cached per file: the same relative URL from another directory is another file.
+    for name, pts in (("one", HOURGLASS[:1]), ("two", HOURGLASS)):
+        (tmp_path / name / "s").mkdir(parents=True)
+        s = optuna.create_study(study_name=family_study_name(STUDY, "hourglass"),
+                                storage=f"sqlite:///{tmp_path / name / 's' / 'study.db'}", directions=DIRECTIONS)
+        s.add_trials([trial("hourglass", p, v, d) for p, v, d in pts])
+    counts = []
+    for name in ("one", "two"):
+        monkeypatch.chdir(tmp_path / name)
+        counts.append(int(study_state(STUDY, "sqlite:///s/study.db").loc[0, "complete"]))
+    assert counts == [1, 3]
+
+
 def test_show_confirm_report_errors_are_one_line(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
     for cmd in ("show", "report", "confirm"):

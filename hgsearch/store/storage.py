@@ -59,18 +59,40 @@ def scrubbed(e: BaseException, url: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-_storages: dict[str, ResilientStorage] = {}
+_storages: dict[str, ResilientStorage] = {}  # by _absolute(url)
+_in_wal: set[str] = set()  # SQLite URLs (_absolute) this process has switched to WAL
+
+
+def _absolute(url: str) -> str:
+    """A SQLite file URL with its path made absolute; any other URL as it is.
+
+    SQLite resolves a relative path when it connects, so a pooled connection opened after a chdir (a
+    notebook, the tests' in-process commands) would reach another file; and one cached storage per
+    file needs one key per file.
+    """
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception:  # make_storage words the error
+        return url
+    if not u.database or u.database == ":memory:" or u.database.startswith("file:"):
+        return url
+    return u.set(database=str(Path(u.database).resolve())).render_as_string(hide_password=False)
 
 
 _CREATE_RACE = re.compile(r"UniqueViolation|DuplicateTable|already exists|duplicate key", re.I)
 
 
-def _prepare_sqlite(url: str) -> None:
-    """Check a SQLite file is a database and switch it to WAL (readers never block the writer).
+def _prepare_sqlite(url: str, wal: bool) -> None:
+    """Check a SQLite file is a database and, with wal, switch it to WAL (readers never block the writer).
 
     WAL plus a busy timeout (SQLITE_TIMEOUT) is what keeps several workers on one SQLite file free of
     "database is locked" (measured in notes/search-api.md). WAL needs a local filesystem: use a
-    server database (PostgreSQL) for hosts that share a study.
+    server database (PostgreSQL) for hosts that share a study. Without wal the file is only read
+    (a study that `frontier` or `show` reads is left as it is).
     """
     from sqlalchemy.engine import make_url
 
@@ -83,37 +105,48 @@ def _prepare_sqlite(url: str) -> None:
     try:
         con = sqlite3.connect(p, timeout=SQLITE_TIMEOUT)
         try:
-            con.execute("PRAGMA journal_mode=WAL").fetchone()
+            con.execute("PRAGMA journal_mode=WAL" if wal else "PRAGMA schema_version").fetchone()
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
         raise StorageError(
-            f"cannot open storage {safe_url(url)}: {e} (corrupted or not a SQLite file); move it away "
-            "or pass a new --study / --storage"
+            f"cannot {'open' if wal else 'read'} storage {safe_url(url)}: {e} (corrupted or not a SQLite file); "
+            "move it away or pass a new --study / --storage"
         ) from None
 
 
-def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_seconds) -> ResilientStorage:
-    """The run's storage object (one per URL and process), with heartbeats and SQLite tuned for workers.
+def make_storage(url: str, retry_seconds: float | None = None, *, switch_to_wal: bool = True) -> ResilientStorage:
+    """The storage object (one per URL and process), with heartbeats and SQLite tuned for workers.
 
-    It retries its calls through a database outage of up to retry_seconds (hgsearch.store.resilient).
+    It retries its calls through a database outage of up to retry_seconds (hgsearch.store.resilient;
+    None: RunConfig's default for a new one, the limit already set for one this process opened).
+    switch_to_wal=False is for readers (store.studies): a SQLite file is read as it is, not switched
+    to WAL, so reading a study changes none of its files.
     """
-    if url in _storages:
-        _storages[url].limit = retry_seconds
-        return _storages[url]
+    sqlite, key = url.startswith("sqlite"), _absolute(url)
+    if key in _storages:
+        if sqlite and switch_to_wal and key not in _in_wal:  # opened by a reader, now written
+            _prepare_sqlite(url, wal=True)
+            _in_wal.add(key)
+        if retry_seconds is not None:
+            _storages[key].limit = retry_seconds
+        return _storages[key]
+    retry_seconds = RunConfig.storage_retry_seconds if retry_seconds is None else retry_seconds
     # pool_pre_ping: a pooled connection the server dropped (restart, failover, idle timeout) is
     # noticed and replaced before use, instead of failing the next call.
     kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     try:
-        if url.startswith("sqlite"):
-            _prepare_sqlite(url)
+        if sqlite:
+            _prepare_sqlite(url, wal=switch_to_wal)
+            if switch_to_wal:
+                _in_wal.add(key)
             kwargs["engine_kwargs"]["connect_args"] = {"timeout": SQLITE_TIMEOUT}
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     storage = wait_out(lambda: optuna.storages.RDBStorage(  # a worker may start mid-outage
-                        url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
+                        key, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
                     ), safe_url(url), retry_seconds)
                 break
             except Exception as e:
@@ -131,6 +164,6 @@ def make_storage(url: str, retry_seconds: float = RunConfig.storage_retry_second
         raise StorageError(f"cannot open storage {safe_url(url)}: {scrubbed(e, url)}; check the URL, the "
                            "server and its driver (pip install hgsearch[postgres])") from None
     # Optuna puts its cache in front of an RDBStorage it is given; given this wrapper, it does not.
-    _storages[url] = ResilientStorage(seam.CachedStorage(storage), safe_url(url), retry_seconds,
+    _storages[key] = ResilientStorage(seam.CachedStorage(storage), safe_url(url), retry_seconds,
                                       GRACE_PERIOD)
-    return _storages[url]
+    return _storages[key]

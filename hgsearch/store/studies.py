@@ -22,7 +22,7 @@ FIGURES = ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "curves
 def study_names(storage: str) -> set[str]:
     """Names of every Optuna study in the storage (a search's are <study>.<family> and <study>.seeds)."""
     try:
-        return set(optuna.get_all_study_names(storage=make_storage(storage)))
+        return set(optuna.get_all_study_names(storage=make_storage(storage, switch_to_wal=False)))
     except HgsearchError:
         raise
     except Exception as e:
@@ -30,8 +30,12 @@ def study_names(storage: str) -> set[str]:
 
 
 def open_study(name: str, storage: str) -> optuna.Study:
-    """An existing Optuna study, through the storage that waits out database outages (make_storage)."""
-    return optuna.load_study(study_name=name, storage=make_storage(storage))
+    """An existing Optuna study, through the storage that waits out database outages (make_storage).
+
+    Reading leaves a SQLite file as it is: it is switched to WAL only when this process writes to it
+    (make_storage with its default switch_to_wal).
+    """
+    return optuna.load_study(study_name=name, storage=make_storage(storage, switch_to_wal=False))
 
 
 @dataclass(frozen=True)
