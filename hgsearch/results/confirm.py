@@ -93,7 +93,9 @@ def confirm_seeds(study: str, storage: str, k: int, *, data_dir: str | None = No
 def _train_seed(study: optuna.Study, cfg: RunConfig, data: TaskData, row: pd.Series, seed: int) -> dict:
     """One (configuration, seed) run as a trial of the seeds study, through the trial's training code."""
     rec = replace(TrialRecord.from_row(row), seed=seed, epochs=cfg.epochs)
-    trial = study.ask()
+    with warnings.catch_warnings():  # the retrying storage keeps heartbeats for the search; a seed run sends none
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used", UserWarning)
+        trial = study.ask()
     for key, v in {**rec.to_attrs(), "source_trial": int(row["trial"])}.items():
         trial.set_user_attr(key, v)
     try:
