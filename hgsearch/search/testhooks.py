@@ -13,9 +13,11 @@ PAUSE_ENV = "HGSEARCH_TEST_PAUSE_AT"
 _trials_started = [0]  # trials this process has started, so a test can pause in the k-th one
 
 
-def trial_started() -> None:
-    """Count a trial this process starts (TrialRun.begin), for pause_at's <point>:<k>."""
+def trial_begins() -> None:
+    """A trial this process runs begins (TrialRun.begin): count it, for pause_at's <point>:<k>, and pause at
+    "claimed" (no configuration stored yet)."""
     _trials_started[0] += 1
+    pause_at("claimed")
 
 
 def pause_at(point: str) -> None:

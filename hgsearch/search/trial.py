@@ -120,8 +120,7 @@ class TrialRun:
         number), so a pack's members are the configurations of the same trials run one by one while
         TPE is in its random start-up.
         """
-        testhooks.trial_started()
-        testhooks.pause_at("claimed")
+        testhooks.trial_begins()
         s, trial, cfg = self.search, self.trial, self.search.cfg
         if own_sampler:
             s.study.sampler = make_sampler(cfg, s.family, trial.number)
