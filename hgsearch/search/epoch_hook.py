@@ -1,6 +1,6 @@
 """The search's per-epoch hook: store each trial's learning curve, then let the pruner stop it at a rung.
 
-Order at each epoch end (the executors call this before writing the epoch's checkpoint): the curve
+Order at each epoch end (TrialRun.epoch_end calls this before writing the epoch's checkpoint): the curve
 is written to the trial, the pruner decides from what the storage holds (so every worker and host
 decides alike), and only a trial that continues gets its checkpoint. A kill anywhere in between
 resumes from the previous checkpoint, retrains that epoch (resume is exact) and decides again, so a
