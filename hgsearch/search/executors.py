@@ -5,10 +5,10 @@ return one outcome per run; they differ only in how they train. SerialExecutor t
 the other through training.loop.train. PackExecutor trains them as heterogeneous packs
 (training.packed.train_packed); what a serial trial promises holds per member:
 - Checkpoints: after each finished epoch every live member's state is written to its own
-  checkpoint (checkpoint.path_for of its retry chain) in train.train's format, sliced out of the
+  checkpoint (checkpoint.path_for of its retry chain) in loop.train's format, sliced out of the
   pack (packed.PackStep.member_optimizer_state). Per-member files, not one pack file, because a
   retried member may come back alone (serial path, another worker, a smaller GPU) or in another
-  pack: train.train and train_packed both resume from it. A resumed pack groups members by the
+  pack: loop.train and train_packed both resume from it. A resumed pack groups members by the
   epoch they resume from (a pack shares one data order, i.e. one generator position).
 - Failure: a member whose loss turns non-finite is retired inside the pack and gets its own
   TrialFailed; the others go on, and leave it behind at the repack (below). Out of memory fails
@@ -46,7 +46,7 @@ from hgsearch.training.loop import CUDA_BF16, epoch_eval_split, train
 from hgsearch.training.packed import train_packed
 from hgsearch.training.packing import pack_limits, plan_packs
 
-PROGRESS_EVERY = 50  # steps between Progress events, as train.train's default report_every
+PROGRESS_EVERY = 50  # steps between Progress events, as loop.train's default report_every
 
 
 class _EndTrial(Exception):
