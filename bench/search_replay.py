@@ -25,6 +25,9 @@ compute c, each family's completed trials within c / families epochs form the fr
 (hgsearch.results.stats.hypervolume, parameters x test PSNR, reference (budget, bicubic test PSNR)) is
 printed as a fraction of the whole table's. C = --trials x epochs x families is full-fidelity
 compute for --trials per family (default: a third of each family's table).
+Survival (a second table): over the --seeds replays (arrival orders), how often each family's best final model
+(highest final full-split validation PSNR) finishes training, and the share of each family's final frontier points
+(parameters x final full-split validation PSNR, over the whole table) that finish, with the table exhausted.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from optuna.trial import TrialState, create_trial
 from hgsearch.config import RunConfig, SpaceConfig
 from hgsearch.model.space import depth_range, sample, size_range, width_range
 from hgsearch.results.stats import hypervolume
-from hgsearch.search.pruning import KEEP, RULES, Decision, Observation, Pruner, dominates
+from hgsearch.search.pruning import KEEP, RULES, Decision, Observation, Pruner, dominates, front_ranks
 from hgsearch.store.schema import DIRECTIONS
 
 # Bicubic x2 super-resolution on Fashion-MNIST's test split (hgsearch.training.baselines.baseline, computed once
@@ -233,6 +236,22 @@ def strategies(epochs: int, rules: Sequence[str], settings: argparse.Namespace,
     return out
 
 
+def targets(configs: Sequence[Config]) -> tuple[Config, list[Config]]:
+    """A family's best final model and its final frontier, both judged on (parameters, final validation PSNR)."""
+    ranks = front_ranks([(c.params, c.psnr_val) for c in configs])
+    best = max(configs, key=lambda c: (c.psnr_val, -c.key))  # ties: the first configuration, as anywhere else
+    return best, [c for c, r in zip(configs, ranks, strict=True) if r == 0]
+
+
+def survival(configs: Sequence[Config], trajectory: Trajectory) -> tuple[bool, int, int]:
+    """Whether the family's best final model finished in this replay, and how many of its frontier points of
+    how many did."""
+    # A trajectory names a finished trial by its point; a configuration's point is its own (params, test PSNR).
+    done = {p for _, p in trajectory if p is not None}
+    best, front = targets(configs)
+    return (best.params, best.psnr_test) in done, sum((c.params, c.psnr_test) in done for c in front), len(front)
+
+
 def quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
     q = np.percentile(np.asarray(xs, dtype=float), [25, 50, 75]) if all(map(math.isfinite, xs)) else None
     if q is None:  # inf (never reached) sorts last: take order statistics instead of interpolating
@@ -312,6 +331,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{'MET' if third >= target else 'NOT MET'}; at equal compute C {med[name][1.0]:.3f} vs {target:.3f}: "
               f"{'not lower' if med[name][1.0] >= target else 'LOWER'} "
               f"({lower} of {args.seeds} seeds end below TPE's median)")
+    print()
+    print("| strategy | " + " | ".join(f"{f}: best final model kept" for f in families)
+          + " | " + " | ".join(f"{f}: final front points kept" for f in families) + " |")
+    print("|---|" + "---|" * (2 * len(families)))
+    for name, runs in results.items():
+        per = [[survival(table[f], r[k]) for r in runs] for k, f in enumerate(families)]
+        best_cells = [f"{sum(b for b, _, _ in s) / len(s):.0%}" for s in per]
+        front_cells = [f"{sum(n for _, n, _ in s) / sum(m for _, _, m in s):.0%} (of {s[0][2]})" for s in per]
+        print(f"| {name} | " + " | ".join(best_cells + front_cells) + " |")
+    print(f"# survival over {args.seeds} seeds (arrival orders), each family's table exhausted; best model and "
+          "front judged on final full-split validation PSNR")
     return 0
 
 

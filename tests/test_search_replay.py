@@ -51,3 +51,20 @@ def test_oracle_stops_exactly_what_ends_dominated_whatever_its_curve(m):
     traj = m.replay_order([a, b, c], [0, 1, 2], m.Oracle([a, b, c], 3))
     assert [s for s, _ in traj] == [9, 18, 21]
     assert [p for _, p in traj] == [(100_000, 25.0), (200_000, 26.0), None]
+
+
+def test_survival_counts_the_best_model_and_front_points_that_finish(m):
+    # d ends best but starts far behind (a late bloomer): stopped after epoch 1 when it comes last, kept when it
+    # comes first (the first trials always run). e is dominated by c at the end: never on the front.
+    a, b, c = config(m, 0, 100_000, 25.0), config(m, 1, 200_000, 26.0), config(m, 2, 300_000, 27.0)
+    d = config(m, 3, 400_000, 28.0, start=10.0)
+    e = config(m, 4, 350_000, 24.0)
+    cs = [a, b, c, d, e]
+    best, front = m.targets(cs)
+    assert best is d and sorted(x.key for x in front) == [0, 1, 2, 3]
+    pruner = m.Pruner("pareto-asha", 1, 3, 9, 0.5, 3)
+    late = m.replay_order(cs, [0, 1, 2, 4, 3], pruner)
+    first = m.replay_order(cs, [3, 0, 1, 2, 4], pruner)
+    assert [x for x, _ in late] == [9, 18, 27, 30, 31]  # e stopped after epoch 3 (c leads by 1 dB), d after 1
+    assert m.survival(cs, late) == (False, 3, 4)
+    assert m.survival(cs, first) == (True, 4, 4)
