@@ -9,9 +9,11 @@ or torch, such as Optuna's study calling the retrying storage or nn.Module calli
 one); a module's visits are the jumps into it. Three counts per module:
 
 - path: the jumps into it counted once per call site (caller function -> callee function), as a
-  reader follows the code; loops do not repeat them. Issue 20's "each module at most twice" is read on
-  this count;
-- every call: each jump as it happens, so loops repeat (each progress callback, each epoch end);
+  reader follows the code: loops do not repeat them, and property getters and dunder protocol methods
+  (len, post-init), which read as attribute access, are not jumps. Issue 20's "each module at most
+  twice" is read on this count;
+- every call: each jump as it happens, accessors included, so loops repeat (each progress callback,
+  each epoch end);
 - from modules: the number of other modules that jump into it.
 
 Runs on any layout of the package: the run_search import path is tried from --run-search (default:
@@ -26,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import importlib.util
+import inspect
 import logging
 import sys
 import tempfile
@@ -88,10 +92,24 @@ class Tracer:
             self.stack.pop()
 
 
+def accessor(module: str, qualname: str) -> bool:
+    """A property getter or a dunder protocol method (len, post-init): reads as attribute access, not a call."""
+    *owner, name = qualname.split(".")
+    if not owner or "<locals>" in owner:
+        return False
+    if name.startswith("__") and name.endswith("__"):
+        return name not in ("__init__", "__call__")
+    obj: Any = sys.modules.get(module)
+    for part in owner:
+        obj = getattr(obj, part, None)
+    return isinstance(inspect.getattr_static(obj, name, None), property | functools.cached_property)
+
+
 def report(calls: list[tuple[tuple[str, str] | None, tuple[str, str]]]) -> dict[str, Any]:
     modules = sorted({callee[0] for _, callee in calls})
     every = Counter(callee[0] for caller, callee in calls if caller is not None and caller[0] != callee[0])
-    sites = {(caller, callee) for caller, callee in calls if caller is not None and caller[0] != callee[0]}
+    sites = {(caller, callee) for caller, callee in calls
+             if caller is not None and caller[0] != callee[0] and not accessor(*callee)}
     path = Counter(callee[0] for _, callee in sites)
     pairs = Counter(callee for _, callee in {(caller[0], callee[0]) for caller, callee in sites})
     return {"modules": modules, "every": every, "sites": sites, "path": path, "pairs": pairs}
