@@ -158,8 +158,11 @@ class PackedMLP(nn.Module):
         block = compiled_block() if self.compile_blocks else train_block
         for layer in range(len(self.down)):
             if self.training:
-                z = block(z, self.down[layer], self.up[layer], self.mask[layer], self.running_mean[layer],
-                          self.running_var[layer], self.momentum, n / max(n - 1, 1))
+                down, up = self.down[layer], self.up[layer]
+                if self.compile_blocks:  # torch.compile makes a Parameter's shape static (one compilation
+                    down, up = down.view(down.shape), up.view(up.shape)  # per pack); a plain view stays dynamic
+                z = block(z, down, up, self.mask[layer], self.running_mean[layer], self.running_var[layer],
+                          self.momentum, n / max(n - 1, 1))
                 continue
             mean = self.running_mean[layer].transpose(1, 2)
             var = self.running_var[layer].transpose(1, 2)
