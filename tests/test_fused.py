@@ -163,6 +163,16 @@ def test_compiled_block_fuses_batchnorm_and_matches_eager():
     assert compiled.compile_errors == [] and compiled.model.compile_blocks
     for a, b in zip(compiled._state(), eager._state(), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # Packs of other K, widths and bottlenecks reuse the compilation (a Parameter's shape would be static).
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    for members in (specs()[1:3], specs()[:3]):
+        stepper = PackStep(PackedMLP(members, seed=0), [1e-3] * len(members), total_steps=2, weight_decay=0.01,
+                           compile_blocks=True)
+        for x, y in data[:2]:
+            stepper.step(x, y)
+        assert stepper.compile_errors == []
+    assert len(_debug_get_cache_entry_list(train_block.__code__)) == 1
     fused, plain = block_ops(compiled_block()), block_ops(train_block)
     # BatchNorm's statistics, normalisation, ReLU and their backward run inside compiled kernels.
     assert plain["aten::var"] == 1 and plain["aten::rsqrt"] == 1 and plain["aten::threshold_backward"] == 1
