@@ -335,6 +335,43 @@ def block_profile(device: torch.device, compile_blocks: bool) -> dict:
     return out
 
 
+def count_ops(args) -> int:
+    """--count-ops: aten ops (no views) per step of each pack of the 5M samples, planned as on a GPU of
+    that memory (packing.plan_packs, MAX_PACK, MEMORY_FRACTION of it free), each pack rebuilt with the
+    same members' K, depths, families, fixed W_in and learning rates at tiny widths, one eager step on the CPU."""
+    import dataclasses
+
+    from hgsearch.training.packing import MAX_PACK, MEMORY_FRACTION, padding_waste, plan_packs
+
+    torch.set_num_threads(1)
+    compile_blocks = bool(args.compile)
+    result: dict = {"plan_gib": args.count_ops, "compile_blocks": compile_blocks}
+    for tag, n, families in ((f"mixed{args.trials}", args.trials, ("hourglass", "conventional")),
+                             (f"hourglass{args.trials_one}", args.trials_one, ("hourglass",))):
+        specs = draw(n, args.budget, 196, 784, families)
+        arch = [s for s, _ in specs]
+        packs = plan_packs(arch, MAX_PACK, max_bytes=int(MEMORY_FRACTION * args.count_ops * 2**30), batch_size=BATCH)
+        tiny = [(dataclasses.replace(s, d_in=16, d_out=64, width=8 if s.family == "hourglass" else 64,
+                                     bottleneck=4 if s.family == "hourglass" else 72), lr) for s, lr in specs]
+        steppers = make_steppers(tiny, packs, torch.device("cpu"), False, compile_blocks)
+        x, y = torch.rand(BATCH, 16), torch.rand(BATCH, 64)
+        rows = []
+        for p, st in zip(packs, steppers, strict=True):
+            for _ in range(2):
+                st.step(x, y)
+            prof = step_profile(st, x, y, torch.device("cpu"))
+            rows.append({"k": len(p), "depth": max(arch[i].depth for i in p), "ops": prof["kernels_step"],
+                         "fused_adamw_calls": prof["fused_adamw_calls"]})
+        result[tag] = {"waste": padding_waste(arch, packs), "ops_per_round": sum(r["ops"] for r in rows), "packs": rows}
+        print(f"{tag}: {len(packs)} packs (waste {result[tag]['waste']:.2f}), aten ops per round "
+              f"{result[tag]['ops_per_round']:,}; per pack (K, depth, ops): "
+              + ", ".join(f"({r['k']}, {r['depth']}, {r['ops']})" for r in rows), flush=True)
+    if args.json or os.environ.get("OUT"):
+        path = args.json or Path(os.environ["OUT"]) / "gpu_ops.json"
+        path.write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def copy_bandwidth(device: torch.device, nbytes: int) -> float:
     """Bytes per second of a device-to-device tensor copy (read + write), CUDA events on a GPU."""
     src = torch.rand(nbytes // 4, device=device)
@@ -409,8 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pack-size", type=int, default=None, help="override K (default: from device memory)")
     ap.add_argument("--psnr-members", type=int, default=4)
     ap.add_argument("--json", type=Path, default=None, help="default: $OUT/gpu.json when $OUT is set")
+    ap.add_argument("--count-ops", type=float, default=None, metavar="GIB",
+                    help="only count, on the CPU, the aten ops per step of every pack of the real samples as a "
+                         "device of GIB GiB would plan them (widths shrunk: the count does not depend on them)")
     args = ap.parse_args(argv)
 
+    if args.count_ops is not None:
+        return count_ops(args)
     if args.device is None and not torch.cuda.is_available():
         print("no CUDA device: nothing to measure here (bench/gpu.py --device cpu runs a tiny CPU dry run)")
         return 0

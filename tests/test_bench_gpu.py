@@ -56,3 +56,17 @@ def test_without_cuda_it_says_so_and_exits_0():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("no CUDA device"), r.stdout
     assert "|" not in r.stdout
+
+
+def test_count_ops_plans_the_real_samples_and_counts_each_pack_s_step(tmp_path):
+    r = _run("--count-ops", "139", "--json", str(tmp_path / "ops.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "ops.json").read_text())
+    for tag, trials in (("mixed20", 20), ("hourglass40", 40)):
+        packs = result[tag]["packs"]
+        assert sum(p["k"] for p in packs) == trials and result[tag]["ops_per_round"] == sum(p["ops"] for p in packs)
+        assert all(p["fused_adamw_calls"] == p["k"] for p in packs)
+        # Deeper packs dispatch more ops: the count follows the structure, not the shrunk widths.
+        deepest = max(packs, key=lambda p: p["depth"])
+        assert deepest["ops"] == max(p["ops"] for p in packs)
+        assert f"{tag}: {len(packs)} packs" in r.stdout
