@@ -18,6 +18,7 @@ from typing import Any
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Event, Note, Progress, Reporter, Start, from_worker
+from hgsearch.store import quiet_optuna_rdb_logger
 from hgsearch.text import first_line
 
 STOP_GRACE_S = 60.0  # after Ctrl-C, how long workers get to close their trials before they are killed
@@ -104,10 +105,11 @@ def _die_with_parent() -> None:
 
 def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
     """Body of one worker process: set its device and threads, run the shared search, report how it ended."""
-    # torch is already imported (unpickling cfg loads config -> models), but CUDA reads
-    # CUDA_VISIBLE_DEVICES only when it is first initialised, which comes later.
+    # CUDA reads CUDA_VISIBLE_DEVICES only when it is first initialised, which comes later (torch
+    # itself may already be imported), so setting it here still picks this worker's GPU.
     os.environ.update(plan.env)
     logging.disable(logging.INFO)  # as cli.main does for the parent: no Optuna INFO lines under the display
+    quiet_optuna_rdb_logger()  # as cli.main does: a spawned worker does not pass through it
     # Its own process group: a Ctrl-C at the terminal reaches the parent only, which forwards it once,
     # so a worker never sees two interrupts for one key press.
     os.setpgrp()
