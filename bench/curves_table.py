@@ -8,7 +8,7 @@ drawn from the default search space (hgsearch.model.space.sample, budget 3M, bot
 in-memory Optuna study per family with RandomSampler(seed)), for Fashion-MNIST x2 super-resolution on
 a reduced training set (--train-size, stated in the CSV header), and trained with
 hgsearch.training.packed.train_packed in heterogeneous packs (hgsearch.training.packing.plan_packs, K and memory from
-pack_limits): every member gets train.train's schedule (AdamW, linear decay to zero over --epochs)
+pack_limits): every member gets loop.train's schedule (AdamW, linear decay to zero over --epochs)
 and the one training seed of a pack (--seed; the search also trains all trials with one seed). After
 every epoch the whole pack is evaluated with evaluate_packed: validation PSNR on the full split and
 on its first 2048 rows (the search's per-epoch subset), and test PSNR.

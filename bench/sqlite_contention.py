@@ -18,6 +18,8 @@ from pathlib import Path
 
 import optuna
 
+from hgsearch.search.sampler import STARTUP_TRIALS
+
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
@@ -43,7 +45,7 @@ def worker(url: str, mode: str, n: int, seconds: float, q: mp.Queue) -> None:
             if study is None:
                 study = optuna.create_study(study_name="s", storage=storage(url, mode),
                                             directions=["minimize", "maximize"], load_if_exists=True,
-                                            sampler=optuna.samplers.TPESampler(n_startup_trials=10))
+                                            sampler=optuna.samplers.TPESampler(n_startup_trials=STARTUP_TRIALS))
             t = study.ask()
             x = t.suggest_float("x", 0, 1)
             for i in range(8):

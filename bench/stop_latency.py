@@ -24,10 +24,7 @@ import time
 
 CHILD = r"""
 import os, sys, time
-try:
-    from hgsearch.stop import stop_on_signals
-except ImportError:  # trees before the stop machinery left claims.py
-    from hgsearch.search.claims import stop_on_signals
+from hgsearch.stop import stop_on_signals
 from hgsearch.config import RunConfig
 from hgsearch.search.run import run_search
 from hgsearch.config import SpaceConfig

@@ -1,4 +1,4 @@
-"""bench/curves_table.py: the GPU learning-curve recorder runs on the CPU and records what train.train trains."""
+"""bench/curves_table.py: the GPU learning-curve recorder runs on the CPU and records what loop.train trains."""
 
 import os
 import subprocess
@@ -16,7 +16,7 @@ from tests.conftest import REPO, dataset, load_bench
 
 @pytest.mark.slow
 def test_quick_table_matches_train(tmp_path):
-    """--quick: 6 configurations x 3 epochs, header comments, and each last epoch equals train.train's result."""
+    """--quick: 6 configurations x 3 epochs, header comments, and each last epoch equals loop.train's result."""
     out = subprocess.run([sys.executable, str(REPO / "bench" / "curves_table.py"), "--quick", "--out",
                           str(tmp_path / "t.csv")], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -28,7 +28,7 @@ def test_quick_table_matches_train(tmp_path):
     df = pd.read_csv(tmp_path / "t.csv", comment="#")
     assert sorted(df.groupby("config")["epoch"].apply(list)) == [[1, 2, 3]] * 6
     assert set(df["family"]) == {"hourglass", "conventional"}
-    # The packed curves end where a lone train.train of the same configuration ends (same data, seed 0).
+    # The packed curves end where a lone loop.train of the same configuration ends (same data, seed 0).
     gpu_search = load_bench("gpu_search")
     from hgsearch.data.registry import load_dataset
 

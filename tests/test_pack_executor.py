@@ -37,7 +37,7 @@ def superres(tiny_idx):
 
 
 def test_a_members_checkpoint_resumes_in_train_and_in_a_pack(superres):
-    """Per-member state sliced out of a pack is train.train's checkpoint format, and back."""
+    """Per-member state sliced out of a pack is loop.train's checkpoint format, and back."""
     d = superres
     specs = [ArchSpec("hourglass", d.d_in, d.d_out, 170, 9, 3),
              ArchSpec("conventional", d.d_in, d.d_out, 144, 160, 2),
@@ -54,7 +54,7 @@ def test_a_members_checkpoint_resumes_in_train_and_in_a_pack(superres):
     for k, spec in enumerate(specs):
         _, alone = train(spec, d, lr=lrs[k], epochs=3, batch_size=64, seed=2, resume=states[k])
         assert alone.psnr_val == pytest.approx(full[k].psnr_val, abs=1e-3)
-    # train.train's own epoch-1 state continues in a pack (with members in another order).
+    # loop.train's own epoch-1 state continues in a pack (with members in another order).
     own = {}
     for k in (2, 0):
         train(specs[k], d, lr=lrs[k], epochs=3, batch_size=64, seed=2,

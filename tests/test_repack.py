@@ -64,7 +64,7 @@ def test_a_member_pruned_at_rung_1_leaves_and_the_pack_shrinks(task):
     _, kept, kept_shapes, _ = run(d, repack=False, stop=prune_0)
     assert [s[0] for s in kept_shapes] == [4, 4, 4]  # without repack the pruned member stays, frozen
     # Each survivor ends where it ends without the repack and alone; its checkpoint after the repack
-    # (sliced from the smaller pack) resumes in train.train to the same result.
+    # (sliced from the smaller pack) resumes in loop.train to the same result.
     for k in (1, 2, 3):
         _, alone = train(specs[k], d, lr=LRS[k], epochs=EPOCHS, batch_size=64, seed=3)
         assert res[k].psnr_val == pytest.approx(kept[k].psnr_val, abs=1e-3)

@@ -21,7 +21,7 @@ from hgsearch.model.families import build
 from hgsearch.results.analysis import load_checked_task, study_config
 from hgsearch.results.stats import CONFIG_KEYS, means_frontiers
 from hgsearch.results.trials import load_frontier, load_seed_rows, seed_rows
-from hgsearch.store.schema import DIRECTIONS, METRIC_NAMES, seeds_study_name
+from hgsearch.store.schema import DIRECTIONS, METRIC_NAMES, REASON_ATTR, seeds_study_name
 from hgsearch.store.storage import make_storage, safe_url
 from hgsearch.training.loop import train
 from hgsearch.training.record import TrialRecord, load_weights, result_attrs, save_weights, weights_path
@@ -51,7 +51,7 @@ def missing_runs(rows: pd.DataFrame, seeds_df: pd.DataFrame, k: int) -> list[tup
     A seed whose run failed for a reason of its own (non-finite loss, OOM) counts as tried.
     """
     tried = {(*_key(r), r["seed"]) for _, r in seeds_df.iterrows()
-             if r["state"] == "COMPLETE" or (r["state"] == "FAIL" and r["fail_reason"] != "interrupted")}
+             if r["state"] == "COMPLETE" or (r["state"] == "FAIL" and r[REASON_ATTR] != "interrupted")}
     tried |= {(*_key(r), r["seed"]) for _, r in rows.iterrows()}
     todo = []
     for _, point in means_frontiers(rows).iterrows():
@@ -101,11 +101,11 @@ def _train_seed(study: optuna.Study, cfg: RunConfig, data: TaskData, row: pd.Ser
     try:
         _, res = train(rec.spec, data, lr=rec.lr, epochs=rec.epochs, batch_size=cfg.batch_size, seed=rec.seed)
     except TrialFailed as e:
-        trial.set_user_attr("fail_reason", str(e))
+        trial.set_user_attr(REASON_ATTR, str(e))
         study.tell(trial, state=TrialState.FAIL)
         return {"reason": str(e)}
     except BaseException:
-        trial.set_user_attr("fail_reason", "interrupted")  # never leave a RUNNING trial behind
+        trial.set_user_attr(REASON_ATTR, "interrupted")  # never leave a RUNNING trial behind
         study.tell(trial, state=TrialState.FAIL)
         raise
     for key, v in result_attrs(res).items():

@@ -13,7 +13,15 @@ from optuna.trial import FrozenTrial, TrialState
 from hgsearch.errors import StorageError, UsageError
 from hgsearch.model.families import FAMILIES
 from hgsearch.store.atomic import atomic_write
-from hgsearch.store.schema import FINISHED, RETRY_ATTR, SEEDS, SETTINGS_KEY, family_study_name, seeds_study_name
+from hgsearch.store.schema import (
+    FINISHED,
+    REASON_ATTR,
+    RETRY_ATTR,
+    SEEDS,
+    SETTINGS_KEY,
+    family_study_name,
+    seeds_study_name,
+)
 from hgsearch.store.storage import safe_url
 from hgsearch.store.studies import open_study, study_names
 from hgsearch.training.baselines import Baseline
@@ -23,7 +31,7 @@ from hgsearch.training.record import CONFIG_ATTRS, RESULT_ATTRS
 # its model (record.TrialRecord.from_row). family + trial is a row's unique key.
 COLUMNS = ["family", "params", "trainable_params", "psnr_test", "psnr_val", "train_loss", "depth", "width",
            "bottleneck", "lr", "fixed_win", "trial", "retry_of", "d_in", "d_out", "epochs", "seed", "seconds"]
-TRIAL_COLUMNS = [*COLUMNS, "state", "fail_reason", "on_frontier"]  # trials.csv
+TRIAL_COLUMNS = [*COLUMNS, "state", REASON_ATTR, "on_frontier"]  # trials.csv
 FRONTIER_CSV_COLUMNS = [*COLUMNS, "learned_nothing"]  # frontier.csv: the flag needs the baseline (write_tables)
 
 
@@ -45,7 +53,7 @@ def _row(family: str, t: FrozenTrial) -> dict[str, Any]:
     a = t.user_attrs
     history = a.get(RETRY_ATTR) or []
     return {**{k: a.get(k) for k in (*CONFIG_ATTRS, *RESULT_ATTRS)}, "family": family, "trial": t.number,
-            "retry_of": history[-1] if history else None, "state": t.state.name, "fail_reason": a.get("fail_reason")}
+            "retry_of": history[-1] if history else None, "state": t.state.name, REASON_ATTR: a.get(REASON_ATTR)}
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from sqlalchemy import exc as sa_exc
 
 from hgsearch.errors import StorageError
 from hgsearch.store import optuna_seam as seam
+from hgsearch.store.schema import REASON_ATTR
 
 T = TypeVar("T")
 
@@ -257,7 +258,7 @@ class ResilientStorage(Outages, BaseStorage, seam.BaseHeartbeat):
 
     def _drop_copy(self, trial: FrozenTrial, kept: int) -> None:
         try:
-            self._inner.set_trial_user_attr(seam.trial_id(trial), "fail_reason",
+            self._inner.set_trial_user_attr(seam.trial_id(trial), REASON_ATTR,
                                             f"duplicate of trial id {kept}, created by a retried write")
             self._inner.set_trial_state_values(seam.trial_id(trial), state=TrialState.FAIL)
         except UpdateFinishedTrialError:
