@@ -50,6 +50,7 @@ from hgsearch.config import RunConfig, SpaceConfig
 from hgsearch.model.space import depth_range, sample, size_range, width_range
 from hgsearch.results.stats import hypervolume
 from hgsearch.search.pruning import KEEP, RULES, Decision, Observation, Pruner, dominates, front_ranks
+from hgsearch.search.sampler import STARTUP_TRIALS
 from hgsearch.store.schema import DIRECTIONS
 
 # Bicubic x2 super-resolution on Fashion-MNIST's test split (hgsearch.training.baselines.baseline, computed once
@@ -169,7 +170,7 @@ class TableSpace:
 
 def replay_tpe(configs: Sequence[Config], seed: int, pruner: Stopper | None, space: TableSpace) -> Trajectory:
     """TPE proposing over the table (nearest unused configuration), with or without early stopping."""
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=STARTUP_TRIALS)
     study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
     coords = [space.params_of(c) for c in configs]
     points = np.stack([space.point(p) for p in coords])
