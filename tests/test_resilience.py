@@ -28,7 +28,17 @@ from hgsearch.search.liveness import this_worker
 from hgsearch.store import schema, storage
 from hgsearch.training import checkpoint
 from hgsearch.training.loop import train
-from tests.conftest import finish_run, run_checkpoints, run_trials, start_run, state_counts, wait_marker
+from tests.conftest import (
+    RUN_STUDY,
+    finish_run,
+    make_idx_dataset,
+    run_checkpoints,
+    run_trials,
+    start_run,
+    state_counts,
+    wait_for,
+    wait_marker,
+)
 
 
 def complete_values(by_family: dict) -> dict[tuple[str, int], list[float]]:
@@ -120,6 +130,96 @@ def test_second_sigint_exits_at_once_and_stays_consistent(tiny_idx, tmp_path):
     finish_run(tmp_path, tiny_idx, "--trials", "1", "--family", "hourglass")
     assert state_counts(run_trials(tmp_path)["hourglass"]).get("COMPLETE") == 1
     assert "RUNNING" not in state_counts(run_trials(tmp_path)["hourglass"])
+
+
+# Preemption is not a crash: a configuration is dropped only when its attempts make no progress.
+
+def _cut_off(study: optuna.Study, progress: bool, **kw) -> tuple[bool, str]:
+    """Pop the queued attempt (or start the first), let it finish an epoch or not, then cut it off."""
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    trial = study.ask() if waiting else study.ask({"depth": optuna.distributions.IntDistribution(1, 8)})
+    if not waiting:
+        trial.set_user_attr("family", "hourglass")
+    if progress:  # an epoch finished: its curve is written (epoch_hook), then its checkpoint
+        trial.set_user_attr(schema.CURVE_KEY, [20.0])
+    return claims.close_trial(study, study.trials[-1], "interrupted: its worker is gone", retry=True, **kw)
+
+
+def _chain_states(study: optuna.Study) -> dict[str, int]:
+    return state_counts(study.get_trials())
+
+
+def test_cut_offs_after_progress_never_drop_the_configuration():
+    study = optuna.create_study(storage="sqlite:///:memory:", directions=schema.DIRECTIONS)
+    for _ in range(3 * claims.MAX_STALLED_RETRIES):
+        closed, reason = _cut_off(study, progress=True)
+        assert closed and reason.endswith("retried with the same configuration")
+    # ... and stalls only count in a row: progress in between resets them.
+    for progress in [False] * claims.MAX_STALLED_RETRIES + [True] + [False] * claims.MAX_STALLED_RETRIES:
+        assert _cut_off(study, progress)[1].endswith("retried with the same configuration")
+    assert _chain_states(study)["WAITING"] == 1
+    assert len({str(t.params) for t in study.get_trials()}) == 1
+
+
+def test_a_configuration_that_never_progresses_is_dropped_after_the_limit():
+    study = optuna.create_study(storage="sqlite:///:memory:", directions=schema.DIRECTIONS)
+    for _ in range(claims.MAX_STALLED_RETRIES):
+        assert _cut_off(study, progress=False)[1].endswith("retried with the same configuration")
+    closed, reason = _cut_off(study, progress=False)
+    assert closed and "configuration dropped: its last 4 attempts were cut off before finishing an epoch" in reason
+    assert _chain_states(study) == {"FAIL": claims.MAX_STALLED_RETRIES + 1}
+    assert study.trials[-1].user_attrs[schema.STALLS_ATTR] == claims.MAX_STALLED_RETRIES
+
+
+def test_a_stop_that_was_asked_for_never_counts_against_the_configuration():
+    study = optuna.create_study(storage="sqlite:///:memory:", directions=schema.DIRECTIONS)
+    for _ in range(3 * claims.MAX_STALLED_RETRIES):
+        assert _cut_off(study, progress=False, evidence=False)[1].endswith("retried with the same configuration")
+    assert _chain_states(study)["WAITING"] == 1
+
+
+SLOW_EPOCHS = "[run]\nbatch_size = 16\n"  # 500 steps per epoch on 8,000 images: an epoch lasts ~1 s
+
+
+def _attempt_with_an_epoch(db: Path, after: int) -> int | None:
+    """The number of a RUNNING trial past `after` that has finished an epoch, if any."""
+    if not db.exists():  # opening it here would race the run creating its tables
+        return None
+    try:
+        ts = optuna.load_study(study_name=f"{RUN_STUDY}.hourglass", storage=f"sqlite:///{db}").get_trials()
+    except KeyError:
+        return None
+    return next((t.number for t in ts if t.number > after and t.state == TrialState.RUNNING
+                 and t.user_attrs.get(schema.CURVE_KEY)), None)
+
+
+@pytest.mark.slow
+def test_repeated_kill_9_drops_no_configuration_that_progresses(tmp_path):
+    """Preempted five times, each attempt finishing an epoch before its kill: still the same configuration,
+    completed (before the fix, the fourth kill dropped it and a fresh one was sampled)."""
+    data = make_idx_dataset(tmp_path / "idx", n_train=8000)
+    (tmp_path / "slow.toml").write_text(SLOW_EPOCHS)
+    extra = ("--trials", "1", "--family", "hourglass", "--epochs", "12", "--config", str(tmp_path / "slow.toml"))
+    db = tmp_path / "results" / RUN_STUDY / "study.db"
+    kills, last = 5, -1
+    for _ in range(kills):
+        proc = start_run(tmp_path, data, *extra)
+        try:
+            wait_for(lambda p=proc, n=last: _attempt_with_an_epoch(db, n) is not None or p.poll() is not None,
+                     120, "an epoch of the next attempt")
+            assert proc.poll() is None, proc.stderr.read()
+            last = _attempt_with_an_epoch(db, last)
+            time.sleep(0.3)  # its checkpoint is written right after the curve
+        finally:
+            proc.kill()
+            proc.wait()
+    finish_run(tmp_path, data, *extra)
+    ts = run_trials(tmp_path)["hourglass"]
+    assert state_counts(ts) == {"FAIL": kills, "COMPLETE": 1}
+    assert not [t.user_attrs["fail_reason"] for t in ts if "dropped" in t.user_attrs.get("fail_reason", "")]
+    done = next(t for t in ts if t.state == TrialState.COMPLETE)
+    assert done.user_attrs["retry_of"] == list(range(kills)) and all(t.params == done.params for t in ts)
+    assert len(done.user_attrs[schema.CURVE_KEY]) == 12
 
 
 # ---------------------------------------------------------------- in-process: stale trials, claims, checkpoints

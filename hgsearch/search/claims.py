@@ -18,11 +18,15 @@ from hgsearch.search.liveness import this_worker, who, worker_gone
 from hgsearch.search.sampler import make_sampler
 from hgsearch.stop import check_stop
 from hgsearch.store import optuna_seam as seam
-from hgsearch.store.schema import FINISHED, REASON_ATTR, RETRY_ATTR, WORKER_ATTR
+from hgsearch.store.schema import CURVE_KEY, FINISHED, REASON_ATTR, RETRY_ATTR, STALLS_ATTR, WORKER_ATTR
 from hgsearch.store.storage import GRACE_PERIOD
 from hgsearch.training.record import CONFIG_ATTRS
 
-MAX_RETRIES = 3  # a configuration cut off more often than this (e.g. it gets the process OOM-killed) is dropped
+# A configuration whose attempts are cut off this many times in a row without finishing an epoch is
+# retried no more: the evidence says it is the cause (it gets its process OOM-killed, hangs its worker).
+# Cut-offs of attempts that finished an epoch never count: a preemptible host may cut a long trial off
+# any number of times, and each retry resumes from its checkpoint.
+MAX_STALLED_RETRIES = 3
 
 
 class Claim(Enum):
@@ -32,20 +36,35 @@ class Claim(Enum):
     WAIT = "wait"  # other workers hold the last trials of the family: look again later
 
 
-def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: bool) -> tuple[bool, str]:
+def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: bool,
+                evidence: bool = True) -> tuple[bool, str]:
     """Fail a RUNNING trial with its reason and, if wanted and allowed, queue its configuration again.
 
     Returns (whether this call failed it, the reason recorded). The state change is a compare-and-set
     in the database, so when several workers find the same stale trial, exactly one closes and
     requeues it. Only a kill within the milliseconds between the two writes loses the retry (the
     study then samples a fresh configuration; counts are unaffected).
+
+    The configuration is dropped only on evidence against it: MAX_STALLED_RETRIES + 1 cut-offs in a
+    row of attempts that each ended before finishing an epoch (the curve, written at every epoch end,
+    is how any worker on any host sees that an attempt finished one; a retry resumes from the
+    checkpoint written right after it). A cut-off after progress resets the count, so kills of
+    workers or hosts never drop a configuration that advances between them; each member of a
+    pack counts its own cut-off once. evidence=False (a stop that was asked for, a database outage)
+    never counts.
     """
     history = [*trial.user_attrs.get(RETRY_ATTR, []), trial.number]
-    requeue = retry and bool(trial.params) and len(history) <= MAX_RETRIES
+    stalls = int(trial.user_attrs.get(STALLS_ATTR, 0))
+    if trial.user_attrs.get(CURVE_KEY):  # this attempt finished an epoch (its curve is written at each epoch end)
+        stalls = 0
+    elif evidence:
+        stalls += 1
+    requeue = retry and bool(trial.params) and stalls <= MAX_STALLED_RETRIES
     if retry and not trial.params:
         reason += "; it stopped before its configuration was stored, so a new one is sampled"
     elif retry and not requeue:
-        reason += f"; configuration dropped after {MAX_RETRIES} retries"
+        reason += (f"; configuration dropped: its last {stalls} attempts were cut off before finishing an epoch "
+                   "(out of memory, or too slow for its worker's time)")
     elif requeue:
         reason += "; retried with the same configuration"
     storage, trial_id = seam.storage(study), seam.trial_id(trial)
@@ -60,7 +79,7 @@ def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: 
         attrs = {k: trial.user_attrs[k] for k in CONFIG_ATTRS if k in trial.user_attrs}
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={**attrs, RETRY_ATTR: history}))
+            user_attrs={**attrs, RETRY_ATTR: history, STALLS_ATTR: stalls}))
     return True, reason
 
 

@@ -4,8 +4,10 @@ Guarantees of run_search (one process, or any number of processes/hosts on one s
 - each family ends with exactly cfg.trials finished trials, COMPLETE or PRUNED (stopped early by
   the pruner, final like COMPLETE; never more: see claims.claim);
 - a trial cut off (kill -9, Ctrl-C, lost host) is failed with its reason and queued again with the
-  same configuration (up to MAX_RETRIES times); the retry continues from the trial's last
-  per-epoch checkpoint (hgsearch.training.checkpoint), so the result is the one an uninterrupted run gives;
+  same configuration; the retry continues from the trial's last per-epoch checkpoint
+  (hgsearch.training.checkpoint), so the result is the one an uninterrupted run gives. A configuration
+  is dropped only when its attempts are cut off more than MAX_STALLED_RETRIES times in a row before
+  finishing an epoch (claims.close_trial): kills between which it progresses never drop it;
 - a RUNNING trial is considered dead when its worker's process is gone (same host: checked at
   once) or its heartbeat is older than GRACE_PERIOD seconds (any host), and is then retried as above.
 """

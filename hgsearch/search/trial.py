@@ -208,8 +208,12 @@ class TrialRun:
         reason = f"interrupted by {cause.signame}" if isinstance(cause, Stopped) else (
             "interrupted" if isinstance(cause, KeyboardInterrupt) else
             f"crashed: {type(cause).__name__}: {first_line(cause)}")
+        # A stop that was asked for (Ctrl-C, a scheduler's SIGTERM) or a database away says nothing
+        # against the configuration: it never counts towards dropping it.
+        evidence = not isinstance(cause, (KeyboardInterrupt, StorageError))
         with contextlib.suppress(Exception):  # best effort: if this fails, the next run reaps it
-            close_trial(self.search.study, seam.frozen(self.search.study, self.trial), reason, retry=True)
+            close_trial(self.search.study, seam.frozen(self.search.study, self.trial), reason, retry=True,
+                        evidence=evidence)
 
     def keep_weights(self, frozen: FrozenTrial, res: TrainResult) -> None:
         """Keep a trial just told COMPLETE in the weights cache when it is on its family's front, and drop

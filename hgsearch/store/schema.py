@@ -34,6 +34,11 @@ WORKER_ATTR = "worker"  # user attr: the process that runs a RUNNING trial (host
 RETRY_ATTR = "retry_of"  # user attr: numbers of the earlier, cut-off trials of this configuration
 
 
+# user attr on a queued retry: how many of its configuration's attempts in a row were cut off before they
+# finished an epoch (search.claims.close_trial drops the configuration past MAX_STALLED_RETRIES)
+STALLS_ATTR = "stalled_cutoffs"
+
+
 # user attr: why a trial ended without completing: a FAIL's reason, and a PRUNED trial's stop reason too.
 # The key predates early stopping and stored studies (and trials.csv's column) use it, so it keeps its name.
 REASON_ATTR = "fail_reason"
