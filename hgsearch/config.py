@@ -111,6 +111,7 @@ class RunConfig:
     download: bool = False  # fetch a missing dataset from its canonical source (md5-verified)
     augment: str = "none"  # "flips": the paper's ImageNet-32 flip augmentation x4 (4x steps per epoch)
     train_size: int = 0  # train on only this many images (after validation is carved out); 0 = all
+    image_size: int = 0  # npz and folder only: resize every image to this many pixels square; 0 = as stored
     family: str = "both"
     trials: int = 20  # finished trials per family the study should end with (completed or stopped early)
     epochs: int = 9  # per trial: pruner rungs at 1 and 3; `run --budget 5M` in about an hour on 2 CPU cores
@@ -140,6 +141,8 @@ class RunConfig:
             raise UsageError(f"unknown family {self.family!r}: use one of {', '.join(FAMILY_CHOICES)}")
         if self.train_size < 0:
             raise UsageError(f"--train-size must be 0 (all images) or positive, got {self.train_size}")
+        if self.image_size < 0 or self.image_size == 1:
+            raise UsageError(f"--image-size must be 0 (as stored) or at least 2 pixels, got {self.image_size}")
         if self.augment not in AUGMENTS:
             raise UsageError(f"unknown augmentation {self.augment!r}: use one of {', '.join(AUGMENTS)}")
         if self.device not in DEVICES:

@@ -7,5 +7,6 @@ FAMILY_CHOICES = (*FAMILIES, "both")
 TASKS = ("denoise", "superres", "classify")
 AUGMENTS = ("none", "flips")
 DEVICES = ("auto", "cpu", "cuda")
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagenet32", "idx")  # data.registry holds their readers
+# data.registry holds their readers; npz and folder are the user's own images (data.formats.npz, .folder).
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagenet32", "idx", "npz", "folder")
 PRUNING_RULES = ("none", "pareto-asha", "psnr-bins")

@@ -30,6 +30,7 @@ from hgsearch.cli.options import (
     DownloadOpt,
     EpochsOpt,
     Family,
+    ImageSizeOpt,
     JsonOpt,
     OneFamily,
     PruneRule,
@@ -81,6 +82,7 @@ def run(
     task: TaskOpt = Task[DEFAULTS.task],
     dataset: DatasetOpt = Dataset[DEFAULTS.dataset],
     data_dir: DataDirOpt = None,
+    image_size: ImageSizeOpt = DEFAULTS.image_size,
     download: DownloadOpt = DEFAULTS.download,
     augment: AugmentOpt = Augment[DEFAULTS.augment],
     train_size: Annotated[int, typer.Option(
@@ -125,8 +127,8 @@ def run(
 
     cfg = config_file(ctx).build(
         budget=parse_budget(budget), task=task.value, dataset=dataset.value, data_dir=data_dir, download=download,
-        augment=augment.value, train_size=train_size, family=family.value, trials=trials, epochs=epochs,
-        study=study, storage=storage, seed=seed, device=device.value, fixed_win=fixed_win,
+        image_size=image_size, augment=augment.value, train_size=train_size, family=family.value, trials=trials,
+        epochs=epochs, study=study, storage=storage, seed=seed, device=device.value, fixed_win=fixed_win,
         results_dir=results_dir, pack_size=pack_size, pruning=pruner.value)
     seconds = parse_duration(timeout) if timeout is not None else None
     if dry_run:
@@ -410,6 +412,7 @@ def train(
     task: TaskOpt = Task[DEFAULTS.task],
     dataset: DatasetOpt = Dataset[DEFAULTS.dataset],
     data_dir: DataDirOpt = None,
+    image_size: ImageSizeOpt = DEFAULTS.image_size,
     download: DownloadOpt = DEFAULTS.download,
     augment: AugmentOpt = Augment[DEFAULTS.augment],
     train_size: Annotated[int, typer.Option(
@@ -433,8 +436,8 @@ def train(
     from hgsearch.training.baselines import baseline
 
     cfg = config_file(ctx).build(task=task.value, dataset=dataset.value, data_dir=data_dir, download=download,
-                                 augment=augment.value, train_size=train_size, epochs=epochs, seed=seed,
-                                 device=device.value, fixed_win=fixed_win)
+                                 image_size=image_size, augment=augment.value, train_size=train_size, epochs=epochs,
+                                 seed=seed, device=device.value, fixed_win=fixed_win)
     data = load_task(cfg)
     spec, res = train_single(cfg, family=family.value, width=width, bottleneck=bottleneck, depth=depth, lr=lr,
                              save=save, data=data)

@@ -98,10 +98,15 @@ TrainConfigOpt = Annotated[Path | None, typer.Option(
 TaskOpt = Annotated[Task, typer.Option(
     "--task", help="What the models learn: x2 super-resolution, denoising or generative classification.")]
 DatasetOpt = Annotated[Dataset, typer.Option(
-    "--dataset", help="Which dataset (idx: any set of MNIST-format files in --data-dir).")]
+    "--dataset", help="Which dataset (idx: any set of MNIST-format files in --data-dir; npz: your arrays "
+    "x_train, x_test [, y_train, y_test] in an .npz file; folder: your images in DIR/train/<class>/ and "
+    "DIR/test/<class>/; see docs/datasets.md).")]
 DataDirOpt = Annotated[str | None, typer.Option(
-    "--data-dir", help="Directory holding the dataset's files.",
-    show_default="look in $HGSEARCH_DATA_DIR, system locations, the cache")]
+    "--data-dir", help="Directory holding the dataset's files (npz: the .npz file or its directory; folder: the "
+    "image folder).", show_default="look in $HGSEARCH_DATA_DIR, system locations, the cache")]
+ImageSizeOpt = Annotated[int, typer.Option(
+    "--image-size", min=0, help="npz and folder: resize every image to N x N pixels (needed when a folder's "
+    "images differ in size); part of the study's identity; 0 = as stored.")]
 DownloadOpt = Annotated[bool, typer.Option(
     "--download/--no-download", help="Fetch a dataset found nowhere locally from its canonical source, "
     "md5-verified, into --data-dir or the cache.")]

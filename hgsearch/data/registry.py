@@ -16,6 +16,11 @@ after removing any gzip layer, so a recompressed copy (Debian's) has the same ch
          t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz | sha256sum
 CIFAR-10: cat data_batch_1 ... data_batch_5 test_batch | sha256sum;
 ImageNet-32: cat train_data_batch_1.npz ... train_data_batch_10.npz val_data.npz | sha256sum.
+
+Your own images (USER_SOURCES) are found only where --data-dir says, with no lookup and no download:
+npz is one .npz file (data_dir is the file, or a directory holding exactly one), folder a directory
+of image files; formats/npz.py and formats/folder.py say what they accept and what their checksums
+cover. Only they can be resized (image_size); without class labels their Dataset has labelled=False.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from typing import Any
 import numpy as np
 
 from hgsearch.data.download import extract, fetch
-from hgsearch.data.formats import cifar, imagenet32
+from hgsearch.data.formats import cifar, folder, imagenet32, npz
 from hgsearch.data.formats.idx import load_idx_set, read_idx, variants
 from hgsearch.errors import DataError, UsageError
 from hgsearch.names import DATASETS
 
-__all__ = ["DATASETS", "DEFAULT_DATASET", "Dataset", "ImageSet", "cache_dir", "load_dataset", "read_idx"]
+__all__ = ["DATASETS", "DEFAULT_DATASET", "USER_SOURCES", "Dataset", "ImageSet", "cache_dir", "load_dataset",
+           "read_idx"]
 
 
 # eq=False: the generated __eq__ would compare arrays elementwise and fail; identity is what we want.
@@ -63,6 +69,7 @@ class Dataset:
     test: ImageSet
     checksum: str  # see the module docstring for exactly which bytes it covers
     source: str
+    labelled: bool = True  # False: no class labels (labels are -1), so no classify task
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -133,7 +140,8 @@ _SPECS: dict[str, _Spec] = {
         hint="idx means your own MNIST-format set (KMNIST, EMNIST, ...) in the standard file names",
     ),
 }
-assert tuple(_SPECS) == DATASETS, "names.DATASETS lists the registry's datasets, in its order"
+USER_SOURCES = ("npz", "folder")  # your own images, read from --data-dir only (see the module docstring)
+assert (*_SPECS, *USER_SOURCES) == DATASETS, "names.DATASETS lists the registry's datasets, in its order"
 DEFAULT_DATASET = "fashion-mnist"
 
 
@@ -183,8 +191,24 @@ def _download(name: str, spec: _Spec, target: Path) -> None:
             dest.unlink()  # the extracted files are what the loader reads; no need to keep 170 MB twice
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = False) -> Dataset:
-    """Load dataset `name` (see DATASETS) from the first place that has it; see the module docstring."""
+def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = False,
+                 image_size: int = 0) -> Dataset:
+    """Load dataset `name` (see DATASETS) from the first place that has it; see the module docstring.
+
+    image_size > 0 resizes every image to image_size x image_size (npz and folder only).
+    """
+    if name in USER_SOURCES:
+        if download:
+            raise UsageError(f"--download fetches the named datasets; {name} reads your own files from --data-dir")
+        if data_dir is None:
+            what = "an .npz file (or a directory holding one)" if name == "npz" else \
+                "a folder holding train/ and test/ image folders"
+            raise UsageError(f"--dataset {name} needs --data-dir: {what}; see docs/datasets.md")
+        path = Path(data_dir).expanduser().resolve()
+        return _load_npz(*_npz_key(_npz_file(path)), image_size) if name == "npz" else \
+            _load_folder(folder.scan(path), image_size)
+    if image_size:
+        raise UsageError(f"--image-size resizes your own images (--dataset npz or folder), not {name}")
     spec = _SPECS.get(name)
     if spec is None:
         raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -233,3 +257,57 @@ def _load(name: str, directory: Path) -> Dataset:
             raise DataError(f"{label_path}: labels must lie in 0..{spec.classes - 1}; "
                             f"check the file belongs to {name}")
     return Dataset(name, train, test, digest.hexdigest(), str(directory))
+
+
+def _npz_file(path: Path) -> Path:
+    """The .npz file that --data-dir names: the path itself, or the only .npz in that directory."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist; pass --data-dir FILE.npz (x_train, x_test, optional y_train, "
+                        "y_test)")
+    found = sorted(path.glob("*.npz"))
+    if len(found) != 1:
+        what = f"holds {len(found)} .npz files ({', '.join(p.name for p in found[:3])})" if found else \
+            "holds no .npz file"
+        raise DataError(f"{path} {what}; pass --data-dir FILE.npz to name one")
+    return found[0]
+
+
+def _npz_key(path: Path) -> tuple[Path, int, int]:
+    """(path, size, modification time): a file rewritten since it was cached is read again."""
+    st = path.stat()
+    return path, st.st_size, st.st_mtime_ns
+
+
+def _user_dataset(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                  checksum: str, source: Path, labelled: bool) -> Dataset:
+    sets = (ImageSet(_read_only(x), _read_only(y)) for x, y in (train, test))
+    return Dataset(name, *sets, checksum, str(source), labelled)
+
+
+@functools.lru_cache(maxsize=CACHED_DATASETS)
+def _load_npz(path: Path, _size: int, _mtime_ns: int, image_size: int) -> Dataset:
+    """Read, check and convert an .npz file; cached per process while the file is unchanged."""
+    checksum = npz.checksum(path)
+    train, test, labelled = npz.read(path)
+    if image_size:
+        train, test = ((folder.resize(x, image_size), y) for x, y in (train, test))
+    return _user_dataset("npz", train, test, checksum, path, labelled)
+
+
+FOLDER_CACHE = "folder"  # cache_dir(FOLDER_CACHE) holds one decoded file per image folder and size
+
+
+@functools.lru_cache(maxsize=CACHED_DATASETS)
+def _load_folder(layout: folder.Layout, image_size: int) -> Dataset:
+    """An image folder, decoded (or taken from the cache while no file changed); cached per process."""
+    name = hashlib.sha256(f"{layout.root}\0{image_size}".encode()).hexdigest()[:16]
+    cache = cache_dir(FOLDER_CACHE) / f"{name}.npz"
+    arrays = folder.load_cached(cache, layout, image_size)
+    if arrays is None:
+        arrays = folder.read(layout, image_size)
+        folder.save_cache(cache, layout, image_size, arrays)
+    x_train, y_train, x_test, y_test, checksum = arrays
+    return _user_dataset("folder", (x_train, y_train), (x_test, y_test), checksum, layout.root,
+                         bool(layout.classes))

@@ -161,6 +161,11 @@ def prepare(
     c, h, w = dataset.shape
     if task == "superres" and (h % 2 or w % 2):
         raise UsageError(f"superres needs even image sides, {dataset.name} has {h}x{w}: use another task")
+    if task == "classify" and not dataset.labelled:
+        how = {"npz": "save y_train and y_test beside x_train and x_test",
+               "folder": "put the images in class folders, train/<class>/ and test/<class>/"}.get(dataset.name, "")
+        raise DataError(f"{dataset.source}: the classify task needs class labels and this data has none: "
+                        f"{how or 'use denoise or superres'}")
     n_train = len(dataset.train.images)
     # Small datasets keep five sixths for training.
     val_size = min(val_size, n_train // VAL_SHARE)
@@ -217,6 +222,6 @@ def resolve_device(name: str) -> torch.device:
 def load_task(cfg: RunConfig) -> TaskData:
     """Read the run's dataset and build its task's splits on the run's device (once per process)."""
     device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     return prepare(dataset, cfg.task, val_size=cfg.val_size, noise_sigma=cfg.noise_sigma, augment=cfg.augment,
                    train_size=cfg.train_size, device=device)

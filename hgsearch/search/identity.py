@@ -18,7 +18,8 @@ from hgsearch.store.schema import DIRECTIONS, METRIC_NAMES, SETTINGS_KEY, family
 from hgsearch.store.storage import make_storage, safe_url, scrubbed
 
 # Settings added after studies already existed, with the value those studies implicitly used.
-ADDED_SETTINGS = {"augment": "none", "train_size": 0, "space_version": 1, "pruning": {"rule": "none"}}
+ADDED_SETTINGS = {"augment": "none", "train_size": 0, "space_version": 1, "pruning": {"rule": "none"},
+                  "image_size": 0}
 
 
 def pruning_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def settings(cfg: RunConfig, data: TaskData, family: str) -> dict[str, Any]:
         "fixed_win": cfg.fixed_win,
         "augment": cfg.augment,
         "train_size": cfg.train_size,
+        "image_size": cfg.image_size,
         "batch_size": cfg.batch_size,
         "val_size": cfg.val_size,
         "noise_sigma": cfg.noise_sigma if cfg.task == "denoise" else None,
@@ -79,7 +81,8 @@ def config_from_settings(stored: dict[str, Any], study: str, *, data_dir: str | 
     return RunConfig(budget=int(s["budget"]), task=s["task"], dataset=s["dataset"], data_dir=data_dir,
                      epochs=int(s["epochs"]), seed=int(s["seed"]), device=device, fixed_win=bool(s["fixed_win"]),
                      batch_size=int(s["batch_size"]), val_size=int(s["val_size"]), study=study,
-                     augment=s["augment"], train_size=int(s["train_size"]), space=SpaceConfig(**space), **extra)
+                     augment=s["augment"], train_size=int(s["train_size"]),
+                     image_size=int(s["image_size"]), space=SpaceConfig(**space), **extra)
 
 
 def make_study_dir(cfg: RunConfig) -> None:
