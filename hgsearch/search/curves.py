@@ -1,10 +1,19 @@
 """Learning curves as the search stores them: per-epoch validation PSNR on each trial (curves.csv: results.curves).
 
-Optuna refuses trial.report() in multi-objective studies, and writing intermediate values through
-the storage instead would break TPE (it ranks PRUNED trials by their last intermediate value using
-study.direction, which raises with two objectives). So a curve is the user attribute CURVE_KEY, the
-list of validation PSNRs after epoch 1, 2, ..., rewritten after every epoch together with
-CURVE_SECONDS_KEY (the trial's wall seconds at each epoch end); optuna-dashboard shows both.
+A curve is the user attribute CURVE_KEY, the list of validation PSNRs after epoch 1, 2, ..., rewritten
+after every epoch together with CURVE_SECONDS_KEY (the trial's wall seconds at each epoch end); the
+pruner and curves.csv read it from there.
+
+A trial that trains all its epochs also gets its curve as Optuna intermediate values (step = epoch),
+written through the storage at its last epoch (search.epoch_hook, store.optuna_seam), where
+optuna-dashboard's learning-curve chart and study.trials_dataframe() look for it. Only then, because
+Optuna 5.0's TPE ranks PRUNED trials by their last intermediate value using study.direction, which
+raises RuntimeError in a two-objective study such as ours (optuna/samplers/_tpe/sampler.py,
+_get_pruned_trial_score; a PRUNED trial without intermediate values is never asked for a direction).
+A trial written at its last epoch is told COMPLETE, or FAIL if it breaks before, which TPE skips;
+while it runs, TPE's constant liar files it with the running trials, which are not ranked.
+tests/test_intermediate_values.py runs a two-objective TPE study both ways. Trial.report is no way round: it
+raises NotImplementedError in multi-objective studies.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The search's per-epoch hook: store each trial's learning curve, then let the pruner stop it at a rung.
 
+The curve goes to the trial's user attributes after every epoch (search.curves); a trial that trains
+all its epochs also gets it as Optuna intermediate values at its last epoch, for optuna-dashboard
+(only then: see search.curves for why a trial that may still be PRUNED must not carry them).
+
 Order at each epoch end (TrialRun.epoch_end calls this before writing the epoch's checkpoint): the curve
 is written to the trial, the pruner decides from what the storage holds (so every worker and host
 decides alike), and only a trial that continues gets its checkpoint. A kill anywhere in between
@@ -15,6 +19,7 @@ from hgsearch.config import RunConfig
 from hgsearch.search import curves
 from hgsearch.search.pruning import Observation, Pruner
 from hgsearch.search.trial import EpochHook, TrialRun
+from hgsearch.store import optuna_seam as seam
 from hgsearch.store import schema
 
 PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -57,7 +62,8 @@ class CurveHook:
         secs.append(float(metrics["seconds"]))
         for key, value in curves.curve_attrs(curve, secs).items():
             c.trial.set_user_attr(key, value)
-        if epoch == c.record.epochs:
+        if epoch == c.record.epochs:  # never a rung (rungs lie below --epochs): this trial will be COMPLETE
+            seam.set_intermediate_values(c.trial, curve)
             self.curves.pop(c.trial.number, None)
         if epoch not in self.pruner.rungs:
             return True

@@ -3,10 +3,13 @@
 Why private at all: claiming trials among many workers needs what Study.ask/tell do not expose:
 a new trial created with its worker attribute in one transaction, a queued retry popped with a
 compare-and-set, the stale-heartbeat query without Optuna failing the trials itself, and the
-state change as a compare-and-set that tells which worker won. Public API is used everywhere else.
+state change as a compare-and-set that tells which worker won; and learning curves as intermediate
+values, which Trial.report refuses in multi-objective studies. Public API is used everywhere else.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import optuna
 import optuna.storages._heartbeat
@@ -59,3 +62,12 @@ def forget_cached_trials(study: optuna.Study) -> None:
 def stale_trial_ids(study: optuna.Study) -> set[int]:
     """Ids of RUNNING trials whose last heartbeat is older than the storage's grace period."""
     return set(study._storage._get_stale_trial_ids(study._study_id))
+
+
+def set_intermediate_values(trial: optuna.Trial, values: Sequence[float]) -> None:
+    """values[i] as the trial's intermediate value at step i + 1, written through the trial's storage.
+
+    Trial.report raises NotImplementedError in a multi-objective study; the storage's own write does not.
+    """
+    for step, value in enumerate(values, start=1):
+        trial.storage.set_trial_intermediate_value(trial._trial_id, step, float(value))

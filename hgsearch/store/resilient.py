@@ -68,6 +68,20 @@ def disk_full(e: BaseException) -> bool:
     return any("disk is full" in str(x) for x in _chain(e))
 
 
+# The server is at its connection limit (PostgreSQL: max_connections; MySQL: max_connections): a
+# transient state like an outage, waited out the same way, but with its own advice, since a wrong URL
+# is not the cause (Optuna words it "An exception is raised during the commit" when it hits it there).
+_AT_LIMIT = re.compile(r"too many clients|connection slots are reserved|too many connections", re.I)
+
+LIMIT_ADVICE = ("raise the server's max_connections, or connect through a pooler "
+                "(pgbouncer in transaction mode: docs/cluster.md)")
+
+
+def at_connection_limit(e: BaseException) -> bool:
+    """True when the server refused a connection because all its connection slots are taken."""
+    return any(_AT_LIMIT.search(str(x)) for x in _chain(e))
+
+
 def transient(e: BaseException) -> bool:
     """True for a lost or refused database connection, also inside Optuna's StorageInternalError."""
     if disk_full(e):
@@ -131,6 +145,10 @@ class Outages:
                 if now >= deadline:
                     self._gave_up = True
                     self._flush()
+                    if at_connection_limit(e):
+                        raise StorageError(
+                            f"storage {self.where} stayed at its connection limit for over {self.limit:g} s "
+                            f"({_first_line(e)}): {LIMIT_ADVICE}; then run the same command again") from None
                     raise StorageError(
                         f"storage {self.where} unreachable for over {self.limit:g} s ({_first_line(e)}): run "
                         "the same command again when the database is back (storage_retry_seconds sets "
@@ -149,7 +167,10 @@ class Outages:
             first = self._down_since is None
             if first:
                 self._down_since = now
-        if first:
+        if first and at_connection_limit(e):
+            self._note(f"storage {self.where} is at its connection limit ({_first_line(e)}); waiting for a free "
+                       f"connection for up to {self.limit:g} s: {LIMIT_ADVICE}")
+        elif first:
             self._note(f"storage {self.where} unreachable ({_first_line(e)}); training goes on, storage calls "
                        f"are retried for up to {self.limit:g} s")
 
@@ -191,7 +212,8 @@ def wait_out(call: Callable[[], T], where: str, limit: float) -> T:
     """call() (opening a storage) retried while the server is restarting or cut off, up to limit seconds.
 
     Also while it refuses connections, when this process is a worker started after another one
-    opened the storage (REACHED_ENV): then the URL is right and the server is away.
+    opened the storage (REACHED_ENV): then the URL is right and the server is away; and while the
+    server is at its connection limit (the URL is right, a slot frees when another client leaves).
     """
     reached = os.environ.get(REACHED_ENV) == "1"
 
@@ -199,7 +221,8 @@ def wait_out(call: Callable[[], T], where: str, limit: float) -> T:
         try:
             return call()
         except Exception as e:
-            if transient(e) and not reached and not any(_PASSING.search(str(x)) for x in _chain(e)):
+            if (transient(e) and not reached and not at_connection_limit(e)
+                    and not any(_PASSING.search(str(x)) for x in _chain(e))):
                 raise _WrongPlace(e) from None
             raise
 
@@ -322,7 +345,7 @@ class ResilientStorage(Outages, BaseStorage, seam.BaseHeartbeat):
     get_trial_id_from_study_id_trial_number = _retried("get_trial_id_from_study_id_trial_number")
     get_trial_number_from_id = _retried("get_trial_number_from_id")
     get_trial_param = _retried("get_trial_param")
-    set_trial_intermediate_value = _retried("set_trial_intermediate_value")
+    set_trial_intermediate_value = _retried("set_trial_intermediate_value")  # an upsert: a repeat writes the same
     set_trial_user_attr = _retried("set_trial_user_attr")
     set_trial_system_attr = _retried("set_trial_system_attr")
     get_trial = _retried("get_trial")
