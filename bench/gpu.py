@@ -14,7 +14,7 @@ d_out 784). Data: random uint8 images (synthetic, unlearnable: timing only) or F
   block     (--profile) kernels of one training block's forward and backward (packed.train_block), eager
             vs torch.compile'd (packed.compiled_block), and the compiled one's first-call (compile) time.
   naive     per sample, the textbook per-trial loop: torch.utils.data.DataLoader over a TensorDataset on
-            the host (batch 128, shuffle, num_workers=0, pin_memory), fp32, models.build(spec),
+            the host (batch 128, shuffle, num_workers=0, pin_memory), fp32, families.build(spec),
             torch.optim.AdamW, one model at a time, no packing, no graphs; --naive-steps timed steps per
             configuration (a subset of the configurations if time is short, extrapolated: the output says so).
   packs     per sample and variant (fp32; on CUDA bf16 autocast, and bf16 with compiled blocks unless
@@ -25,7 +25,7 @@ d_out 784). Data: random uint8 images (synthetic, unlearnable: timing only) or F
             events of one eager step, which the graph replays, and of one replayed step; CPU: aten ops of
             one step, views left out).
   psnr      --psnr-members members trained 1 epoch both ways (same data order, seed, initial weights,
-            linear lr decay) and evaluated alike (train.evaluate's PSNR): max |dPSNR| per member.
+            linear lr decay) and evaluated alike (loop.evaluate's PSNR): max |dPSNR| per member.
 
 Member samples/s S = trials x 128 / (seconds of one round); trials per GPU-hour = 3600 x S / (50 epochs x
 50,000 images) (the paper protocol, training steps only: no evaluation or checkpoints); achieved

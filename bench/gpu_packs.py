@@ -1,4 +1,4 @@
-"""Packed training on one GPU: throughput of train.train vs packs (K, CUDA graphs, bf16), padding waste, exactness.
+"""Packed training on one GPU: throughput of loop.train vs packs (K, CUDA graphs, bf16), padding waste, exactness.
 
     python bench/gpu_packs.py              # on a CUDA machine: about 3-5 minutes, stops itself at --limit
     python bench/gpu_packs.py --quick      # tiny sizes on the CPU (no CUDA cases): a smoke test
@@ -10,14 +10,14 @@ Sections, each case fail-soft (an error is printed and the next case runs):
               objective, 128 pending trials, both families, 28x28 geometry 784->784) at budgets
               1.5M/3M/5M, grouped by hgsearch.training.packing
               vs naive packs in arrival order: padded FLOPs / useful FLOPs - 1, and the estimated
-              time of the packs relative to training each member alone (cost model in buckets.py).
+              time of the packs relative to training each member alone (cost model in training/packing.py).
   peak        best fp32 and bf16 rate of an 8192^2 matmul (MFU denominators).
-  naive       train.train (hgsearch's one-trial path) on resident synthetic data, fp32 and bf16.
+  naive       loop.train (hgsearch's one-trial path) on resident synthetic data, fp32 and bf16.
   packed      the 5.8M Hourglass (784->784, d_z 1024, d_h 128, 16 blocks) packed K = 1, 8, 32, 128,
               eager vs CUDA graph, fp32 vs bf16 autocast: samples/s counts every member's samples.
   hetero      a 5M default-space pool grouped into packs (K from free memory): member samples/s
               and useful TFLOP/s (6 x real params per sample; padding not counted).
-  exact       a heterogeneous pack (both families, fixed W_in, 3 tasks) vs train.train per member on
+  exact       a heterogeneous pack (both families, fixed W_in, 3 tasks) vs loop.train per member on
               the same device, fp32 both: the largest validation PSNR difference (target < 1e-3 dB
               on the CPU; float32 GPU kernels may round differently).
 Writes $OUT/gpu_packs.json (or --json PATH) after every case, so a killed run keeps what it measured.
@@ -175,7 +175,7 @@ def synthetic(d_in: int, d_out: int, n: int, device: torch.device) -> TaskData:
 
 
 def naive_rows(spec: ArchSpec, device: torch.device, steps: int, bf16: bool):
-    """train.train for one epoch of `steps` batches; the first call pays lazy initialisation, so twice."""
+    """loop.train for one epoch of `steps` batches; the first call pays lazy initialisation, so twice."""
     data = synthetic(spec.d_in, spec.d_out, steps * BATCH, device)
     train_mod.CUDA_BF16 = bf16
     train_mod.train(spec, synthetic(spec.d_in, spec.d_out, 4 * BATCH, device), lr=1e-3, epochs=1, device=device)
@@ -322,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.case("peak", "matmul", lambda: [{"fp32": matmul_peak(device, torch.float32) / 1e12,
                                                "bf16": matmul_peak(device, torch.bfloat16) / 1e12,
                                                "tf32_allowed": torch.backends.cuda.matmul.allow_tf32}])
-    print(f"## naive: train.train, {spec}")
+    print(f"## naive: loop.train, {spec}")
     for bf16 in ([False, True] if cuda else [False]):
-        bench.case("naive", f"train.train bf16={bf16}",
+        bench.case("naive", f"loop.train bf16={bf16}",
                    lambda bf16=bf16: naive_rows(spec, device, 20 if args.quick else 300, bf16))
     print("## packed: same-shape pack, samples/s over all members")
     bench.case("packed", str(spec),
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.case("hetero", f"budget {hetero[0]:,}", lambda: hetero_rows(
         hetero[0], hetero[1], hetero[2], device, [v for v in variants if v[0] or not cuda],
         0.5 if args.quick else 4 * args.seconds, args.pack_size), min_left=30)
-    print("## exact: heterogeneous pack vs train.train per member, fp32, |dPSNR val| in dB")
+    print("## exact: heterogeneous pack vs loop.train per member, fp32, |dPSNR val| in dB")
     if cuda:
         for graphs in (True, False):
             bench.case("exact", f"cuda graphs={graphs}", lambda graphs=graphs: exact_rows(device, 16, 1200, graphs),
@@ -349,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(rows: list[dict]) -> None:
-    """The compact table: one line per throughput case, ratios against train.train fp32."""
+    """The compact table: one line per throughput case, ratios against loop.train fp32."""
     base = next((r["samples_s"] for r in rows
                  if r["section"] == "naive" and not r.get("bf16") and "samples_s" in r), None)
-    print("| section | K | graphs | bf16 | samples/s | x train.train fp32 | useful TFLOP/s |")
+    print("| section | K | graphs | bf16 | samples/s | x loop.train fp32 | useful TFLOP/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "samples_s" in r:

@@ -1,13 +1,13 @@
 """Packed training: K configurations of any shape trained as one batched computation (one GPU, many trials).
 
-A pack shares one seed, so every member sees the batches (and denoising noise) that `train.train` with
+A pack shares one seed, so every member sees the batches (and denoising noise) that `loop.train` with
 that seed draws: a step is one gather and, per layer, one batched matmul over the K members instead of
 K small launches, which is what fills a GPU with small MLPs. (The search trains every trial with the
 run's one seed, so grouping by seed costs nothing; members of different seeds go to different packs.)
-Results equal K separate `train.train()` runs within float rounding (tests check it on the CPU):
+Results equal K separate `loop.train()` runs within float rounding (tests check it on the CPU):
 
 - Same initial weights: member k is built exactly as train() builds it (torch.manual_seed(seed), then
-  models.build) and copied into the top-left corner of the packed tensors; the rest is zero.
+  families.build) and copied into the top-left corner of the packed tensors; the rest is zero.
 - Widths and bottlenecks are padded with zeros, exactly: a zero row of W_in makes a stream feature
   that is 0 for every input; BatchNorm (affine=False) of that constant column is (0 - 0) * rsqrt(0 + eps)
   = 0 in training and, its running mean staying 0, in evaluation too; a zero row of W_down gives a
@@ -62,9 +62,9 @@ REBUILD_STEPS = GRAPH_WARMUP + 2
 # (its weights and statistics freeze; its result is evaluated at the end like the others').
 MemberEpoch = Callable[[int, int, dict], bool]
 
-# Called after each finished epoch with (member, state): state is what train.train's on_epoch_end
+# Called after each finished epoch with (member, state): state is what loop.train's on_epoch_end
 # gives (model, optimizer and generator state, epoch, step, loss, seconds) for that member alone, so
-# train.train(resume=state) or a pack (train_packed(resume=...)) continues it. False retires it.
+# loop.train(resume=state) or a pack (train_packed(resume=...)) continues it. False retires it.
 MemberEpochEnd = Callable[[int, dict[str, Any]], bool]
 
 # Called after every step as on_step(epoch, step, steps_per_epoch): a host-side hook (stop checks,
@@ -429,7 +429,7 @@ class PackStep:
 
 @torch.no_grad()
 def evaluate_packed(model: PackedMLP, split: Split, batch_size: int = 128) -> list[float]:
-    """Each member's PSNR exactly as train.evaluate defines it (per batch of 128, size-weighted), in float32."""
+    """Each member's PSNR exactly as loop.evaluate defines it (per batch of 128, size-weighted), in float32."""
     model.eval()
     k = len(model.specs)
     # Rows per forward shrink with the pack so the (K, rows, width) activations stay bounded.
@@ -474,10 +474,10 @@ def train_packed(
     default: about 25 s of compilation per process on 2 CPU cores, not yet measured on a GPU).
     A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
     does not disturb the others; `seconds` is the pack's wall time for each member (plus the seconds
-    of its resumed state). resume[k] is member k's train.train checkpoint state (None: from the start);
+    of its resumed state). resume[k] is member k's loop.train checkpoint state (None: from the start);
     a pack shares one data order, so every member must resume from the same epoch. epoch_eval adds
     "psnr_val_epoch" (member k's PSNR on that split after the epoch) to on_epoch_end's states, as
-    train.train does.
+    loop.train does.
 
     repack: at an epoch's end, when members have retired (stopped or failed) and repack_pays says
     so, the pack is rebuilt from its live members only (PackedMLP.select, PackStep.select: exact
@@ -606,7 +606,7 @@ def repack_pays(specs: Sequence[ArchSpec], live: Sequence[int], steps_left: int,
 
 def _member_state(model: PackedMLP, stepper: PackStep, gen: torch.Generator, k: int, lr: float, epoch: int,
                   step: int, loss: float, seconds: float, psnr_val_epoch: float | None = None) -> dict[str, Any]:
-    """Member k's state after `epoch` finished epochs, in train.train's on_epoch_end format (copies)."""
+    """Member k's state after `epoch` finished epochs, in loop.train's on_epoch_end format (copies)."""
     member = model.unpack(k)
     state = {"model": member.state_dict(), "optimizer": stepper.member_optimizer_state(k, member, lr),
              "generator": gen.get_state(), "epoch": epoch, "step": step, "loss": loss, "seconds": seconds}
