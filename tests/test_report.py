@@ -199,6 +199,17 @@ def test_an_unreadable_database_does_not_hide_the_other_studies(tmp_path):
     assert json.loads(json.dumps(bad.to_dict()))["error"] == bad.error
 
 
+def test_show_lists_an_unreadable_study_with_why(tmp_path, cli):
+    _study_dir(tmp_path, "good")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "study.db").write_bytes(b"not a database " * 100)
+    code, out, err = cli("show", "--results-dir", str(tmp_path))
+    assert code == 0, err
+    assert re.search(r"^bad +- +- +- +unreadable \(see below\)", out, re.M), out
+    assert re.search(r"^good +superres .* hourglass 3, conventional 3", out, re.M), out
+    assert re.fullmatch(r"bad: cannot read storage \S+bad/study.db: file is not a database.*\n", err), err
+
+
 def test_a_relative_sqlite_url_reads_the_study_of_the_current_directory(tmp_path, monkeypatch):
     # One storage is cached per file: the same relative URL from another directory is another file.
     for name, pts in (("one", HOURGLASS[:1]), ("two", HOURGLASS)):

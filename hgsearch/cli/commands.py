@@ -332,9 +332,13 @@ def _study_list(studies: list, results_dir: str, as_json: bool) -> None:
 
     rows = [{"study": s.name, "task": s.task or "-", "dataset": s.dataset or "-",
              "budget": format_budget(s.budget) if s.budget else "-",
-             "trials done": ", ".join(f"{f} {n}" for f, n in s.done.items()) or "0",
+             "trials done": "unreadable (see below)" if s.error else
+             ", ".join(f"{f} {n}" for f, n in s.done.items()) or "0",
              "last change": s.changed.strftime("%Y-%m-%d %H:%M")} for s in studies]
     out.print(df_table(pd.DataFrame(rows), f"studies under {results_dir}/ (last changed last)"))
+    for s in studies:
+        if s.error:  # under the table: a long reason would squeeze its columns
+            note(f"{s.name}: {s.error}")
     say("pass --study NAME to see one")
 
 
