@@ -1,4 +1,5 @@
-"""Datasets end to end through the real CLI: Fashion-MNIST, generated ImageNet-32 npz files, --download."""
+"""Datasets end to end through the real CLI: Fashion-MNIST, generated ImageNet-32 npz files, --download, and
+your own images: a generated 32x32 RGB image folder and an .npz of 64x64 grey images."""
 
 from __future__ import annotations
 
@@ -98,3 +99,74 @@ def test_download_offline_is_one_line_naming_files_and_directory(tmp_path: Path)
     offline = hgsearch("train", "--family", "conventional", "--depth", "1", "--bottleneck", "800", "--lr", "1e-3",
                        "--dataset", "mnist", cwd=tmp_path, env=_clean_env(tmp_path))
     assert offline.returncode == 1 and "rerun with --download" in offline.stderr
+
+
+def write_rgb_folder(root: Path, n_train: int = 48, n_test: int = 16, side: int = 32) -> Path:
+    """A generated image folder as users keep one: DIR/train/<class>/*.png and DIR/test/<class>/*.png, RGB."""
+    from PIL import Image
+
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        gray, labels = smooth_images(n, side, seed)
+        for i in range(n):
+            rgb = np.stack([gray[i], gray[i, :, ::-1], 255 - gray[i]], axis=-1)
+            d = root / split / f"class{labels[i] % 3}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_image_folder_32x32_rgb_classify_run_frontier_report(tmp_path: Path) -> None:
+    """Colour classification on a folder of PNGs: labels from the class folders, 3072 -> 3072."""
+    data_dir = write_rgb_folder(tmp_path / "pets")
+    env = _clean_env(tmp_path)
+    args = ("--budget", "20M", "--dataset", "folder", "--data-dir", str(data_dir), "--task", "classify",
+            "--trials", "2", "--epochs", "1", "--device", "cpu")
+    run = hgsearch("run", *args, cwd=tmp_path, env=env)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    # The conventional stream is the image size (3072): its smallest model does not fit, and run says so.
+    assert "conventional cannot fit 20,000,000 parameters (its smallest model has 37,754,880)" in run.stdout
+    study = "classify-folder-20M"
+    front = hgsearch("frontier", "--plot", "--data-dir", str(data_dir), cwd=tmp_path, env=env)
+    assert front.returncode == 0, front.stderr
+    rows = _table(tmp_path, study, "frontier.csv")
+    assert set(map(tuple, rows[["d_in", "d_out"]].values.tolist())) == {(3072, 3072)}
+    assert (rows["params"] <= 20_000_000).all() and (rows["width"] > 3072).all()
+    assert (tmp_path / "results" / study / "frontier.png").stat().st_size > 0
+    rep = hgsearch("report", "--data-dir", str(data_dir), cwd=tmp_path, env=env)
+    assert rep.returncode == 0, rep.stderr
+    page = (tmp_path / "results" / study / "report.html").read_text()
+    assert page.count("<img") >= 3 and "no baseline" not in page
+    # Decoded once: the cache holds the folder as uint8, and a changed image is refused on resume.
+    assert len(list((tmp_path / "cache" / "hgsearch" / "folder").glob("*.npz"))) == 1
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(next((data_dir / "test").rglob("*.png")))
+    again = hgsearch("run", *args, cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "dataset_checksum" in again.stderr, again.stderr
+
+
+@pytest.mark.slow
+def test_npz_64x64_grey_superres_run_frontier_report(tmp_path: Path) -> None:
+    """Grey 64x64 floats in [0, 1] from an .npz, no labels: super-resolution 1024 -> 4096."""
+    x_train = smooth_images(60, 64, 0)[0] / 255.0
+    x_test = smooth_images(12, 64, 1)[0] / 255.0
+    data = tmp_path / "scans.npz"
+    np.savez(data, x_train=x_train.astype(np.float32), x_test=x_test.astype(np.float32))
+    env = _clean_env(tmp_path)
+    args = ("--budget", "25M", "--dataset", "npz", "--data-dir", str(data), "--trials", "2", "--epochs", "2",
+            "--device", "cpu")
+    run = hgsearch("run", *args, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "conventional cannot fit 25,000,000 parameters" in run.stdout
+    study = "superres-npz-25M"
+    front = hgsearch("frontier", "--plot", "--data-dir", str(data), cwd=tmp_path, env=env)
+    assert front.returncode == 0, front.stderr
+    rows = _table(tmp_path, study, "frontier.csv")
+    assert set(map(tuple, rows[["d_in", "d_out"]].values.tolist())) == {(1024, 4096)}
+    assert (rows["params"] <= 25_000_000).all()
+    rep = hgsearch("report", "--data-dir", str(data), cwd=tmp_path, env=env)
+    assert rep.returncode == 0, rep.stderr
+    assert (tmp_path / "results" / study / "report.html").read_text().count("<img") >= 3
+    classify = hgsearch("run", *args, "--task", "classify", "--study", "c", cwd=tmp_path, env=env)
+    assert classify.returncode == 1 and "classify task needs class labels" in classify.stderr

@@ -173,10 +173,11 @@ def _decode(raw: bytes, path: Path, image_size: int) -> np.ndarray:
 
 
 def _bar() -> Progress:
-    # Like data.download's bar, on stderr; transient: it is gone when the reading is done (or failed), so a
-    # log or an error keeps only its own lines.
+    # Like data.download's bar, on stderr, but only on a terminal and transient: gone when the reading is
+    # done (or failed), so a log or an error keeps only its own lines.
+    console = Console(stderr=True)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)
+                    console=console, transient=True, disable=not console.is_terminal)
 
 
 def read(layout: Layout, image_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
