@@ -230,12 +230,17 @@ class PackStep:
     """
 
     def __init__(self, model: PackedMLP, lrs: Sequence[float], *, total_steps: int, weight_decay: float,
-                 graphs: bool = False, bf16: bool = False, compile_blocks: bool = False) -> None:
+                 graphs: bool = False, bf16: bool = False, compile_blocks: bool = False,
+                 stream: torch.cuda.Stream | None = None) -> None:
+        """stream: the CUDA stream the graph is captured on (the caller replays it there: training.rounds
+        gives each pack its own, since graphs captured on one stream share a cuBLAS workspace,
+        pytorch/pytorch#193402); None: a new stream for the capture, replayed on the current stream."""
         device = model.w_out.device
         if graphs and device.type != "cuda":
             raise UsageError("CUDA graphs need a CUDA device: train the pack with graphs=False")
         self.model, self.wd, self.total = model, weight_decay, float(total_steps)
         self.graphs, self.bf16 = graphs, bf16 and device.type == "cuda"
+        self.stream = stream
         model.compile_blocks = compile_blocks
         self._compile_tried = not compile_blocks
         self.compile_errors: list[str] = []  # why compiled_block failed, if it did (see step)
@@ -339,7 +344,7 @@ class PackStep:
         # detach: a clone of a parameter would keep its AccumulateGrad node (made on the default stream) alive
         # through the capture, and autograd then waits on that stream, which invalidates the capture.
         saved = [s.detach().clone() for s in self._state()]
-        side = torch.cuda.Stream()
+        side = self.stream or torch.cuda.Stream()
         for _ in range(CAPTURE_TRIES):
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -418,7 +423,7 @@ class PackStep:
         (A fixed W_in's moments are left at 0: its learning rate is 0, so they never move it.)"""
         new = PackStep(model, self.base_lr[list(slots)].tolist(), total_steps=int(self.total),
                        weight_decay=self.wd, graphs=graphs, bf16=self.bf16,
-                       compile_blocks=self.model.compile_blocks)
+                       compile_blocks=self.model.compile_blocks, stream=self.stream)
         new.t.copy_(self.t)
         for j, s in enumerate(slots):
             for (_, m, v), (_, m_old, v_old) in zip(new._member_moments(j), self._member_moments(s), strict=True):
@@ -444,6 +449,175 @@ def evaluate_packed(model: PackedMLP, split: Split, batch_size: int = 128) -> li
             total += (row_mse.shape[1] - full) * _db(row_mse[:, full:].mean(1))
     model.train()
     return (total / len(split.inputs)).tolist()
+
+
+class PackRun:
+    """One pack's training as a steppable object: `step()` trains one batch (and, after an epoch's last
+    batch, closes the epoch: member hooks, retirements, repack), `done` says when training is over and
+    `results()` evaluates. train_packed is a loop over one; training.rounds steps a round's packs
+    interleaved. Each PackRun owns its generator (its data order), so how runs interleave cannot
+    change a member's result. Arguments as train_packed's; stream: the CUDA stream every op of the
+    pack runs on (its graph captured and replayed there), None: the current stream."""
+
+    def __init__(
+        self,
+        specs: Sequence[ArchSpec],
+        data: TaskData,
+        *,
+        lrs: Sequence[float],
+        epochs: int,
+        batch_size: int = 128,
+        weight_decay: float = 0.01,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        graphs: bool | None = None,
+        bf16: bool = False,
+        compile_blocks: bool = False,
+        on_epoch: MemberEpoch | None = None,
+        resume: Sequence[dict[str, Any] | None] | None = None,
+        on_epoch_end: MemberEpochEnd | None = None,
+        on_step: StepHook | None = None,
+        on_pack_epoch: PackEpoch | None = None,
+        epoch_eval: Split | None = None,
+        repack: bool = False,
+        stream: torch.cuda.Stream | None = None,
+    ) -> None:
+        if len(lrs) != len(specs):
+            raise UsageError(f"{len(specs)} configurations but {len(lrs)} learning rates")
+        resume = list(resume) if resume is not None else [None] * len(specs)
+        start = {int(r["epoch"]) if r is not None else 0 for r in resume}
+        if len(resume) != len(specs) or len(start) != 1:
+            raise UsageError("a pack's members must all resume from the same epoch: "
+                             "group them by their checkpoints' epoch")
+        check_packable(specs)
+        if (specs[0].d_in, specs[0].d_out) != (data.d_in, data.d_out):
+            raise UsageError(f"model is {specs[0].d_in}->{specs[0].d_out} but the task is {data.d_in}->{data.d_out}")
+        self.specs, self.data, self.lrs, self.epochs = list(specs), data, list(lrs), epochs
+        self.batch_size, self.repack = batch_size, repack
+        self.on_epoch, self.on_epoch_end = on_epoch, on_epoch_end
+        self.on_step, self.on_pack_epoch = on_step, on_pack_epoch
+        self.epoch_eval = epoch_eval
+        self.device = torch.device(device) if device is not None else data.train.inputs.device
+        self.stream = stream if self.device.type == "cuda" else None
+        graphs = self.device.type == "cuda" if graphs is None else graphs
+        self.t0 = time.perf_counter()
+        k = self.k = len(specs)
+        self.failed: dict[int, str] = {}
+        self.n = len(data.train)
+        self.steps_per_epoch = math.ceil(self.n / batch_size)
+        if self.stream is not None:  # the task's tensors were made on the current stream
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with self._on_device():
+            self.gen = torch.Generator(device=self.device).manual_seed(seed)  # the data order (and noise) of train()
+            self.model = PackedMLP(specs, seed).to(self.device)
+            self.stepper = PackStep(self.model, lrs, total_steps=epochs * self.steps_per_epoch,
+                                    weight_decay=weight_decay, graphs=graphs, bf16=bf16,
+                                    compile_blocks=compile_blocks, stream=self.stream)
+            self.losses = [float("nan")] * k
+            self.offsets = [0.0] * k  # seconds each member trained before its resumed state
+            self.epoch = start.pop()  # the epoch being trained
+            if self.epoch:
+                for i, state in enumerate(resume):
+                    self.model.load_member(i, state["model"])
+                    self.stepper.load_member_optimizer(i, state["optimizer"])
+                    self.losses[i], self.offsets[i] = float(state["loss"]), float(state["seconds"])
+                self.stepper.t.fill_(float(resume[0]["step"]))
+                self.gen.set_state(resume[0]["generator"])  # the same for every member: one seed, same epochs
+        self.epochs_done = [epochs] * k
+        self.retired: set[int] = set()
+        self.ids = list(range(k))  # the member in each slot of the pack being trained (fewer after a repack)
+        self.left: list[tuple[PackedMLP, list[int]]] = []  # members stopped early that left it, and their ids
+        self._batches: tuple[torch.Tensor, ...] | None = None  # this epoch's batches of indices
+        self._next = 0  # the next batch of this epoch
+        self.done = self.epoch >= epochs
+
+    @contextlib.contextmanager
+    def _on_device(self) -> Any:
+        """Everything the pack does runs on its stream, and running out of memory is the pack's failure."""
+        try:
+            with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+                yield
+        except torch.OutOfMemoryError:
+            raise TrialFailed(f"out of memory on {self.device} for a pack of {self.k} models") from None
+
+    def step(self) -> None:
+        """Train every live member on the epoch's next batch; after its last batch, end the epoch."""
+        if self.done:
+            raise UsageError("this pack has finished training: read its results()")
+        with self._on_device():
+            if self._batches is None:  # drawn at the epoch's first step, as train() draws it
+                self._batches = torch.randperm(self.n, generator=self.gen, device=self.device).split(self.batch_size)
+            x, y = self.data.train.batch(self._batches[self._next])
+            if self.data.train_noise:
+                x = add_noise(x, self.data.train_noise, self.gen)
+            self.stepper.step(x, y)
+            self._next += 1
+            if self.on_step is not None:
+                self.on_step(self.epoch, self._next, self.steps_per_epoch)
+            if self._next == len(self._batches):
+                self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        epoch, model, stepper = self.epoch, self.model, self.stepper
+        epoch_losses = stepper.take_epoch_losses(self.n)
+        # One packed evaluation for all members (a retired member's frozen weights are scored too, unused).
+        epoch_psnr = (evaluate_packed(model, self.epoch_eval, self.batch_size)
+                      if self.epoch_eval is not None and self.on_epoch_end is not None else None)
+        for slot, i in enumerate(self.ids):
+            if i in self.retired:
+                continue
+            self.losses[i] = epoch_losses[slot]
+            if not math.isfinite(self.losses[i]):
+                self.failed[i] = f"non-finite training loss in epoch {epoch + 1} at lr={self.lrs[i]:.3g}"
+                stepper.retire(slot, failed=True)
+                self.retired.add(i)
+            elif ((self.on_epoch is not None and not self.on_epoch(i, epoch, {"loss": self.losses[i]}))
+                  or (self.on_epoch_end is not None and not self.on_epoch_end(i, _member_state(
+                      model, stepper, self.gen, slot, self.lrs[i], epoch + 1, (epoch + 1) * self.steps_per_epoch,
+                      self.losses[i], time.perf_counter() - self.t0 + self.offsets[i],
+                      None if epoch_psnr is None else epoch_psnr[slot])))):
+                stepper.retire(slot, failed=False)
+                self.retired.add(i)
+                self.epochs_done[i] = epoch + 1
+        live = [slot for slot, i in enumerate(self.ids) if i not in self.retired]
+        if self.repack and repack_pays(model.specs, live, (self.epochs - epoch - 1) * self.steps_per_epoch,
+                                       stepper.graphs):
+            stopped = [slot for slot, i in enumerate(self.ids) if i in self.retired and i not in self.failed]
+            if stopped:  # their frozen weights, for the evaluation at the end
+                self.left.append((model.select(stopped), [self.ids[slot] for slot in stopped]))
+            self.model = model.select(live)
+            self.stepper = stepper.select(self.model, live, graphs=stepper.graphs)  # False once capture gave up
+            self.ids = [self.ids[slot] for slot in live]
+        if self.on_pack_epoch is not None:
+            self.on_pack_epoch(self.model, epoch + 1)
+        self.epoch += 1
+        self._batches, self._next = None, 0
+        self.done = self.epoch >= self.epochs or len(self.retired) == self.k
+
+    def results(self) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
+        """Evaluate every member (train_packed's return value); call once `done`."""
+        if not self.done:
+            raise UsageError("this pack is still training: step() it until done")
+        k, bs = self.k, self.batch_size
+        psnr_val, psnr_test = [math.nan] * k, [math.nan] * k
+        with self._on_device():
+            for pack, members in [(self.model, self.ids), *self.left]:
+                for i, val, test in zip(members, evaluate_packed(pack, self.data.val, bs),
+                                        evaluate_packed(pack, self.data.test, bs), strict=True):
+                    psnr_val[i], psnr_test[i] = val, test
+        if self.stream is not None:  # the returned model is used on the current stream
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        seconds = time.perf_counter() - self.t0
+        results: list[TrainResult | TrialFailed] = []
+        for i in range(k):
+            if i in self.failed:
+                results.append(TrialFailed(self.failed[i]))
+            elif not (math.isfinite(psnr_val[i]) and math.isfinite(psnr_test[i])):
+                results.append(TrialFailed(f"non-finite evaluation PSNR (val {psnr_val[i]}, test {psnr_test[i]})"))
+            else:
+                results.append(TrainResult(psnr_val[i], psnr_test[i], self.losses[i], seconds + self.offsets[i],
+                                           self.epochs_done[i], self.epochs_done[i] * self.steps_per_epoch))
+        return self.model, results
 
 
 def train_packed(
@@ -477,7 +651,7 @@ def train_packed(
     of its resumed state). resume[k] is member k's loop.train checkpoint state (None: from the start);
     a pack shares one data order, so every member must resume from the same epoch. epoch_eval adds
     "psnr_val_epoch" (member k's PSNR on that split after the epoch) to on_epoch_end's states, as
-    loop.train does.
+    loop.train does. Running out of memory raises TrialFailed for the whole pack.
 
     repack: at an epoch's end, when members have retired (stopped or failed) and repack_pays says
     so, the pack is rebuilt from its live members only (PackedMLP.select, PackStep.select: exact
@@ -486,101 +660,13 @@ def train_packed(
     model on_pack_epoch gets, and the one returned, then hold the live members only (their specs in
     model.specs); a member stopped early is evaluated at the end from a copy of its frozen weights.
     """
-    if len(lrs) != len(specs):
-        raise UsageError(f"{len(specs)} configurations but {len(lrs)} learning rates")
-    resume = list(resume) if resume is not None else [None] * len(specs)
-    start = {int(r["epoch"]) if r is not None else 0 for r in resume}
-    if len(resume) != len(specs) or len(start) != 1:
-        raise UsageError("a pack's members must all resume from the same epoch: group them by their checkpoints' epoch")
-    start_epoch = start.pop()
-    check_packable(specs)
-    if (specs[0].d_in, specs[0].d_out) != (data.d_in, data.d_out):
-        raise UsageError(f"model is {specs[0].d_in}->{specs[0].d_out} but the task is {data.d_in}->{data.d_out}")
-    device = torch.device(device) if device is not None else data.train.inputs.device
-    graphs = device.type == "cuda" if graphs is None else graphs
-    t0 = time.perf_counter()
-    gen = torch.Generator(device=device).manual_seed(seed)  # the data order (and noise) of train()
-    k = len(specs)
-    failed: dict[int, str] = {}
-    try:
-        model = PackedMLP(specs, seed).to(device)
-        n = len(data.train)
-        total_steps = epochs * math.ceil(n / batch_size)
-        stepper = PackStep(model, lrs, total_steps=total_steps, weight_decay=weight_decay, graphs=graphs, bf16=bf16,
-                           compile_blocks=compile_blocks)
-        losses = [float("nan")] * k
-        offsets = [0.0] * k  # seconds each member trained before its resumed state
-        if start_epoch:
-            for i, state in enumerate(resume):
-                model.load_member(i, state["model"])
-                stepper.load_member_optimizer(i, state["optimizer"])
-                losses[i], offsets[i] = float(state["loss"]), float(state["seconds"])
-            stepper.t.fill_(float(resume[0]["step"]))
-            gen.set_state(resume[0]["generator"])  # the same for every member: one seed, same epochs
-        epochs_done = [epochs] * k
-        retired: set[int] = set()
-        ids = list(range(k))  # the member in each slot of the pack being trained (fewer after a repack)
-        left: list[tuple[PackedMLP, list[int]]] = []  # members stopped early that left it, and their ids
-        steps_per_epoch = math.ceil(n / batch_size)
-        for epoch in range(start_epoch, epochs):
-            perm = torch.randperm(n, generator=gen, device=device)
-            for i_step, idx in enumerate(perm.split(batch_size)):
-                x, y = data.train.batch(idx)
-                if data.train_noise:
-                    x = add_noise(x, data.train_noise, gen)
-                stepper.step(x, y)
-                if on_step is not None:
-                    on_step(epoch, i_step + 1, steps_per_epoch)
-            epoch_losses = stepper.take_epoch_losses(n)
-            # One packed evaluation for all members (a retired member's frozen weights are scored too, unused).
-            epoch_psnr = (evaluate_packed(model, epoch_eval, batch_size)
-                          if epoch_eval is not None and on_epoch_end is not None else None)
-            for slot, i in enumerate(ids):
-                if i in retired:
-                    continue
-                losses[i] = epoch_losses[slot]
-                if not math.isfinite(losses[i]):
-                    failed[i] = f"non-finite training loss in epoch {epoch + 1} at lr={lrs[i]:.3g}"
-                    stepper.retire(slot, failed=True)
-                    retired.add(i)
-                elif ((on_epoch is not None and not on_epoch(i, epoch, {"loss": losses[i]}))
-                      or (on_epoch_end is not None and not on_epoch_end(i, _member_state(
-                          model, stepper, gen, slot, lrs[i], epoch + 1, (epoch + 1) * steps_per_epoch, losses[i],
-                          time.perf_counter() - t0 + offsets[i],
-                          None if epoch_psnr is None else epoch_psnr[slot])))):
-                    stepper.retire(slot, failed=False)
-                    retired.add(i)
-                    epochs_done[i] = epoch + 1
-            live = [slot for slot, i in enumerate(ids) if i not in retired]
-            if repack and repack_pays(model.specs, live, (epochs - epoch - 1) * steps_per_epoch, stepper.graphs):
-                stopped = [slot for slot, i in enumerate(ids) if i in retired and i not in failed]
-                if stopped:  # their frozen weights, for the evaluation at the end
-                    left.append((model.select(stopped), [ids[slot] for slot in stopped]))
-                model = model.select(live)
-                stepper = stepper.select(model, live, graphs=stepper.graphs)  # False once capture gave up
-                ids = [ids[slot] for slot in live]
-            if on_pack_epoch is not None:
-                on_pack_epoch(model, epoch + 1)
-            if len(retired) == k:
-                break
-        psnr_val, psnr_test = [math.nan] * k, [math.nan] * k
-        for pack, members in [(model, ids), *left]:
-            for i, val, test in zip(members, evaluate_packed(pack, data.val, batch_size),
-                                    evaluate_packed(pack, data.test, batch_size), strict=True):
-                psnr_val[i], psnr_test[i] = val, test
-    except torch.OutOfMemoryError:
-        raise TrialFailed(f"out of memory on {device} for a pack of {k} models") from None
-    seconds = time.perf_counter() - t0
-    results: list[TrainResult | TrialFailed] = []
-    for i in range(k):
-        if i in failed:
-            results.append(TrialFailed(failed[i]))
-        elif not (math.isfinite(psnr_val[i]) and math.isfinite(psnr_test[i])):
-            results.append(TrialFailed(f"non-finite evaluation PSNR (val {psnr_val[i]}, test {psnr_test[i]})"))
-        else:
-            results.append(TrainResult(psnr_val[i], psnr_test[i], losses[i], seconds + offsets[i], epochs_done[i],
-                                       epochs_done[i] * steps_per_epoch))
-    return model, results
+    run = PackRun(specs, data, lrs=lrs, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                  device=device, graphs=graphs, bf16=bf16, compile_blocks=compile_blocks, on_epoch=on_epoch,
+                  resume=resume, on_epoch_end=on_epoch_end, on_step=on_step, on_pack_epoch=on_pack_epoch,
+                  epoch_eval=epoch_eval, repack=repack)
+    while not run.done:
+        run.step()
+    return run.results()
 
 
 def repack_pays(specs: Sequence[ArchSpec], live: Sequence[int], steps_left: int, graphs: bool) -> bool:

@@ -1,0 +1,143 @@
+"""The round driver: packs stepped interleaved give every member exactly what its pack gives alone."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from hgsearch.data.registry import load_dataset
+from hgsearch.data.tasks import prepare
+from hgsearch.errors import TrialFailed
+from hgsearch.model.families import ArchSpec
+from hgsearch.training.loop import train
+from hgsearch.training.packed import PackRun, train_packed
+from hgsearch.training.rounds import drive, round_order, round_streams
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def task(tiny_idx):
+    # 120 training images: one full batch of 64 and a partial one per epoch.
+    return prepare(load_dataset("idx", tiny_idx), "superres", val_size=60, train_size=120)
+
+
+def packs_for(d, resumed: list[dict]) -> list[dict]:
+    """Three heterogeneous packs (keyword arguments of PackRun): a repacking one whose deep member is
+    stopped after epoch 1, one resumed from loop.train's epoch-1 states, one with a diverging member."""
+    d_x = max(d.d_in, d.d_out)
+    return [
+        dict(specs=[ArchSpec("hourglass", d.d_in, d.d_out, d_x + 30, 9, 3),
+                    ArchSpec("conventional", d.d_in, d.d_out, d_x, d_x + 20, 2)],
+             lrs=[3e-3, 1e-3], repack=True, stop=0),
+        dict(specs=[ArchSpec("hourglass", d.d_in, d.d_out, d_x + 12, 5, 2, fixed_win=True),
+                    ArchSpec("hourglass", d.d_in, d.d_out, d_x + 3, 2, 1)],
+             lrs=[2e-3, 4e-3], resume=resumed),
+        dict(specs=[ArchSpec("hourglass", d.d_in, d.d_out, d_x + 7, 4, 3),
+                    ArchSpec("conventional", d.d_in, d.d_out, d_x, d_x + 5, 1)],
+             lrs=[1e30, 2e-3]),  # 1e30: AdamW's decay alone overflows float32 at once
+    ]
+
+
+def kwargs(d, pack: dict, states: dict, key: int, seen: list | None = None, **extra) -> dict:
+    """PackRun/train_packed arguments of one pack, recording each member's epoch-end state under (key, member)."""
+    stop = pack.get("stop")
+
+    def on_epoch_end(k, state):
+        states[(key, k)] = state
+        return not (k == stop and state["epoch"] == 1)
+
+    def on_step(epoch, step, steps):
+        if seen is not None:
+            seen.append((key, epoch, step))
+
+    return dict(specs=pack["specs"], data=d, lrs=pack["lrs"], epochs=EPOCHS, batch_size=64, seed=3,
+                resume=pack.get("resume"), repack=pack.get("repack", False), on_epoch_end=on_epoch_end,
+                on_step=on_step, **extra)
+
+
+def same(a, b) -> bool:
+    """Two results equal but for their wall-clock seconds."""
+    if isinstance(a, TrialFailed) or isinstance(b, TrialFailed):
+        return str(a) == str(b)
+    return dataclasses.replace(a, seconds=0.0) == dataclasses.replace(b, seconds=0.0)
+
+
+def test_a_round_of_three_packs_equals_each_pack_alone_and_train(task):
+    d = task
+    d_x = max(d.d_in, d.d_out)
+    resumed = []
+    for spec, lr in ((ArchSpec("hourglass", d.d_in, d.d_out, d_x + 12, 5, 2, fixed_win=True), 2e-3),
+                     (ArchSpec("hourglass", d.d_in, d.d_out, d_x + 3, 2, 1), 4e-3)):
+        train(spec, d, lr=lr, epochs=EPOCHS, batch_size=64, seed=3,
+              on_epoch_end=lambda s: resumed.append(copy.deepcopy(s)) if s["epoch"] == 1 else None)
+    packs = packs_for(d, resumed)
+    alone_states: dict = {}
+    alone = [train_packed(**kwargs(d, p, alone_states, j))[1] for j, p in enumerate(packs)]
+
+    round_states: dict = {}
+    seen: list = []
+    got: dict[int, list] = {}
+
+    def start(j):
+        return lambda stream: PackRun(**kwargs(d, packs[j], round_states, j, seen, stream=stream))
+
+    depths = [max(s.depth for s in p["specs"]) for p in packs]
+    drive([start(j) for j in range(3)], depths, torch.device("cpu"),
+          finished=lambda j, res: got.__setitem__(j, res), failed=lambda j, e: pytest.fail(str(e)))
+
+    # Interleaved: one step of each live pack in turn, the deepest first; the resumed pack ends first.
+    assert round_order(depths) == [0, 2, 1] and round_streams(torch.device("cpu"), 3) == [None] * 3
+    assert seen[:6] == [(0, 0, 1), (2, 0, 1), (1, 1, 1), (0, 0, 2), (2, 0, 2), (1, 1, 2)]
+    assert seen[6:] == [(0, 1, 1), (2, 1, 1), (0, 1, 2), (2, 1, 2)]
+    # Exactly each pack's own results and checkpoints, whatever the interleaving.
+    for j in range(3):
+        assert all(same(a, b) for a, b in zip(got[j], alone[j], strict=True)), j
+    assert round_states.keys() == alone_states.keys()
+    for key, state in round_states.items():
+        assert state["loss"] == alone_states[key]["loss"] and state["step"] == alone_states[key]["step"]
+        for name, w in state["model"].items():
+            assert torch.equal(w, alone_states[key]["model"][name]), (key, name)
+    assert got[0][0].epochs == 1 and isinstance(got[2][0], TrialFailed) and "non-finite" in str(got[2][0])
+    # And each member's result is loop.train's within the tolerance of the pack tests.
+    for j, pack in enumerate(packs):
+        for k, (spec, lr) in enumerate(zip(pack["specs"], pack["lrs"], strict=True)):
+            if isinstance(got[j][k], TrialFailed):
+                continue
+            losses = {}
+            _, ref = train(spec, d, lr=lr, epochs=EPOCHS, batch_size=64, seed=3,
+                           on_epoch_end=lambda s, losses=losses: losses.__setitem__(s["epoch"], s["loss"]))
+            if got[j][k].epochs == EPOCHS:
+                assert got[j][k].psnr_val == pytest.approx(ref.psnr_val, abs=1e-3), (j, k)
+            assert got[j][k].train_loss == pytest.approx(losses[got[j][k].epochs], rel=1e-4), (j, k)
+
+
+def test_a_pack_out_of_memory_leaves_the_round_and_the_others_go_on(task):
+    d = task
+    packs = packs_for(d, [])[:1] + [dict(specs=packs_for(d, [])[2]["specs"], lrs=[1e-3, 2e-3])]
+    alone = train_packed(**kwargs(d, packs[0], {}, 0))[1]
+
+    def oom(epoch, step, steps):
+        if (epoch, step) == (0, 2):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    got, failed = {}, {}
+    starts = [lambda s: PackRun(**kwargs(d, packs[0], {}, 0, stream=s)),
+              lambda s: PackRun(**{**kwargs(d, packs[1], {}, 1, stream=s), "on_step": oom})]
+    drive(starts, [3, 2], torch.device("cpu"), finished=got.__setitem__, failed=failed.__setitem__)
+    assert list(got) == [0] and list(failed) == [1] and "out of memory" in str(failed[1])
+    assert all(same(a, b) for a, b in zip(got[0], alone, strict=True))
+
+
+def test_a_pack_run_steps_only_while_training(task):
+    d = task
+    run = PackRun([ArchSpec("hourglass", d.d_in, d.d_out, max(d.d_in, d.d_out) + 3, 2, 1)], d, lrs=[1e-3],
+                  epochs=1, batch_size=64)
+    with pytest.raises(Exception, match="still training"):
+        run.results()
+    run.step()
+    run.step()
+    assert run.done
+    with pytest.raises(Exception, match="finished training"):
+        run.step()
