@@ -13,6 +13,12 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $sudo apt-get install -y -qq dataset-fashion-mnist
 fi
 
+# chromium: the real-browser checks of report.html and optuna-dashboard (tests/test_report_browser.py).
+if ! command -v chromium >/dev/null; then
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq chromium
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # Install torch first and on its own: a bare `torch` requirement with nothing installed would pull a
 # CUDA build of several GB; with this version present, pyproject's `torch>=2.4` installs nothing more.
