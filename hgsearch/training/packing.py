@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -124,3 +125,174 @@ def pack_limits(device: torch.device, override: int | None = None) -> tuple[int,
         return override or CPU_PACK, None
     free, _ = torch.cuda.mem_get_info(device)
     return override or MAX_PACK, int(MEMORY_FRACTION * free)
+
+
+# A round's time (issue 21): the packs of a round run at once, one CUDA stream each (training.rounds),
+# so a round takes the longer of its longest dependent chain and its total traffic at the device's
+# bandwidth. A pack's chain is its step's kernels one after another, each costing at least KERNEL_S
+# (launch and dependency latency inside a graph), plus its own traffic. The defaults are estimates to be
+# measured on a GPU after fusion (bench/gpu.py --profile): KERNEL_S is issue 21's fit to the H200 round
+# before fusion (about 3 us per kernel), BANDWIDTH about an H100's or H200's measured copy bandwidth.
+KERNEL_S = 3e-6
+BANDWIDTH = 3.0e12
+BYTES_PER_PARAM = 40  # per padded parameter and step: fused AdamW 28, gradient 4, weight reads 8
+MAX_STREAMS = 8  # packs per round: CUDA_DEVICE_MAX_CONNECTIONS' default of 8 hardware queues
+# Kernels of one step, read from the CPU op counts of bench/gpu.py --count-ops (bench/RESULTS.md, issue 21:
+# every pack of the 20-trial sample fits 24 + K + per-block x depth exactly): 24 for the input and output
+# layers, the loss and the step count, one fused AdamW launch per member, 37 per block eager, 14 compiled.
+STEP_KERNELS = 24
+BLOCK_KERNELS = 37
+BLOCK_KERNELS_COMPILED = 14
+MAX_ROUND = 256  # trials claimed per round at most (planning is O(N x max_k) per candidate chain)
+ROUND_BYTES_PER_PARAM = 32  # a member's float32 weight, gradient and two moments (16), doubled for its
+# activations, padding and the graph pool: the estimate round_claim sizes a claim with
+
+
+def step_kernels(k: int, depth: int, compiled: bool = False) -> int:
+    """Kernels one step of a pack of k members padded to this depth launches (the CPU op-count fit)."""
+    return STEP_KERNELS + k + (BLOCK_KERNELS_COMPILED if compiled else BLOCK_KERNELS) * depth
+
+
+@dataclass(frozen=True)
+class RoundModel:
+    """The round-time model's parameters (see KERNEL_S): seconds per kernel, bytes per second, whether
+    blocks are compiled, how many packs may run at once."""
+
+    kernel_s: float = KERNEL_S
+    bandwidth: float = BANDWIDTH
+    compiled: bool = False
+    streams: int = MAX_STREAMS
+
+    def traffic(self, k: int, padded: int) -> float:
+        """Seconds a step of k members of `padded` parameters each moves memory for."""
+        return BYTES_PER_PARAM * k * padded / self.bandwidth
+
+    def chain(self, k: int, padded: int, depth: int) -> float:
+        """Seconds of one pack's step as a dependent chain: its kernels, then its own traffic."""
+        return step_kernels(k, depth, self.compiled) * self.kernel_s + self.traffic(k, padded)
+
+    def round_time(self, specs: Sequence[ArchSpec], packs: Sequence[Sequence[int]]) -> float:
+        """Modelled seconds of one round (every pack one step): its longest chain or its total traffic."""
+        shapes = [(len(p), padded_params([specs[i] for i in p]), max(specs[i].depth for i in p)) for p in packs]
+        return max(max(self.chain(*s) for s in shapes), sum(self.traffic(k, w) for k, w, _ in shapes))
+
+
+def plan_round(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | None = None,
+               max_bytes: int | None = None, batch_size: int = 128, model: RoundModel | None = None
+               ) -> list[list[int]]:
+    """Indices of specs grouped into the packs of one round that minimise model.round_time: at most
+    model.streams packs (more only when max_k or max_bytes per pack forces them), max_k members each.
+
+    For each sort key (as plan_packs), a dynamic programme finds the least traffic whose every pack's
+    chain stays within a cap; the cap is searched over the candidate packs' chains (the round time
+    max(cap, traffic / bandwidth) is smallest where the two cross). Groups of another seed or
+    geometry are planned apart.
+    """
+    if max_k < 1:
+        raise UsageError(f"a pack holds at least one member, got a pack size of {max_k}")
+    model = model or RoundModel()
+    seeds = list(seeds) if seeds is not None else [0] * len(specs)
+    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    for i, (s, seed) in enumerate(zip(specs, seeds, strict=True)):
+        groups[(s.d_in, s.d_out, seed)].append(i)
+    packs: list[list[int]] = []
+    for members in groups.values():
+        plans = [_plan_order(specs, sorted(members, key=lambda i: key(specs[i])), max_k, max_bytes, batch_size, model)
+                 for key in _SORT_KEYS]
+        packs.extend(min(plans, key=lambda p: (model.round_time(specs, p), len(p))))
+    return packs
+
+
+def _plan_order(specs: Sequence[ArchSpec], order: list[int], max_k: int, max_bytes: int | None, batch_size: int,
+                model: RoundModel) -> list[list[int]]:
+    """The best contiguous split of `order` under the round-time model (see plan_round)."""
+    n = len(order)
+    d_in, d_out = specs[order[0]].d_in, specs[order[0]].d_out
+    runs: dict[tuple[int, int], tuple[float, float]] = {}  # (start, end) -> (traffic, chain)
+    for end in range(1, n + 1):
+        w = h = depth = 0
+        for start in range(end - 1, max(end - max_k, 0) - 1, -1):
+            s = specs[order[start]]
+            w, h, depth = max(w, s.width), max(h, s.bottleneck), max(depth, s.depth)
+            k = end - start
+            if k > 1 and max_bytes is not None and k * _bytes(d_in, d_out, w, h, depth, batch_size) > max_bytes:
+                break  # the run only grows further back: no longer run fits either
+            padded = param_count(d_in, d_out, w, h, depth)
+            runs[(start, end)] = (model.traffic(k, padded), model.chain(k, padded, depth))
+    caps = sorted({chain for _, chain in runs.values()})
+    limit = max(model.streams, -(-n // max_k))
+    while True:
+        best = _least_traffic(runs, n, caps[-1], limit)
+        if best is not None or limit >= n:
+            break
+        limit = min(n, 2 * limit)  # memory forces more packs than streams
+    assert best is not None  # packs of one always fit
+    # The round time max(longest chain, traffic / bandwidth): the traffic shrinks as the cap grows, so
+    # the best cap is where the cap first reaches the traffic's time, or the candidate just below it.
+    lo, hi = 0, len(caps) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        plan = _least_traffic(runs, n, caps[mid], limit)
+        if plan is not None and caps[mid] >= plan[0]:
+            hi = mid
+        else:
+            lo = mid + 1
+    candidates = [p for p in (_least_traffic(runs, n, caps[j], limit) for j in {lo, max(lo - 1, 0)}) if p is not None]
+    plans = [[order[s:e] for s, e in cuts] for _, cuts in candidates + [best]]
+    return min(plans, key=lambda p: (model.round_time(specs, p), len(p)))
+
+
+def _least_traffic(runs: dict[tuple[int, int], tuple[float, float]], n: int, cap: float, limit: int
+                   ) -> tuple[float, list[tuple[int, int]]] | None:
+    """(traffic, cuts) of the split of n members into at most `limit` runs whose chains stay within
+    cap with the least total traffic (seconds); None if there is none."""
+    inf = float("inf")
+    best = [0.0] + [inf] * n  # with the packs used so far
+    cuts: list[list[int]] = []
+    found: tuple[float, int] | None = None
+    for j in range(1, limit + 1):
+        nxt = [inf] * (n + 1)
+        cut = [0] * (n + 1)
+        for (start, end), (traffic, chain) in runs.items():
+            if chain <= cap and best[start] + traffic < nxt[end]:
+                nxt[end], cut[end] = best[start] + traffic, start
+        cuts.append(cut)
+        if nxt[n] < inf and (found is None or nxt[n] < found[0]):
+            found = (nxt[n], j)
+        best = nxt
+    if found is None:
+        return None
+    out, end = [], n
+    for j in range(found[1] - 1, -1, -1):
+        start = cuts[j][end]
+        out.append((start, end))
+        end = start
+    return found[0], out[::-1]
+
+
+def round_claim(device: torch.device, budget: int, override: int | None = None) -> int:
+    """Trials to claim for one round: override (--pack-size) if given, else as many members of the
+    budget's size as MEMORY_FRACTION of the free memory holds (ROUND_BYTES_PER_PARAM each), at most
+    MAX_ROUND; CPU_PACK on a CPU. The executor splits a claim that does not fit into several rounds."""
+    max_k, max_bytes = pack_limits(device, override)
+    if override is not None or max_bytes is None:
+        return max_k
+    return max(1, min(MAX_ROUND, max_bytes // (ROUND_BYTES_PER_PARAM * budget)))
+
+
+def split_rounds(specs: Sequence[ArchSpec], packs: Sequence[Sequence[int]], max_bytes: int | None,
+                 batch_size: int = 128) -> list[list[list[int]]]:
+    """Packs grouped into rounds whose packs together fit max_bytes (all of a round's packs are resident
+    at once), deepest packs first, each into the first round it fits; one round when max_bytes is None."""
+    if max_bytes is None:
+        return [list(map(list, packs))] if packs else []
+    rounds: list[tuple[int, list[list[int]]]] = []
+    for p in sorted(packs, key=lambda p: -max(specs[i].depth for i in p)):
+        need = len(p) * member_bytes([specs[i] for i in p], batch_size)
+        for j, (used, members) in enumerate(rounds):
+            if used + need <= max_bytes:
+                rounds[j] = (used + need, [*members, list(p)])
+                break
+        else:
+            rounds.append((need, [list(p)]))
+    return [members for _, members in rounds]
