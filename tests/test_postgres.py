@@ -9,6 +9,7 @@ a CI that silently stopped testing PostgreSQL would look green while testing not
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ import pytest
 from hgsearch.search import curves
 from hgsearch.search.pruning import Observation, Pruner
 from hgsearch.store import schema
-from tests.conftest import FAMILIES, assert_exactly, hgsearch, make_idx_dataset, popen, states, wait_for
+from tests.conftest import FAMILIES, REPO, assert_exactly, hgsearch, make_idx_dataset, popen, states, wait_for
 
 N = 3
 # Small rungs for tiny searches: any no-larger peer ahead at a rung counts (margin 0, one peer).
@@ -187,3 +188,73 @@ def test_two_hosts_share_the_rungs_on_postgres(postgres_url, study, tmp_path):
         assert peer_psnr == pytest.approx(peer.user_attrs[schema.CURVE_KEY][0], abs=0.006)
         assert peer.user_attrs[schema.CURVE_KEY][0] >= curve[0]
         assert peer.user_attrs[schema.CURVE_KEY][0] > curve[0] or peer_params < t.user_attrs["params"]
+
+
+# Past the connection limit: a second throw-away server (.ci/postgres.sh) restarted with few slots.
+LIMIT = 8  # max_connections; 3 of them are reserved for superusers, so 5 for the workers
+
+
+@pytest.fixture(scope="module")
+def limited_url(postgres_url) -> Iterator[str]:
+    import os
+    import shlex
+    import subprocess
+
+    env = dict(line.split("=", 1) for line in subprocess.run(
+        [str(REPO / ".ci" / "postgres.sh")], capture_output=True, text=True, check=True, timeout=300).stdout.split())
+    url, data = env["HGSEARCH_TEST_POSTGRES"], Path(env["PGDATA"])
+    try:
+        words = shlex.split((data / "postmaster.opts").read_text())[3:]  # after the binary and -D <dir>
+        opts = shlex.join([*words, "-c", f"max_connections={LIMIT}"])
+        pg_ctl = [*(["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []),
+                  str(sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))[-1]
+                      / "pg_ctl"), "-D", str(data)]
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*pg_ctl, "-w", "-l", str(data / "server.log"), "-o", opts, "start"], check=True,
+                       capture_output=True, timeout=120)
+        yield url
+    finally:
+        subprocess.run([str(REPO / ".ci" / "postgres.sh"), "stop", str(data)], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_worker_past_the_connection_limit_waits_and_names_the_limit(limited_url, tiny_idx, tmp_path):
+    """Every slot taken when a worker starts: it waits (one line naming the limit and the way past it),
+    gets in once slots free up, and finishes the study (before: exit 1 at once, 'check the URL')."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(limited_url, poolclass=NullPool)
+    held = []
+    try:
+        while True:
+            held.append(engine.connect())
+    except sqlalchemy.exc.OperationalError as e:
+        assert "slots are reserved" in str(e) or "too many clients" in str(e)
+    import os
+    import subprocess
+    import sys
+
+    err = tmp_path / "out.txt"  # notes go to stdout when it is not a terminal; errors to stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hgsearch", "run", "--budget", "100K", "--dataset", "idx", "--data-dir",
+         str(tiny_idx), "--trials", "2", "--epochs", "1", "--storage", limited_url, "--study", "limited"],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **ONE_THREAD},
+        stdout=err.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "connection limit" in err.read_text() or proc.poll() is not None, 120, "the limit's note")
+        assert proc.poll() is None, err.read_text()
+        for con in held:
+            con.close()
+        proc.wait(timeout=240)
+    finally:
+        for con in held:
+            con.close()
+        if proc.poll() is None:
+            proc.kill()
+    text = err.read_text()
+    assert proc.returncode == 0, text
+    [line] = [x for x in text.splitlines() if "connection limit" in x]
+    assert "waiting for a free connection" in line and "max_connections" in line and "pgbouncer" in line
+    assert "check the URL" not in text and "during the commit" not in text
+    assert_exactly(states(limited_url, "limited"), 2)
