@@ -1,8 +1,9 @@
 """What the library reports while it runs, as small frozen events, and the Reporter that receives them.
 
 The search (search.run, claims, search.trial, workers) and confirm print nothing: they call a Reporter
-with these events, and the CLI's display (or a notebook) decides what to show. The one thing the library
-draws itself is a dataset download's progress bar on stderr (data.download.fetch). Events
+with these events, and the CLI's display (or a notebook) decides what to show. What the library draws
+itself is a progress bar on stderr: a dataset download's (data.download.fetch) and, on a terminal, an
+image folder's first decoding (data.formats.folder.read). Events
 cross process boundaries under `run --workers` (pickled), so their fields are plain data.
 """
 

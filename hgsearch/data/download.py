@@ -1,6 +1,7 @@
 """Verified downloads: stream into a temp file beside the target, check its md5, only then rename it in.
 
-The progress bar drawn on stderr here is the one output the library makes without a Reporter (events.py).
+The progress bar drawn on stderr here, and formats.folder's while it decodes an image folder, are the only
+output the library makes without a Reporter (events.py).
 """
 
 from __future__ import annotations
