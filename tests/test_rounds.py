@@ -141,3 +141,55 @@ def test_a_pack_run_steps_only_while_training(task):
     assert run.done
     with pytest.raises(Exception, match="finished training"):
         run.step()
+
+
+def test_the_pack_executor_steps_a_round_together_and_halves_a_pack_out_of_memory(tiny_idx, tmp_path, monkeypatch):
+    """5 trials in packs of at most 2, planned by the round-time model (as on CUDA): every pack of the
+    round steps in turn; one pack runs out of memory at its second step, leaves the round while the
+    others finish, and its members are retried alone in a second round; every member ends COMPLETE
+    with loop.train's result."""
+    from optuna.trial import TrialState
+
+    from hgsearch.config import RunConfig
+    from hgsearch.data.tasks import load_task
+    from hgsearch.events import quiet
+    from hgsearch.search import executors, trial
+    from hgsearch.search.claims import claim
+    from hgsearch.search.context import FamilySearch
+    from hgsearch.search.identity import open_studies
+    from hgsearch.training.packing import RoundModel
+    from hgsearch.training.record import TrialRecord
+
+    cfg = RunConfig(budget=100_000, dataset="idx", data_dir=str(tiny_idx), family="hourglass", trials=5, epochs=1,
+                    results_dir=str(tmp_path / "results"), study="s", seed=3, device="cpu")
+    data = load_task(cfg)
+    study = open_studies(cfg, ["hourglass"], data)["hourglass"]
+    fs = FamilySearch(study, cfg, "hourglass", data, quiet)
+    trials = [claim(fs) for _ in range(5)]
+    built, steps, oom = [], [], []
+
+    class Recorded(PackRun):
+        def __init__(self, specs, *args, on_step, **kw):
+            name = len(built)
+            built.append(len(specs))
+
+            def step_hook(*a):  # a pack of 2 runs out of memory inside its step, after the round's first steps
+                steps.append(name)
+                if len(specs) == 2 and not oom and len(steps) > 3:
+                    oom.append(name)
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                on_step(*a)
+
+            super().__init__(specs, *args, on_step=step_hook, **kw)
+
+    monkeypatch.setattr(executors, "PackRun", Recorded)
+    frozen = trial.run_trials(fs, trials, executors.PackExecutor(2, model=RoundModel(streams=3)),
+                              lambda c, epoch, metrics: True)
+    first = len(built) - 2  # packs of the first round; the out-of-memory pack's two members come back alone
+    assert sorted(built[:first]) == [1, 2, 2] and built[first:] == [1, 1] and oom
+    assert steps[:3] == [0, 1, 2]  # one step of each pack in turn
+    assert [t.state for t in frozen] == [TrialState.COMPLETE] * 5
+    for t in frozen:
+        rec = TrialRecord.from_attrs(t.user_attrs)
+        _, alone = train(rec.spec, data, lr=rec.lr, epochs=1, seed=rec.seed)
+        assert t.user_attrs["psnr_val"] == pytest.approx(alone.psnr_val, abs=1e-3)

@@ -277,7 +277,7 @@ def round_claim(device: torch.device, budget: int, override: int | None = None) 
     max_k, max_bytes = pack_limits(device, override)
     if override is not None or max_bytes is None:
         return max_k
-    return max(1, min(MAX_ROUND, max_bytes // (ROUND_BYTES_PER_PARAM * budget)))
+    return max(1, min(MAX_ROUND, max_bytes // (ROUND_BYTES_PER_PARAM * max(budget, 1))))
 
 
 def split_rounds(specs: Sequence[ArchSpec], packs: Sequence[Sequence[int]], max_bytes: int | None,
