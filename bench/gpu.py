@@ -18,9 +18,11 @@ d_out 784). Data: random uint8 images (synthetic, unlearnable: timing only) or F
             torch.optim.AdamW, one model at a time, no packing, no graphs; --naive-steps timed steps per
             configuration (a subset of the configurations if time is short, extrapolated: the output says so).
   packs     per sample and variant (fp32; on CUDA bf16 autocast, and bf16 with compiled blocks unless
-            --no-compile): packing.plan_packs (K from the device memory), one packed.PackStep per pack
-            with CUDA graphs. A round = every pack takes one step on the round's batch, all packs launched
-            back to back with no sync between them; whole rounds are timed (not a sum of per-pack times),
+            --no-compile): packing.plan_round (K from the device memory), one packed.PackStep per pack
+            with CUDA graphs, each on its own stream (training.rounds). A round = every pack takes one step
+            on the round's batch, all packs launched back to back, deepest first, with no sync between
+            them; whole rounds are timed (not a sum of per-pack times), the plan's waste and modelled round
+            time (packing.RoundModel) beside plan_packs's serial plan,
             and each pack alone beside them. --profile adds each pack's kernels per step (CUDA: device
             events of one eager step, which the graph replays, and of one replayed step; CPU: aten ops of
             one step, views left out).
@@ -185,34 +187,68 @@ def variants(device: torch.device, compile_blocks: bool) -> list[tuple[str, bool
     return out
 
 
-def make_steppers(specs, packs, device, bf16: bool, compile_blocks: bool) -> list:
+def make_steppers(specs, packs, device, bf16: bool, compile_blocks: bool, streams=None) -> list:
     from hgsearch.training.packed import PackedMLP, PackStep
 
-    # compile_blocks only when asked: PackStep before it existed takes no such argument (before/after runs).
-    extra = {"compile_blocks": True} if compile_blocks else {}
-    return [PackStep(PackedMLP([specs[i][0] for i in p], seed=0).to(device), [specs[i][1] for i in p],
-                     total_steps=10**6, weight_decay=0.01, graphs=device.type == "cuda", bf16=bf16, **extra)
-            for p in packs]
+    # compile_blocks and stream only when used: a PackStep from before they existed takes no such
+    # argument (before/after runs).
+    streams = streams or [None] * len(packs)
+    out = []
+    for p, stream in zip(packs, streams, strict=True):
+        extra = {"compile_blocks": True} if compile_blocks else {}
+        if stream is not None:
+            extra["stream"] = stream
+        out.append(PackStep(PackedMLP([specs[i][0] for i in p], seed=0).to(device), [specs[i][1] for i in p],
+                            total_steps=10**6, weight_decay=0.01, graphs=device.type == "cuda", bf16=bf16, **extra))
+    return out
+
+
+def on_stream(stepper) -> contextlib.AbstractContextManager:
+    """Run a pack's step on its own stream, as training.rounds does (the current stream without one)."""
+    stream = getattr(stepper, "stream", None)
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def rounds_section(specs, data, device, variant: tuple[str, bool, bool], seconds: float, pack_size: int | None,
-                   profile: bool, copy_bw: float | None) -> dict:
+                   profile: bool, copy_bw: float | None, kernel_s: float | None = None, plan: str = "round") -> dict:
     """Whole rounds timed: every pack takes one step (one batch for every trial), all packs launched
-    back to back with no sync between them, as a round driver would; each pack alone timed beside."""
-    from hgsearch.training.packing import pack_limits, padded_params, padding_waste, plan_packs
+    back to back with no sync between them, as training.rounds drives them (packing.plan_round's
+    packs, deepest first, each on its own CUDA stream, the deepest high-priority); each pack alone
+    timed beside. Reports each plan's padding waste and modelled round time (packing.RoundModel with
+    --kernel-us and, on CUDA, the measured copy bandwidth), plan_packs's serial plan beside."""
+    from hgsearch.training.packing import (
+        BANDWIDTH,
+        KERNEL_S,
+        RoundModel,
+        pack_limits,
+        padded_params,
+        padding_waste,
+        plan_packs,
+        plan_round,
+    )
+    from hgsearch.training.rounds import round_order, round_streams
 
     name, bf16, compile_blocks = variant
     arch = [s for s, _ in specs]
     k, max_bytes = pack_limits(device, override=pack_size)
-    packs = plan_packs(arch, k, max_bytes=max_bytes, batch_size=BATCH)
-    steppers = make_steppers(specs, packs, device, bf16, compile_blocks)
+    bandwidth = copy_bw if copy_bw and device.type == "cuda" else BANDWIDTH
+    model = RoundModel(kernel_s=kernel_s or KERNEL_S, bandwidth=bandwidth, compiled=compile_blocks)
+    serial = plan_packs(arch, k, max_bytes=max_bytes, batch_size=BATCH)
+    packs = serial if plan == "serial" else plan_round(arch, k, max_bytes=max_bytes, batch_size=BATCH, model=model)
+    packs = [packs[i] for i in round_order([max(arch[i].depth for i in p) for p in packs])]
+    streams = round_streams(device, len(packs))
+    for stream in streams:  # the batches are made on the current stream
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(device))
+    steppers = make_steppers(specs, packs, device, bf16, compile_blocks, streams)
     n = len(data.train)
     perm = torch.randperm(n, generator=torch.Generator(device=device).manual_seed(0), device=device)
     batches = [data.train.batch(idx) for idx in perm[: n // BATCH * BATCH].view(-1, BATCH)[:8]]
     t_build = time.perf_counter()
     for j in range(GRAPH_WARM):  # the first full-batch step compiles (if asked) and captures the graph
         for st in steppers:
-            st.step(*batches[j % len(batches)])
+            with on_stream(st):
+                st.step(*batches[j % len(batches)])
     sync(device)
     warm_s = time.perf_counter() - t_build
 
@@ -225,7 +261,8 @@ def rounds_section(specs, data, device, variant: tuple[str, bool, bool], seconds
             for _ in range(chunk):
                 x, y = batches[rounds % len(batches)]  # one gather per round: every pack shares the seed's batch
                 for st in group:
-                    st.step(x, y)
+                    with on_stream(st):
+                        st.step(x, y)
                 rounds += 1
             sync(device)
             if time.perf_counter() - t0 > seconds:
@@ -246,6 +283,11 @@ def rounds_section(specs, data, device, variant: tuple[str, bool, bool], seconds
     params = sum(s.params for s in arch)
     out = {"variant": name, "trials": len(specs), "packs": len(packs), "max_k": k, "sizes": [len(p) for p in packs],
            "waste": padding_waste(arch, packs), "round_s": round_s,
+           "plan": "plan_packs" if plan == "serial" else "plan_round",
+           "modelled_round_s": model.round_time(arch, packs), "kernel_s": model.kernel_s,
+           "model_bandwidth": model.bandwidth,
+           "serial_plan": {"packs": len(serial), "sizes": [len(p) for p in serial],
+                           "waste": padding_waste(arch, serial), "modelled_round_s": model.round_time(arch, serial)},
            "sum_of_pack_s": sum(r["step_s"] for r in pack_rows),
            "samples_s": len(specs) * BATCH / round_s, "useful_flops": 6 * BATCH * params / round_s,
            "round_bytes": round_bytes, "bandwidth": round_bytes / round_s,
@@ -346,38 +388,56 @@ def block_profile(device: torch.device, compile_blocks: bool) -> dict:
 
 def count_ops(args) -> int:
     """--count-ops: aten ops (no views) per step of each pack of the 5M samples, planned as on a GPU of
-    that memory (packing.plan_packs, MAX_PACK, MEMORY_FRACTION of it free), each pack rebuilt with the
-    same members' K, depths, families, fixed W_in and learning rates at tiny widths, one eager step on the CPU."""
+    that memory (packing.plan_packs, MAX_PACK, MEMORY_FRACTION of it free; and packing.plan_round, the
+    round driver's plan), each pack rebuilt with the same members' K, depths, families, fixed W_in and
+    learning rates at tiny widths, one eager step on the CPU. Per plan: ops per round (all packs, what
+    runs one after another without the driver) and the longest pack's (the driver's critical path)."""
     import dataclasses
 
-    from hgsearch.training.packing import MAX_PACK, MEMORY_FRACTION, padding_waste, plan_packs
+    from hgsearch.training.packing import (
+        MAX_PACK,
+        MEMORY_FRACTION,
+        RoundModel,
+        padding_waste,
+        plan_packs,
+        plan_round,
+    )
 
     torch.set_num_threads(1)
     compile_blocks = bool(args.compile)
     if compile_blocks:
         cpu_kernel_events()
     result: dict = {"plan_gib": args.count_ops, "compile_blocks": compile_blocks}
+    model = RoundModel(kernel_s=1e-6 * args.kernel_us if args.kernel_us else RoundModel.kernel_s,
+                       compiled=compile_blocks)
+    max_bytes = int(MEMORY_FRACTION * args.count_ops * 2**30)
     for tag, n, families in ((f"mixed{args.trials}", args.trials, ("hourglass", "conventional")),
                              (f"hourglass{args.trials_one}", args.trials_one, ("hourglass",))):
         specs = draw(n, args.budget, 196, 784, families)
         arch = [s for s, _ in specs]
-        packs = plan_packs(arch, MAX_PACK, max_bytes=int(MEMORY_FRACTION * args.count_ops * 2**30), batch_size=BATCH)
         tiny = [(dataclasses.replace(s, d_in=16, d_out=64, width=8 if s.family == "hourglass" else 64,
                                      bottleneck=4 if s.family == "hourglass" else 72), lr) for s, lr in specs]
-        steppers = make_steppers(tiny, packs, torch.device("cpu"), False, compile_blocks)
-        x, y = torch.rand(BATCH, 16), torch.rand(BATCH, 64)
-        rows = []
-        for p, st in zip(packs, steppers, strict=True):
-            for _ in range(2):
-                st.step(x, y)
-            prof = step_profile(st, x, y, torch.device("cpu"))
-            rows.append({"k": len(p), "depth": max(arch[i].depth for i in p), "ops": prof["kernels_step"],
-                         "fused_adamw_calls": prof["fused_adamw_calls"]})
-        result[tag] = {"waste": padding_waste(arch, packs), "ops_per_round": sum(r["ops"] for r in rows), "packs": rows}
-        print(f"{tag}: {len(packs)} packs (waste {result[tag]['waste']:.2f}), "
-              "ops per round (aten ops, no views; compiled kernels) "
-              f"{result[tag]['ops_per_round']:,}; per pack (K, depth, ops): "
-              + ", ".join(f"({r['k']}, {r['depth']}, {r['ops']})" for r in rows), flush=True)
+        for key, packs in ((tag, plan_packs(arch, MAX_PACK, max_bytes=max_bytes, batch_size=BATCH)),
+                           (f"{tag}/round", plan_round(arch, MAX_PACK, max_bytes=max_bytes, batch_size=BATCH,
+                                                       model=model))):
+            steppers = make_steppers(tiny, packs, torch.device("cpu"), False, compile_blocks)
+            x, y = torch.rand(BATCH, 16), torch.rand(BATCH, 64)
+            rows = []
+            for p, st in zip(packs, steppers, strict=True):
+                for _ in range(2):
+                    st.step(x, y)
+                prof = step_profile(st, x, y, torch.device("cpu"))
+                rows.append({"k": len(p), "depth": max(arch[i].depth for i in p), "ops": prof["kernels_step"],
+                             "fused_adamw_calls": prof["fused_adamw_calls"]})
+            result[key] = {"waste": padding_waste(arch, packs), "ops_per_round": sum(r["ops"] for r in rows),
+                           "longest_pack_ops": max(r["ops"] for r in rows),
+                           "modelled_round_s": model.round_time(arch, packs), "packs": rows}
+            r = result[key]
+            print(f"{tag}{' round plan' if key != tag else ''}: {len(packs)} packs (waste {r['waste']:.2f}), "
+                  "ops per round (aten ops, no views; compiled kernels) "
+                  f"{r['ops_per_round']:,}, longest pack {r['longest_pack_ops']:,}, modelled round "
+                  f"{1e3 * r['modelled_round_s']:.3f} ms; per pack (K, depth, ops): "
+                  + ", ".join(f"({q['k']}, {q['depth']}, {q['ops']})" for q in rows), flush=True)
     if args.json or os.environ.get("OUT"):
         path = args.json or Path(os.environ["OUT"]) / "gpu_ops.json"
         path.write_text(json.dumps(result, indent=1))
@@ -456,6 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-steps", type=int, default=150, help="timed steps per configuration, naive loop")
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds of rounds (and of each pack alone)")
     ap.add_argument("--pack-size", type=int, default=None, help="override K (default: from device memory)")
+    ap.add_argument("--plan", choices=("round", "serial", "both"), default="round",
+                    help="packs of packing.plan_round (the round driver's), plan_packs's serial plan, or both timed")
+    ap.add_argument("--kernel-us", type=float, default=None,
+                    help="the round-time model's microseconds per kernel (default: packing.KERNEL_S)")
     ap.add_argument("--psnr-members", type=int, default=4)
     ap.add_argument("--json", type=Path, default=None, help="default: $OUT/gpu.json when $OUT is set")
     ap.add_argument("--count-ops", type=float, default=None, metavar="GIB",
@@ -533,13 +597,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         section("block", lambda: block_profile(device, compile_blocks), min_left=60 if compile_blocks else 5)
     rest = lambda: args.limit - (time.perf_counter() - t0)  # noqa: E731
+    kernel_s = args.kernel_us and 1e-6 * args.kernel_us
+    plans = ("round", "serial") if args.plan == "both" else (args.plan,)
     for tag, sample in samples.items():
         # The naive loop gets a bounded share of the time left (unmeasured trials are extrapolated).
         naive_s = 0.5 if cpu else min(40.0, rest() / (3 * len(samples)))
         naive = section(f"{tag}/naive", lambda s=sample, b=naive_s: naive_section(s, data, device, naive_steps, b))
-        runs = [section(f"{tag}/packs_{v[0]}", lambda s=sample, v=v: rounds_section(
-            s, data, device, v, seconds, args.pack_size, args.profile, copy_bw))
-            for v in variants(device, compile_blocks)]
+        runs = [section(f"{tag}/packs_{v[0]}" + ("_serialplan" if plan == "serial" else ""),
+                        lambda s=sample, v=v, plan=plan: rounds_section(
+                            s, data, device, v, seconds, args.pack_size, args.profile, copy_bw, kernel_s, plan))
+                for plan in plans for v in variants(device, compile_blocks)]
         psnr = (section("psnr", lambda s=sample: psnr_section(s, data, device, args.psnr_members, psnr_rows),
                         min_left=20) if tag == first else None)
         print_table(result, naive, runs, peak, copy_bw, psnr, len(sample), d_in, d_out, budget, label, tag,
@@ -568,7 +635,7 @@ def print_table(result, naive, runs, peak, copy_bw, psnr, trials, d_in, d_out, b
              + (f" ({naive['measured_trials']}/{naive['trials']} measured, rest extrapolated)"
                 if naive.get("measured_trials", trials) < trials else ""), naive)]
     for r in runs:
-        what = (f"hgsearch: {r['packs']} packs {r['sizes']}, waste {r['waste']:.2f}, "
+        what = (f"hgsearch: {r['packs']} packs {r['sizes']} ({r['plan']}), waste {r['waste']:.2f}, "
                 f"{'CUDA graphs' if r['graphs'] else 'eager'}, {r['variant']}"
                 + (", compiled blocks" if r["compile_blocks"] else "")
                 if "samples_s" in r else "hgsearch packs")
@@ -601,6 +668,14 @@ def print_table(result, naive, runs, peak, copy_bw, psnr, trials, d_in, d_out, b
             if "per_pack" not in r:
                 continue
             how = "eager step / replayed graph" if r["graphs"] else "eager"
+            if "modelled_round_s" in r:
+                sp = r["serial_plan"]
+                print(f"\n{r['variant']}: timed plan {r['plan']} ({1e6 * r['kernel_s']:.1f} us per kernel, "
+                      f"{r['model_bandwidth'] / 1e9:,.0f} GB/s): {r['packs']} packs {r['sizes']}, "
+                      f"waste {r['waste']:.2f}, "
+                      f"modelled round {1e3 * r['modelled_round_s']:.3f} ms, measured {1e3 * r['round_s']:.3f} ms; "
+                      f"serial plan (plan_packs): {sp['packs']} packs {sp['sizes']}, waste {sp['waste']:.2f}, "
+                      f"modelled round {1e3 * sp['modelled_round_s']:.3f} ms")
             print(f"\n{r['variant']}: per pack, {unit} per step ({how}) and time per step alone")
             print("| pack | K | width/bottleneck/depth (padded) | padded params | step ms alone | "
                   f"{unit}/step | top |")

@@ -143,6 +143,7 @@ MAX_STREAMS = 8  # packs per round: CUDA_DEVICE_MAX_CONNECTIONS' default of 8 ha
 STEP_KERNELS = 24
 BLOCK_KERNELS = 37
 BLOCK_KERNELS_COMPILED = 14
+ROUND_TIE = 0.02  # plans within 2% of the least modelled round time (the model's fit) count as equal
 MAX_ROUND = 256  # trials claimed per round at most (planning is O(N x max_k) per candidate chain)
 ROUND_BYTES_PER_PARAM = 32  # a member's float32 weight, gradient and two moments (16), doubled for its
 # activations, padding and the graph pool: the estimate round_claim sizes a claim with
@@ -171,9 +172,16 @@ class RoundModel:
         """Seconds of one pack's step as a dependent chain: its kernels, then its own traffic."""
         return step_kernels(k, depth, self.compiled) * self.kernel_s + self.traffic(k, padded)
 
+    def serial_time(self, specs: Sequence[ArchSpec], packs: Sequence[Sequence[int]]) -> float:
+        """Modelled seconds of one round were its packs to run one after another (the sum of their chains)."""
+        return sum(self.chain(*s) for s in self._shapes(specs, packs))
+
+    def _shapes(self, specs: Sequence[ArchSpec], packs: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+        return [(len(p), padded_params([specs[i] for i in p]), max(specs[i].depth for i in p)) for p in packs]
+
     def round_time(self, specs: Sequence[ArchSpec], packs: Sequence[Sequence[int]]) -> float:
         """Modelled seconds of one round (every pack one step): its longest chain or its total traffic."""
-        shapes = [(len(p), padded_params([specs[i] for i in p]), max(specs[i].depth for i in p)) for p in packs]
+        shapes = self._shapes(specs, packs)
         return max(max(self.chain(*s) for s in shapes), sum(self.traffic(k, w) for k, w, _ in shapes))
 
 
@@ -182,11 +190,13 @@ def plan_round(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | 
                ) -> list[list[int]]:
     """Indices of specs grouped into the packs of one round that minimise model.round_time: at most
     model.streams packs (more only when max_k or max_bytes per pack forces them), max_k members each.
+    Among plans within ROUND_TIE of the least round time, the one with the least serial time (the sum
+    of the packs' chains: fewer kernels, less padding) is kept, so a split that gains next to nothing
+    (a deep pair parted to save one kernel) does not double the deep chain's kernels.
 
     For each sort key (as plan_packs), a dynamic programme finds the least traffic whose every pack's
     chain stays within a cap; the cap is searched over the candidate packs' chains (the round time
-    max(cap, traffic / bandwidth) is smallest where the two cross). Groups of another seed or
-    geometry are planned apart.
+    max(cap, traffic) is smallest where the two cross). Groups of another seed or geometry are planned apart.
     """
     if max_k < 1:
         raise UsageError(f"a pack holds at least one member, got a pack size of {max_k}")
@@ -197,15 +207,18 @@ def plan_round(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | 
         groups[(s.d_in, s.d_out, seed)].append(i)
     packs: list[list[int]] = []
     for members in groups.values():
-        plans = [_plan_order(specs, sorted(members, key=lambda i: key(specs[i])), max_k, max_bytes, batch_size, model)
-                 for key in _SORT_KEYS]
-        packs.extend(min(plans, key=lambda p: (model.round_time(specs, p), len(p))))
+        plans = [plan for key in _SORT_KEYS for plan in _plan_order(
+            specs, sorted(members, key=lambda i: key(specs[i])), max_k, max_bytes, batch_size, model)]
+        best = min(model.round_time(specs, p) for p in plans)
+        packs.extend(min((p for p in plans if model.round_time(specs, p) <= (1 + ROUND_TIE) * best),
+                         key=lambda p: (model.serial_time(specs, p), len(p))))
     return packs
 
 
 def _plan_order(specs: Sequence[ArchSpec], order: list[int], max_k: int, max_bytes: int | None, batch_size: int,
-                model: RoundModel) -> list[list[int]]:
-    """The best contiguous split of `order` under the round-time model (see plan_round)."""
+                model: RoundModel) -> list[list[list[int]]]:
+    """Candidate contiguous splits of `order` (see plan_round): the least round time's, and the least
+    serial time's within ROUND_TIE of it."""
     n = len(order)
     d_in, d_out = specs[order[0]].d_in, specs[order[0]].d_out
     runs: dict[tuple[int, int], tuple[float, float]] = {}  # (start, end) -> (traffic, chain)
@@ -222,30 +235,34 @@ def _plan_order(specs: Sequence[ArchSpec], order: list[int], max_k: int, max_byt
     caps = sorted({chain for _, chain in runs.values()})
     limit = max(model.streams, -(-n // max_k))
     while True:
-        best = _least_traffic(runs, n, caps[-1], limit)
-        if best is not None or limit >= n:
+        widest = _least(runs, n, caps[-1], limit)
+        if widest is not None or limit >= n:
             break
         limit = min(n, 2 * limit)  # memory forces more packs than streams
-    assert best is not None  # packs of one always fit
-    # The round time max(longest chain, traffic / bandwidth): the traffic shrinks as the cap grows, so
-    # the best cap is where the cap first reaches the traffic's time, or the candidate just below it.
+    assert widest is not None  # packs of one always fit
+    # The round time max(longest chain, traffic): the traffic shrinks as the cap grows, so the best
+    # cap is where the cap first reaches the traffic, or the candidate just below it.
     lo, hi = 0, len(caps) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        plan = _least_traffic(runs, n, caps[mid], limit)
-        if plan is not None and caps[mid] >= plan[0]:
+        found = _least(runs, n, caps[mid], limit)
+        if found is not None and caps[mid] >= found[0]:
             hi = mid
         else:
             lo = mid + 1
-    candidates = [p for p in (_least_traffic(runs, n, caps[j], limit) for j in {lo, max(lo - 1, 0)}) if p is not None]
-    plans = [[order[s:e] for s, e in cuts] for _, cuts in candidates + [best]]
-    return min(plans, key=lambda p: (model.round_time(specs, p), len(p)))
+    found_plans = [p for p in (_least(runs, n, caps[j], limit) for j in {lo, max(lo - 1, 0)}) if p is not None]
+    plans = [[order[s:e] for s, e in cuts] for _, cuts in [*found_plans, widest]]
+    best = min(model.round_time(specs, p) for p in plans)
+    serial = _least(runs, n, (1 + ROUND_TIE) * best, limit, cost=1)  # the chains' sum within the tie
+    if serial is not None:
+        plans.append([order[s:e] for s, e in serial[1]])
+    return plans
 
 
-def _least_traffic(runs: dict[tuple[int, int], tuple[float, float]], n: int, cap: float, limit: int
-                   ) -> tuple[float, list[tuple[int, int]]] | None:
-    """(traffic, cuts) of the split of n members into at most `limit` runs whose chains stay within
-    cap with the least total traffic (seconds); None if there is none."""
+def _least(runs: dict[tuple[int, int], tuple[float, float]], n: int, cap: float, limit: int, cost: int = 0
+           ) -> tuple[float, list[tuple[int, int]]] | None:
+    """(sum, cuts) of the split of n members into at most `limit` runs whose chains stay within cap
+    with the least sum of runs[...][cost] (0: traffic, 1: chain); None if there is none."""
     inf = float("inf")
     best = [0.0] + [inf] * n  # with the packs used so far
     cuts: list[list[int]] = []
@@ -253,9 +270,9 @@ def _least_traffic(runs: dict[tuple[int, int], tuple[float, float]], n: int, cap
     for j in range(1, limit + 1):
         nxt = [inf] * (n + 1)
         cut = [0] * (n + 1)
-        for (start, end), (traffic, chain) in runs.items():
-            if chain <= cap and best[start] + traffic < nxt[end]:
-                nxt[end], cut[end] = best[start] + traffic, start
+        for (start, end), values in runs.items():
+            if values[1] <= cap and best[start] + values[cost] < nxt[end]:
+                nxt[end], cut[end] = best[start] + values[cost], start
         cuts.append(cut)
         if nxt[n] < inf and (found is None or nxt[n] < found[0]):
             found = (nxt[n], j)
