@@ -83,6 +83,16 @@ def _absolute(url: str) -> str:
     return u.set(database=str(Path(u.database).resolve())).render_as_string(hide_password=False)
 
 
+def _driver(url: str) -> str | None:
+    """The SQLAlchemy driver a URL uses (psycopg, psycopg2, pysqlite...), None when it does not parse."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).get_dialect().driver
+    except Exception:  # unparseable or driver missing: make_storage words the error when it opens
+        return None
+
+
 _CREATE_RACE = re.compile(r"UniqueViolation|DuplicateTable|already exists|duplicate key", re.I)
 
 
@@ -141,6 +151,11 @@ def make_storage(url: str, retry_seconds: float | None = None, *, switch_to_wal:
             if switch_to_wal:
                 _in_wal.add(key)
             kwargs["engine_kwargs"]["connect_args"] = {"timeout": SQLITE_TIMEOUT}
+        elif _driver(url) == "psycopg":
+            # No server-side prepared statements: behind a pooler in transaction mode (pgbouncer before
+            # 1.21, the way past the connection limit: docs/cluster.md) the next transaction may run on
+            # another server connection, where psycopg's "_pg3_0" is missing or already taken.
+            kwargs["engine_kwargs"]["connect_args"] = {"prepare_threshold": None}
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
