@@ -237,13 +237,13 @@ def rounds_section(specs, data, device, variant: tuple[str, bool, bool], seconds
     packs = serial if plan == "serial" else plan_round(arch, k, max_bytes=max_bytes, batch_size=BATCH, model=model)
     packs = [packs[i] for i in round_order([max(arch[i].depth for i in p) for p in packs])]
     streams = round_streams(device, len(packs))
-    for stream in streams:  # the batches are made on the current stream
-        if stream is not None:
-            stream.wait_stream(torch.cuda.current_stream(device))
     steppers = make_steppers(specs, packs, device, bf16, compile_blocks, streams)
     n = len(data.train)
     perm = torch.randperm(n, generator=torch.Generator(device=device).manual_seed(0), device=device)
     batches = [data.train.batch(idx) for idx in perm[: n // BATCH * BATCH].view(-1, BATCH)[:8]]
+    for stream in streams:  # the packs' weights and the batches are made on the current stream
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(device))
     t_build = time.perf_counter()
     for j in range(GRAPH_WARM):  # the first full-batch step compiles (if asked) and captures the graph
         for st in steppers:
