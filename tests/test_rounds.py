@@ -193,3 +193,28 @@ def test_the_pack_executor_steps_a_round_together_and_halves_a_pack_out_of_memor
         rec = TrialRecord.from_attrs(t.user_attrs)
         _, alone = train(rec.spec, data, lr=rec.lr, epochs=1, seed=rec.seed)
         assert t.user_attrs["psnr_val"] == pytest.approx(alone.psnr_val, abs=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_round_on_cuda_streams_and_graphs_equals_each_pack_alone(tiny_idx):
+    """The driver's GPU path: each pack built, captured and replayed on its own stream (the deepest at
+    high priority), stepped interleaved; each member's result is its pack's alone (graphs both ways)."""
+    d = prepare(load_dataset("idx", tiny_idx), "superres", val_size=60, train_size=120, device="cuda")
+    repacking, _, diverging = packs_for(d, [])
+    packs = [repacking, {**diverging, "lrs": [1e-3, 2e-3]}]  # no diverging member: compare every result
+    alone = [train_packed(**kwargs(d, p, {}, j))[1] for j, p in enumerate(packs)]
+    streams = []
+
+    def start(j):
+        def make(stream):
+            streams.append(stream)
+            return PackRun(**kwargs(d, packs[j], {}, j, stream=stream))
+        return make
+
+    got = {}
+    drive([start(j) for j in range(len(packs))], [max(s.depth for s in p["specs"]) for p in packs],
+          torch.device("cuda"), finished=got.__setitem__, failed=lambda j, e: pytest.fail(str(e)))
+    assert len({id(s) for s in streams}) == len(packs) and streams[0].priority < streams[1].priority
+    for j in range(len(packs)):
+        for a, b in zip(got[j], alone[j], strict=True):
+            assert a.psnr_val == pytest.approx(b.psnr_val, abs=1e-4) and a.epochs == b.epochs
