@@ -103,8 +103,12 @@ def reap(search: FamilySearch) -> None:
             search.reporter(Note(f"{search.family} trial #{t.number}: {reason}"))
 
 
-def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> optuna.Trial:
+def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
+        retry_only: bool = False) -> optuna.Trial | None:
     """study.ask() (a queued retry first, else a new trial) that records this worker on the trial.
+
+    retry_only: only a queued retry, None when another worker popped it first (creating a trial then
+    would only make a surplus one).
 
     sampler_for(trial number) gives the sampler that samples it: seeded by the trial's own number,
     unique in the study, workers that ask at the same moment (as after a database outage, which
@@ -115,6 +119,8 @@ def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSa
     dead or alive; a popped retry gets it one write later (a kill in between costs a 60 s wait).
     """
     trial_id = seam.pop_waiting_trial(study)
+    if trial_id is None and retry_only:
+        return None
     if trial_id is None:
         template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={WORKER_ATTR: this_worker()})
         trial_id = seam.create_running_trial(study, template)
@@ -153,7 +159,12 @@ def claim(search: FamilySearch) -> optuna.Trial | Claim:
             return Claim.DONE
         if active >= target and not waiting:
             return Claim.WAIT
-        trial = ask(study, lambda number: make_sampler(search.cfg, search.family, number))
+        # At the target only the queued retries remain to be taken: pop one or wait, never create a
+        # trial (with hundreds of workers, all but one would be surplus on every queued retry).
+        trial = ask(study, lambda number: make_sampler(search.cfg, search.family, number),
+                    retry_only=active >= target)
+        if trial is None:
+            return Claim.WAIT
         try:
             trials = study.get_trials(deepcopy=False)
             active = sum(t.state in COUNTED for t in trials)
