@@ -1,0 +1,48 @@
+"""Exactness under concurrency (issue 23): 30 simulated workers (bench/load_test.py: the real search loop, training
+replaced by a timer) on the CI's PostgreSQL, a fifth of them killed with SIGKILL and the database restarted mid-run:
+exactly --trials finished per family, no configuration finished twice, nothing left RUNNING or WAITING, none dropped,
+each killed trial retried exactly once. Needs HGSEARCH_TEST_POSTGRES and PGDATA (.ci/postgres.sh; .ci/run exports
+both): skips locally without them, fails in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_bench
+
+
+@pytest.fixture
+def pgdata(postgres_url) -> Path:
+    data = os.environ.get("PGDATA")
+    if not data or not Path(data, "postmaster.opts").is_file():
+        if os.environ.get("HGSEARCH_CI") == "1":
+            pytest.fail("PGDATA is not set to the server's data directory, but this is CI: .ci/run must export it")
+        pytest.skip("set PGDATA to the test server's data directory (.ci/postgres.sh prints it)")
+    return Path(data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["direct", "pgbouncer"])
+def test_thirty_workers_with_kills_and_a_restart_stay_exact(path, postgres_url, pgdata):
+    if path == "pgbouncer" and not shutil.which("pgbouncer") and not Path("/usr/sbin/pgbouncer").exists():
+        pytest.skip("pgbouncer is not installed (Debian package pgbouncer)")
+    lt = load_bench("load_test")
+    a = lt.parse_args(["--url", postgres_url, "--pgdata", str(pgdata), "--trials", "30", "--epochs", "2",
+                       "--epoch-seconds", "0.3", "--max-procs", "5", "--kill", "0.2", "--expect-seconds", "12",
+                       "--down-seconds", "1", "--timeout", "150"])
+    url, bouncer = postgres_url, None
+    if path == "pgbouncer":
+        bouncer, url = lt.start_pgbouncer(postgres_url, 10, Path(tempfile.mkdtemp(prefix="hgsearch-pgb-")))
+    try:
+        r = lt.run_one(a, 30, url, lt.Server(pgdata, postgres_url), path)
+    finally:
+        if bouncer is not None:
+            bouncer.terminate()
+    assert r["killed_workers"] == 6 and r["wall"] < 150, r
+    assert r["exact"] and r["dropped"] == 0 and r["killed_retried_once"], r
+    assert not r["errors"], r["errors"]
