@@ -12,7 +12,7 @@ a few sort keys kept. Members that differ in seed, d_in or d_out never share a p
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,15 +55,12 @@ _SORT_KEYS = (
 )
 
 
-def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float, max_bytes: int | None,
-           batch_size: int) -> tuple[float, list[list[int]]]:
-    """Optimal contiguous split of `order` into packs of at most max_k members and max_bytes of memory
-    (O(N * max_k) dynamic programme); a member too big for max_bytes alone still gets a pack of one."""
-    n = len(order)
+def _runs(specs: Sequence[ArchSpec], order: list[int], max_k: int, max_bytes: int | None,
+          batch_size: int) -> Iterator[tuple[int, int, int, int]]:
+    """Every contiguous run order[start:end] that can be one pack (at most max_k members and max_bytes,
+    a lone member always), as (start, end, padded parameters, padded depth), by ascending end."""
     d_in, d_out = specs[order[0]].d_in, specs[order[0]].d_out
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
+    for end in range(1, len(order) + 1):
         w = h = depth = 0
         for start in range(end - 1, max(end - max_k, 0) - 1, -1):
             s = specs[order[start]]
@@ -71,9 +68,20 @@ def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float, m
             k = end - start
             if k > 1 and max_bytes is not None and k * _bytes(d_in, d_out, w, h, depth, batch_size) > max_bytes:
                 break  # the run only grows further back: no longer run fits either
-            cost = best[start] + param_count(d_in, d_out, w, h, depth) * (k + k0)
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
+            yield start, end, param_count(d_in, d_out, w, h, depth), depth
+
+
+def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float, max_bytes: int | None,
+           batch_size: int) -> tuple[float, list[list[int]]]:
+    """Optimal contiguous split of `order` into packs of at most max_k members and max_bytes of memory
+    (O(N * max_k) dynamic programme); a member too big for max_bytes alone still gets a pack of one."""
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for start, end, padded, _ in _runs(specs, order, max_k, max_bytes, batch_size):
+        cost = best[start] + padded * (end - start + k0)  # ends ascend: best[start] is final here
+        if cost < best[end]:
+            best[end], cut[end] = cost, start
     packs, end = [], n
     while end:
         packs.append(order[cut[end]:end])
@@ -220,18 +228,8 @@ def _plan_order(specs: Sequence[ArchSpec], order: list[int], max_k: int, max_byt
     """Candidate contiguous splits of `order` (see plan_round): the least round time's, and the least
     serial time's within ROUND_TIE of it."""
     n = len(order)
-    d_in, d_out = specs[order[0]].d_in, specs[order[0]].d_out
-    runs: dict[tuple[int, int], tuple[float, float]] = {}  # (start, end) -> (traffic, chain)
-    for end in range(1, n + 1):
-        w = h = depth = 0
-        for start in range(end - 1, max(end - max_k, 0) - 1, -1):
-            s = specs[order[start]]
-            w, h, depth = max(w, s.width), max(h, s.bottleneck), max(depth, s.depth)
-            k = end - start
-            if k > 1 and max_bytes is not None and k * _bytes(d_in, d_out, w, h, depth, batch_size) > max_bytes:
-                break  # the run only grows further back: no longer run fits either
-            padded = param_count(d_in, d_out, w, h, depth)
-            runs[(start, end)] = (model.traffic(k, padded), model.chain(k, padded, depth))
+    runs = {(start, end): (model.traffic(end - start, padded), model.chain(end - start, padded, depth))
+            for start, end, padded, depth in _runs(specs, order, max_k, max_bytes, batch_size)}  # -> (traffic, chain)
     caps = sorted({chain for _, chain in runs.values()})
     limit = max(model.streams, -(-n // max_k))
     while True:
