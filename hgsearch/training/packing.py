@@ -89,18 +89,23 @@ def _split(specs: Sequence[ArchSpec], order: list[int], max_k: int, k0: float, m
     return best[n], packs[::-1]
 
 
-def plan_packs(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | None = None,
-               k0: float = K0, max_bytes: int | None = None, batch_size: int = 128) -> list[list[int]]:
-    """Indices of specs grouped into packs of at most max_k members (and max_bytes of device memory
-    to train, see member_bytes) that waste little on padding."""
+def _groups(specs: Sequence[ArchSpec], max_k: int, seeds: Sequence[int] | None) -> list[list[int]]:
+    """Indices of specs that may share a pack: same input and output sizes and seed (one data order)."""
     if max_k < 1:
         raise UsageError(f"a pack holds at least one member, got a pack size of {max_k}")
     seeds = list(seeds) if seeds is not None else [0] * len(specs)
     groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
     for i, (s, seed) in enumerate(zip(specs, seeds, strict=True)):
         groups[(s.d_in, s.d_out, seed)].append(i)
+    return list(groups.values())
+
+
+def plan_packs(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | None = None,
+               k0: float = K0, max_bytes: int | None = None, batch_size: int = 128) -> list[list[int]]:
+    """Indices of specs grouped into packs of at most max_k members (and max_bytes of device memory
+    to train, see member_bytes) that waste little on padding."""
     packs: list[list[int]] = []
-    for members in groups.values():
+    for members in _groups(specs, max_k, seeds):
         plans = [_split(specs, sorted(members, key=lambda i: key(specs[i])), max_k, k0, max_bytes, batch_size)
                  for key in _SORT_KEYS]
         packs.extend(min(plans, key=lambda p: p[0])[1])
@@ -206,15 +211,9 @@ def plan_round(specs: Sequence[ArchSpec], max_k: int, *, seeds: Sequence[int] | 
     chain stays within a cap; the cap is searched over the candidate packs' chains (the round time
     max(cap, traffic) is smallest where the two cross). Groups of another seed or geometry are planned apart.
     """
-    if max_k < 1:
-        raise UsageError(f"a pack holds at least one member, got a pack size of {max_k}")
     model = model or RoundModel()
-    seeds = list(seeds) if seeds is not None else [0] * len(specs)
-    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-    for i, (s, seed) in enumerate(zip(specs, seeds, strict=True)):
-        groups[(s.d_in, s.d_out, seed)].append(i)
     packs: list[list[int]] = []
-    for members in groups.values():
+    for members in _groups(specs, max_k, seeds):
         plans = [plan for key in _SORT_KEYS for plan in _plan_order(
             specs, sorted(members, key=lambda i: key(specs[i])), max_k, max_bytes, batch_size, model)]
         best = min(model.round_time(specs, p) for p in plans)
