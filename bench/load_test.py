@@ -211,8 +211,12 @@ class Server:
             return None
 
 
-def start_pgbouncer(server_url: str, pool_size: int, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """pgbouncer in transaction pooling mode in front of the server; returns (process, URL through it)."""
+def start_pgbouncer(server_url: str, pool_size: int, workdir: Path,
+                    query_wait_timeout: int = 120) -> tuple[subprocess.Popen, str]:
+    """pgbouncer in transaction pooling mode in front of the server; returns (process, URL through it).
+
+    query_wait_timeout: seconds a client waits for a server connection before pgbouncer drops it
+    (pgbouncer's default, 120, unless a test wants a wait to fail fast)."""
     from sqlalchemy.engine import make_url
 
     u = make_url(server_url)
@@ -229,6 +233,7 @@ auth_file = {workdir}/users.txt
 pool_mode = transaction
 default_pool_size = {pool_size}
 max_client_conn = 5000
+query_wait_timeout = {query_wait_timeout}
 server_reset_query =
 ignore_startup_parameters = extra_float_digits,options
 logfile = {workdir}/pgbouncer.log

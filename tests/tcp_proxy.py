@@ -1,4 +1,4 @@
-"""A TCP proxy for tests: forwards to a server and cuts every open connection on demand or on a schedule."""
+"""A TCP proxy for tests: forwards to a server and cuts every open connection on demand or after every n bytes sent."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ class TcpProxy:
     """Listens on 127.0.0.1:<port> and forwards each connection to (host, target_port).
 
     cut() resets every open connection at once (RST, as a failing switch or firewall does), in
-    whatever state its transaction is; new connections are accepted again right after.
+    whatever state its transaction is; new connections are accepted again right after. cuts counts
+    the cuts that reset at least one connection; sent counts the bytes clients have sent.
     """
 
     def __init__(self, host: str, target_port: int) -> None:
@@ -21,6 +22,9 @@ class TcpProxy:
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
         self.cuts = 0
+        self.sent = 0
+        self._cut_at: int | None = None  # cut_every_bytes: the next cut once sent reaches this
+        self._cut_step = 0
         self.closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -37,13 +41,21 @@ class TcpProxy:
                 continue
             with self.lock:
                 self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, up), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+                if from_client:
+                    with self.lock:
+                        self.sent += len(data)
+                        due = self._cut_at is not None and self.sent >= self._cut_at
+                        if due:
+                            self._cut_at = self.sent + self._cut_step
+                    if due:  # right after forwarding: the statement is in flight when its connection resets
+                        self.cut()
         except OSError:
             pass
         finally:
@@ -59,7 +71,7 @@ class TcpProxy:
     def cut(self) -> None:
         with self.lock:
             victims, self.open = self.open, []
-            self.cuts += 1
+            self.cuts += bool(victims)
         for s in victims:
             try:  # linger 0: close sends RST, the peer sees "connection reset", not a clean end
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -68,14 +80,11 @@ class TcpProxy:
                 pass
             s.close()
 
-    def cut_every(self, seconds: float) -> None:
-        """Cut all connections every `seconds` from a background thread until close()."""
-
-        def loop() -> None:
-            while not self.closed.wait(seconds):
-                self.cut()
-
-        threading.Thread(target=loop, daemon=True).start()
+    def cut_every_bytes(self, n: int) -> None:
+        """Cut all connections each time clients have sent another n bytes: how often the network fails
+        follows the traffic, not the clock, so a faster machine sees as many cuts in the same run."""
+        with self.lock:
+            self._cut_step, self._cut_at = n, self.sent + n
 
     def close(self) -> None:
         self.closed.set()

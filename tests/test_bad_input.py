@@ -116,6 +116,26 @@ def test_frontier_of_a_corrupted_database(tmp_path, cli):
     assert len(err.strip().splitlines()) == 1 and tree(tmp_path) == before
 
 
+def test_a_database_of_an_older_optuna_schema_is_refused_with_the_upgrade_command(tiny_idx, tmp_path, cli):
+    """hgsearch checks the schema itself (storage._open_rdb: Optuna's check pins two connections behind a
+    pooler); a database one alembic revision behind is refused with the command that upgrades it."""
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    previous = storage.get_all_versions()[1]  # walk_revisions: the head first
+    storage.engine.dispose()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = ?", (previous,))
+    rc, out, err = cli("run", "--budget", "100K", "--dataset", "idx", "--data-dir", str(tiny_idx), "--storage",
+                       f"sqlite:///{db}", "--trials", "1", "--epochs", "1", cwd=tmp_path)
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"has Optuna schema {previous}" in err and f"optuna storage upgrade --storage 'sqlite:///{db}'" in err, err
+    with sqlite3.connect(db) as con:  # left as it was: no trial, no study, the old revision
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(previous,)]
+        assert con.execute("SELECT COUNT(*) FROM studies").fetchone() == (0,)
+
+
 @pytest.mark.slow
 def test_real_process_bad_budget_and_password(tiny_idx, tmp_path):
     """Two of the above through the console entry in a real process: same line, same code, no traceback."""

@@ -43,6 +43,35 @@ def test_thirty_workers_with_kills_and_a_restart_stay_exact(path, postgres_url, 
     finally:
         if bouncer is not None:
             bouncer.terminate()
-    assert r["killed_workers"] == 6 and r["wall"] < 150, r
+    # No wall-time bound: a stalled run ends at --timeout with trials missing, which "exact" catches.
+    assert r["killed_workers"] == 6, r
     assert r["exact"] and r["dropped"] == 0 and r["killed_retried_once"], r
     assert not r["errors"], r["errors"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell here, not Study.optimize
+def test_a_storage_opens_through_a_pool_of_one_server_connection(postgres_url):
+    """Optuna's own schema check holds one connection in a transaction while it opens a second: behind
+    pgbouncer in transaction mode each opening client pinned a server connection and waited for another,
+    so as many clients opening at once as the pool had connections stalled until query_wait_timeout
+    (CI's 30-worker run above; 200 workers through a pool of 20 in notes/cluster.md). With a pool of one
+    that is a single open; hgsearch's check (store/storage.py: _open_rdb) needs one connection at a time."""
+    if not shutil.which("pgbouncer") and not Path("/usr/sbin/pgbouncer").exists():
+        pytest.skip("pgbouncer is not installed (Debian package pgbouncer)")
+    import optuna
+
+    from hgsearch.store.storage import make_storage
+
+    lt = load_bench("load_test")
+    workdir = Path(tempfile.mkdtemp(prefix="hgsearch-pgb-"))  # pgbouncer runs as postgres: not under tmp_path
+    bouncer, url = lt.start_pgbouncer(postgres_url, 1, workdir, query_wait_timeout=5)
+    try:
+        storage = make_storage(url, retry_seconds=15)
+        study = optuna.create_study(storage=storage, study_name=f"pool-of-one-{workdir.name}",
+                                    directions=["minimize", "maximize"])
+        study.tell(study.ask(), [1.0, 2.0])
+        assert [t.values for t in study.get_trials()] == [[1.0, 2.0]]
+    finally:
+        bouncer.terminate()
+        shutil.rmtree(workdir, ignore_errors=True)

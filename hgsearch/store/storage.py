@@ -125,6 +125,29 @@ def _prepare_sqlite(url: str, wal: bool) -> None:
         ) from None
 
 
+def _open_rdb(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage, its schema version checked with one database connection at a time.
+
+    Optuna's own check (check_table_schema_compatibility) reads the version inside a session and opens a
+    second connection for alembic's revision while the first is still in its transaction. Behind a
+    pooler in transaction mode that pins one server connection per opening client while it waits
+    for another: as many clients opening at once as the pool has connections deadlock until the
+    pooler's query_wait_timeout (pgbouncer: 120 s). Found by bench/load_test.py; tests/test_load.py
+    opens a storage through a pool of one server connection.
+    """
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                                         skip_compatibility_check=True, **kwargs)
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current != head:
+        if current in storage.get_all_versions():
+            fix = f"upgrade it first: optuna storage upgrade --storage '{safe_url(url)}'"
+        else:  # written by a newer Optuna than this one
+            fix = "install the Optuna release that wrote it (pip install -U optuna)"
+        raise StorageError(f"storage {safe_url(url)} has Optuna schema {current}, this Optuna "
+                           f"{optuna.__version__} reads {head}: {fix}")
+    return storage
+
+
 def make_storage(url: str, retry_seconds: float | None = None, *, switch_to_wal: bool = True) -> ResilientStorage:
     """The storage object (one per URL and process), with heartbeats and SQLite tuned for workers.
 
@@ -160,9 +183,7 @@ def make_storage(url: str, retry_seconds: float | None = None, *, switch_to_wal:
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    storage = wait_out(lambda: optuna.storages.RDBStorage(  # a worker may start mid-outage
-                        key, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **kwargs
-                    ), safe_url(url), retry_seconds)
+                    storage = wait_out(lambda: _open_rdb(key, kwargs), safe_url(url), retry_seconds)
                 break
             except Exception as e:
                 # Optuna creates its tables without a lock: hosts starting at once on an empty
