@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,28 @@ def test_changed_file_and_image_size_are_refused_on_resume_and_old_studies_resum
     assert rc == 0, err
     resumed = optuna.load_study(study_name="own.hourglass", storage=url)
     assert len(resumed.trials) == 2 and "image_size" not in resumed.user_attrs[SETTINGS_KEY]
+
+
+def test_frontier_finds_the_data_where_run_read_it_and_a_moved_file_is_passed_again(tmp_path, cli):
+    """run stores the data's path with the study (not a setting): frontier computes the baseline without
+    --data-dir; once the file has moved, the comparison is still made and --data-dir brings the baseline back."""
+    data = write_npz(tmp_path / "d.npz", side=8, n_train=36)
+    rc, _, err = _run(cli, tmp_path, data)
+    assert rc == 0, err
+    summary = tmp_path / "results" / "own" / "summary.json"
+    rc, _, err = cli("frontier", "--study", "own", cwd=tmp_path)
+    assert rc == 0, err
+    first = json.loads(summary.read_text())
+    assert first["baseline"] is not None and first["baseline_note"] is None, first["baseline_note"]
+    moved = data.rename(tmp_path / "moved.npz")
+    rc, _, err = cli("frontier", "--study", "own", cwd=tmp_path)
+    assert rc == 0, err
+    gone = json.loads(summary.read_text())
+    assert gone["baseline"] is None and f"{data}, which is not on this machine: pass it with --data-dir" in \
+        gone["baseline_note"], gone["baseline_note"]
+    rc, _, err = cli("frontier", "--study", "own", "--data-dir", str(moved), cwd=tmp_path)
+    assert rc == 0, err
+    assert json.loads(summary.read_text())["baseline"] == first["baseline"]
+    # The path is not part of the study's identity: resuming from the new place is no other study.
+    rc, _, err = _run(cli, tmp_path, moved, "--trials", "2")
+    assert rc == 0, err

@@ -125,7 +125,7 @@ StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB UR
                                                    show_default="the study's SQLite file")]
 ResultsDirOpt = Annotated[str, typer.Option("--results-dir", help="Where studies and their files live.")]
 StudyDataDirOpt = Annotated[str | None, typer.Option(
-    "--data-dir", help="The study's dataset directory, if not where `run` found it.",
-    show_default="where `run` found it")]
+    "--data-dir", help="The study's data, if not where `run` last read it (stored with the study).",
+    show_default="where `run` last read it")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same data as JSON on stdout (messages go to "
                                        "stderr).")]

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from hgsearch.config import RunConfig
+from hgsearch.data.registry import USER_SOURCES
 from hgsearch.data.tasks import TaskData, load_task
 from hgsearch.errors import DataError, StorageError, StudyMismatchError
 from hgsearch.results.stats import (
@@ -36,7 +37,16 @@ def stored_settings(fr: Frontier) -> dict[str, Any]:
 
 
 def study_config(fr: Frontier, *, data_dir: str | None = None, device: str = "auto") -> RunConfig:
-    """The RunConfig the study was searched with (identity.config_from_settings of its stored settings)."""
+    """The RunConfig the study was searched with (identity.config_from_settings of its stored settings).
+
+    Its data is read from data_dir when given, else from where `run` last read it while that path exists
+    on this machine (another machine's path: where `run` would look)."""
+    if data_dir is None and fr.data_path and Path(fr.data_path).exists():
+        data_dir = fr.data_path
+    dataset = stored_settings(fr).get("dataset")
+    if data_dir is None and dataset in USER_SOURCES:  # the user's own files: nowhere else to look
+        where = f"{fr.data_path}, which is not on this machine" if fr.data_path else "a path this study did not store"
+        raise DataError(f"study {fr.study!r} read its {dataset} data from {where}: pass it with --data-dir")
     return config_from_settings(stored_settings(fr), fr.study, data_dir=data_dir, device=device)
 
 

@@ -14,6 +14,7 @@ from hgsearch.errors import StorageError, UsageError
 from hgsearch.model.families import FAMILIES
 from hgsearch.store.atomic import atomic_write
 from hgsearch.store.schema import (
+    DATA_PATH_KEY,
     FINISHED,
     REASON_ATTR,
     RETRY_ATTR,
@@ -43,6 +44,7 @@ class Frontier:
     settings: dict[str, dict[str, Any]]  # per family, the defining settings stored with the study
     trials: pd.DataFrame  # every trial, TRIAL_COLUMNS
     frontier: pd.DataFrame  # Pareto-optimal completed trials of each family, COLUMNS, sorted by params
+    data_path: str | None = None  # where `run` last read the data (schema.DATA_PATH_KEY), if it was given one
 
     def family(self, name: str) -> pd.DataFrame:
         return self.frontier[self.frontier["family"] == name]
@@ -65,13 +67,14 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 def load_frontier(study: str, storage: str) -> Frontier:
     """Read both families' studies; an absent study or one with no completed trial is an error."""
     names = study_names(storage)
-    rows, front, settings = [], [], {}
+    rows, front, settings, data_path = [], [], {}, None
     for fam in FAMILIES:
         name = family_study_name(study, fam)
         if name not in names:
             continue
         s = open_study(name, storage)
         settings[fam] = s.user_attrs.get(SETTINGS_KEY, {})
+        data_path = data_path or s.user_attrs.get(DATA_PATH_KEY)
         rows += [_row(fam, t) for t in s.get_trials(deepcopy=False)]
         if any(t.state == TrialState.COMPLETE for t in s.get_trials(deepcopy=False)):
             front += [_row(fam, t) for t in s.best_trials]
@@ -84,7 +87,7 @@ def load_frontier(study: str, storage: str) -> Frontier:
         r["on_frontier"] = (r["family"], r["trial"]) in on_front
     trials = _frame(rows, TRIAL_COLUMNS).sort_values(["family", "trial"], ignore_index=True)
     frontier = _frame(front, COLUMNS).sort_values(["family", "params"], ignore_index=True)
-    return Frontier(study, settings, trials, frontier)
+    return Frontier(study, settings, trials, frontier, data_path)
 
 
 def load_seed_rows(study: str, storage: str) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -14,7 +15,7 @@ from hgsearch.data.tasks import TaskData
 from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
 from hgsearch.model.space import SPACE_VERSION
 from hgsearch.search.sampler import make_sampler
-from hgsearch.store.schema import DIRECTIONS, METRIC_NAMES, SETTINGS_KEY, family_study_name
+from hgsearch.store.schema import DATA_PATH_KEY, DIRECTIONS, METRIC_NAMES, SETTINGS_KEY, family_study_name
 from hgsearch.store.storage import make_storage, safe_url, scrubbed
 
 # Settings added after studies already existed, with the value those studies implicitly used.
@@ -64,8 +65,8 @@ def config_from_settings(stored: dict[str, Any], study: str, *, data_dir: str | 
                          device: str = "auto") -> RunConfig:
     """The inverse of settings(): the RunConfig a study was searched with (the user repeats nothing).
 
-    The data directory is not stored (it belongs to the machine, not the study): pass it when the
-    dataset is not found where `run` would look; the dataset checksum guards against other data.
+    The data directory is not a setting (it belongs to the machine, not the study): data_dir is where to
+    read the data, None to look where `run` would; the dataset checksum guards against other data.
     """
     if not stored:
         raise UsageError(f"study {study!r} stores no settings: it was not made by `hgsearch run`")
@@ -133,6 +134,10 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
                 with warnings.catch_warnings():  # "experimental" since Optuna 3.2, also under pytest
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.set_metric_names(METRIC_NAMES)
+            if cfg.data_dir is not None:
+                path = str(Path(cfg.data_dir).expanduser().resolve())
+                if study.user_attrs.get(DATA_PATH_KEY) != path:
+                    study.set_user_attr(DATA_PATH_KEY, path)
             studies[fam] = study
     except HgsearchError:
         raise

@@ -17,6 +17,12 @@ METRIC_NAMES = ["params", "psnr_val"]
 SETTINGS_KEY = "hgsearch_settings"
 
 
+# study user attr: the data `run` last read, as an absolute path (its --data-dir). Not one of the settings
+# (the same files may move; their checksum is the setting): frontier, report and confirm read the data
+# from here when given no --data-dir, so a study of the user's own files needs the path only once.
+DATA_PATH_KEY = "data_path"
+
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # final outcomes: what --trials counts
 
 
