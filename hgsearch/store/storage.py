@@ -183,6 +183,7 @@ def make_storage(url: str, retry_seconds: float | None = None, *, switch_to_wal:
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is "experimental" (stable since 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    # a worker may start mid-outage: opening waits it out like any storage call
                     storage = wait_out(lambda: _open_rdb(key, kwargs), safe_url(url), retry_seconds)
                 break
             except Exception as e:
