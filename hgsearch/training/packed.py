@@ -456,8 +456,27 @@ class PackRun:
     batch, closes the epoch: member hooks, retirements, repack), `done` says when training is over and
     `results()` evaluates. train_packed is a loop over one; training.rounds steps a round's packs
     interleaved. Each PackRun owns its generator (its data order), so how runs interleave cannot
-    change a member's result. Arguments as train_packed's; stream: the CUDA stream every op of the
-    pack runs on (its graph captured and replayed there), None: the current stream."""
+    change a member's result. stream: the CUDA stream every op of the pack runs on (its graph
+    captured and replayed there), None: the current stream.
+
+    specs[k] trains at lrs[k]; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
+    graphs (default: on CUDA) replays the step as a CUDA graph; bf16 autocasts the training step on
+    CUDA; compile_blocks trains each block through compiled_block (torch.compile, dynamic shapes; off by
+    default: about 25 s of compilation per process on 2 CPU cores, not yet measured on a GPU).
+    A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
+    does not disturb the others; `seconds` is the pack's wall time for each member (plus the seconds
+    of its resumed state). resume[k] is member k's loop.train checkpoint state (None: from the start);
+    a pack shares one data order, so every member must resume from the same epoch. epoch_eval adds
+    "psnr_val_epoch" (member k's PSNR on that split after the epoch) to on_epoch_end's states, as
+    loop.train does. Running out of memory raises TrialFailed for the whole pack.
+
+    repack: at an epoch's end, when members have retired (stopped or failed) and repack_pays says
+    so, the pack is rebuilt from its live members only (PackedMLP.select, PackStep.select: exact
+    copies of weights, statistics, moments and step count; the data generator goes on), so a retired
+    member stops costing its padded FLOPs. The hooks still get each member's index in specs, but the
+    model on_pack_epoch gets, and the one returned, then hold the live members only (their specs in
+    model.specs); a member stopped early is evaluated at the end from a copy of its frozen weights.
+    """
 
     def __init__(
         self,
@@ -620,50 +639,11 @@ class PackRun:
         return self.model, results
 
 
-def train_packed(
-    specs: Sequence[ArchSpec],
-    data: TaskData,
-    *,
-    lrs: Sequence[float],
-    epochs: int,
-    batch_size: int = 128,
-    weight_decay: float = 0.01,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    graphs: bool | None = None,
-    bf16: bool = False,
-    compile_blocks: bool = False,
-    on_epoch: MemberEpoch | None = None,
-    resume: Sequence[dict[str, Any] | None] | None = None,
-    on_epoch_end: MemberEpochEnd | None = None,
-    on_step: StepHook | None = None,
-    on_pack_epoch: PackEpoch | None = None,
-    epoch_eval: Split | None = None,
-    repack: bool = False,
-) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
-    """Train specs[k] at lrs[k] together; result k equals train(specs[k], lr=lrs[k], ...) within rounding.
-
-    graphs (default: on CUDA) replays the step as a CUDA graph; bf16 autocasts the training step on
-    CUDA; compile_blocks trains each block through compiled_block (torch.compile, dynamic shapes; off by
-    default: about 25 s of compilation per process on 2 CPU cores, not yet measured on a GPU).
-    A member whose epoch loss turns non-finite is retired with a TrialFailed in its slot and
-    does not disturb the others; `seconds` is the pack's wall time for each member (plus the seconds
-    of its resumed state). resume[k] is member k's loop.train checkpoint state (None: from the start);
-    a pack shares one data order, so every member must resume from the same epoch. epoch_eval adds
-    "psnr_val_epoch" (member k's PSNR on that split after the epoch) to on_epoch_end's states, as
-    loop.train does. Running out of memory raises TrialFailed for the whole pack.
-
-    repack: at an epoch's end, when members have retired (stopped or failed) and repack_pays says
-    so, the pack is rebuilt from its live members only (PackedMLP.select, PackStep.select: exact
-    copies of weights, statistics, moments and step count; the data generator goes on), so a retired
-    member stops costing its padded FLOPs. The hooks still get each member's index in specs, but the
-    model on_pack_epoch gets, and the one returned, then hold the live members only (their specs in
-    model.specs); a member stopped early is evaluated at the end from a copy of its frozen weights.
-    """
-    run = PackRun(specs, data, lrs=lrs, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-                  device=device, graphs=graphs, bf16=bf16, compile_blocks=compile_blocks, on_epoch=on_epoch,
-                  resume=resume, on_epoch_end=on_epoch_end, on_step=on_step, on_pack_epoch=on_pack_epoch,
-                  epoch_eval=epoch_eval, repack=repack)
+def train_packed(specs: Sequence[ArchSpec], data: TaskData, **options: Any,
+                 ) -> tuple[PackedMLP, list[TrainResult | TrialFailed]]:
+    """Train specs[k] at lrs[k] together to the end: a PackRun (its docstring has every option) stepped
+    until done; result k equals train(specs[k], lr=lrs[k], ...) within rounding."""
+    run = PackRun(specs, data, **options)
     while not run.done:
         run.step()
     return run.results()
