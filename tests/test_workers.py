@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -90,3 +92,30 @@ def test_a_crashing_worker_is_one_line_naming_its_traceback_file(tiny_idx, tmp_p
     assert len(logs) == 1 and str(logs[0].relative_to(tmp_path)) in lines[0]
     text = logs[0].read_text()
     assert text.startswith("Traceback (most recent call last):") and "RuntimeError: crash requested" in text
+
+
+EXIT_UNDER_A_STOP = """
+import multiprocessing as mp, os, signal, time
+from hgsearch.config import RunConfig
+from hgsearch.search import workers
+if __name__ == "__main__":
+    os.environ[workers.CRASH_ENV] = "0"
+    events = mp.get_context("spawn").Queue()
+    workers._worker_main(RunConfig(budget=100_000), workers.WorkerPlan(0, {}, 1), events)
+    os.kill(os.getpid(), signal.SIGINT)  # the parent's stop, sent while this worker is on its way out
+    time.sleep(0.5)
+    index, kind, _ = events.get(timeout=30)
+    print("ended:", index, kind)
+"""
+
+
+def test_a_stop_that_reaches_a_worker_on_its_way_out_is_no_traceback(tmp_path):
+    """When one worker reports an error the parent SIGINTs the others; one that had just reported its own
+    error and was exiting (multiprocessing flushing its queue) printed a KeyboardInterrupt traceback on
+    CI, under the one-line error (test_faults' outage test). After the worker's body a stop is only noted."""
+    script = tmp_path / "exit_under_a_stop.py"
+    script.write_text(EXIT_UNDER_A_STOP)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1])
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert res.stdout.strip() == "ended: 0 crash", res.stdout

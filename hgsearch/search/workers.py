@@ -18,6 +18,7 @@ from typing import Any
 from hgsearch.config import RunConfig
 from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Event, Note, Progress, Reporter, Start, from_worker
+from hgsearch.stop import request_stop
 from hgsearch.store import quiet_optuna_rdb_logger
 from hgsearch.text import first_line
 
@@ -108,6 +109,12 @@ def _worker_main(cfg: RunConfig, plan: WorkerPlan, events: Any) -> None:
     # CUDA reads CUDA_VISIBLE_DEVICES only when it is first initialised, which comes later (torch
     # itself may already be imported), so setting it here still picks this worker's GPU.
     os.environ.update(plan.env)
+    # Outside the search (its imports before, its exit after) a stop from the parent is only noted, never
+    # an exception: the parent stops the others when one worker reports an error, and a SIGINT landing in
+    # this process's exit, while multiprocessing flushes its last message, printed a traceback and lost
+    # the message. One noted before the search starts stops it at its first check (stop.request_stop).
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, _frame: request_stop(signal.Signals(signum).name))
     logging.disable(logging.INFO)  # as cli.main does for the parent: no Optuna INFO lines under the display
     quiet_optuna_rdb_logger()  # as cli.main does: a spawned worker does not pass through it
     # Its own process group: a Ctrl-C at the terminal reaches the parent only, which forwards it once,
