@@ -331,6 +331,10 @@ def run_one(a: argparse.Namespace, n: int, url: str, server: Server, label: str)
         for at, i in list(kill_at):
             if now >= at:
                 procs[i].send_signal(signal.SIGKILL)
+                # Reaped at once, as a host's init or `hgsearch run` would: a zombie keeps its pid, so
+                # the dead workers' trials looked alive to the pid check until the 60 s heartbeat
+                # grace, and one killed before its first beat was never reaped (the run timed out).
+                procs[i].wait()
                 killed.add(i)
                 kill_at.remove((at, i))
         if restart_at is not None and now >= restart_at:

@@ -45,7 +45,9 @@ def test_thirty_workers_with_kills_and_a_restart_stay_exact(path, postgres_url, 
             bouncer.terminate()
     # No wall-time bound: a stalled run ends at --timeout with trials missing, which "exact" catches.
     assert r["killed_workers"] == 6, r
-    assert r["exact"] and r["dropped"] == 0 and r["killed_retried_once"], r
+    why = (f"exact {r['exact']}, dropped {r['dropped']}, killed {r['killed']} retried once {r['killed_retried_once']}, "
+           f"wall {r['wall']:.1f} s: " + "; ".join(r["notes"]))
+    assert r["exact"] and r["dropped"] == 0 and r["killed_retried_once"], why
     assert not r["errors"], r["errors"]
 
 

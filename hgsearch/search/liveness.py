@@ -15,11 +15,13 @@ from hgsearch.store.storage import HEARTBEAT_INTERVAL
 
 
 def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (tells a live pid from a reused one)."""
+    """The process's start time in clock ticks since boot (tells a live pid from a reused one); None when
+    it is gone or a zombie (exited, only waiting for its parent to collect it: its trials are as dead)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
 
 
 def _boot_id() -> str:
