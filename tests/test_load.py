@@ -1,7 +1,8 @@
 """Exactness under concurrency (issue 23): 30 simulated workers (bench/load_test.py: the real search loop, training
 replaced by a timer) on the CI's PostgreSQL, a fifth of them killed with SIGKILL and the database restarted mid-run:
 exactly --trials finished per family, no configuration finished twice, nothing left RUNNING or WAITING, none dropped,
-each killed trial retried exactly once. Needs HGSEARCH_TEST_POSTGRES and PGDATA (.ci/postgres.sh; .ci/run exports
+each killed trial retried exactly once; and a storage opened through pgbouncer with a pool of one server connection
+(Optuna's schema check needed two). Needs HGSEARCH_TEST_POSTGRES and PGDATA (.ci/postgres.sh; .ci/run exports
 both): skips locally without them, fails in CI."""
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ def pgdata(postgres_url) -> Path:
     return Path(data)
 
 
+def _need_pgbouncer() -> None:
+    if not shutil.which("pgbouncer") and not Path("/usr/sbin/pgbouncer").exists():
+        pytest.skip("pgbouncer is not installed (Debian package pgbouncer)")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["direct", "pgbouncer"])
 def test_thirty_workers_with_kills_and_a_restart_stay_exact(path, postgres_url, pgdata):
-    if path == "pgbouncer" and not shutil.which("pgbouncer") and not Path("/usr/sbin/pgbouncer").exists():
-        pytest.skip("pgbouncer is not installed (Debian package pgbouncer)")
+    if path == "pgbouncer":
+        _need_pgbouncer()
     lt = load_bench("load_test")
     a = lt.parse_args(["--url", postgres_url, "--pgdata", str(pgdata), "--trials", "30", "--epochs", "2",
                        "--epoch-seconds", "0.3", "--max-procs", "5", "--kill", "0.2", "--expect-seconds", "12",
@@ -59,8 +65,7 @@ def test_a_storage_opens_through_a_pool_of_one_server_connection(postgres_url):
     so as many clients opening at once as the pool had connections stalled until query_wait_timeout
     (CI's 30-worker run above; 200 workers through a pool of 20 in notes/cluster.md). With a pool of one
     that is a single open; hgsearch's check (store/storage.py: _open_rdb) needs one connection at a time."""
-    if not shutil.which("pgbouncer") and not Path("/usr/sbin/pgbouncer").exists():
-        pytest.skip("pgbouncer is not installed (Debian package pgbouncer)")
+    _need_pgbouncer()
     import optuna
 
     from hgsearch.store.storage import make_storage
