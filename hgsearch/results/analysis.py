@@ -43,11 +43,12 @@ def study_config(fr: Frontier, *, data_dir: str | None = None, device: str = "au
     on this machine (another machine's path: where `run` would look)."""
     if data_dir is None and fr.data_path and Path(fr.data_path).exists():
         data_dir = fr.data_path
-    dataset = stored_settings(fr).get("dataset")
+    settings = stored_settings(fr)
+    dataset = settings.get("dataset")
     if data_dir is None and dataset in USER_SOURCES:  # the user's own files: nowhere else to look
         where = f"{fr.data_path}, which is not on this machine" if fr.data_path else "a path this study did not store"
         raise DataError(f"study {fr.study!r} read its {dataset} data from {where}: pass it with --data-dir")
-    return config_from_settings(stored_settings(fr), fr.study, data_dir=data_dir, device=device)
+    return config_from_settings(settings, fr.study, data_dir=data_dir, device=device)
 
 
 def load_checked_task(fr: Frontier, cfg: RunConfig) -> TaskData:
