@@ -82,12 +82,20 @@ def at_connection_limit(e: BaseException) -> bool:
     return any(_AT_LIMIT.search(str(x)) for x in _chain(e))
 
 
+# psycopg's word for a connection out of step with its server: a command got two answers (or none).
+# Through pgbouncer a server that shuts down mid-transaction sends its error and then the reply to
+# BEGIN, COMMIT or a savepoint's RELEASE; psycopg raises InternalError, and SQLAlchemy flags it as a
+# disconnect only when the socket is already closed (not yet, while a new connection is initialised).
+# The connection is lost all the same, and a lost COMMIT is what the retries are built for.
+_OUT_OF_STEP = re.compile(r"received \d+ results from command")
+
+
 def transient(e: BaseException) -> bool:
     """True for a lost or refused database connection, also inside Optuna's StorageInternalError."""
     if disk_full(e):
         return False
     return any(isinstance(x, _TRANSIENT) or (isinstance(x, sa_exc.DBAPIError) and x.connection_invalidated)
-               for x in _chain(e))
+               or _OUT_OF_STEP.search(str(x)) for x in _chain(e))
 
 
 def _first_line(e: BaseException) -> str:
@@ -202,7 +210,7 @@ class Outages:
 # A server that exists but is restarting or cut off, as opposed to a wrong URL (refused, unknown host,
 # bad password), which opening the storage reports at once.
 _PASSING = re.compile(r"shutting down|starting up|recovery mode|closed the connection|connection reset|"
-                      r"terminating connection|timed out|timeout", re.I)
+                      r"terminating connection|timed out|timeout|" + _OUT_OF_STEP.pattern, re.I)
 
 
 REACHED_ENV = "HGSEARCH_STORAGE_REACHED"  # "1" in a worker started once another worker had opened the storage
