@@ -105,3 +105,97 @@ def test_a_killed_worker_not_yet_collected_by_its_parent_is_gone(tmp_path):
         child.kill()
         child.wait()
     assert liveness.worker_gone(worker)  # collected: no /proc entry at all
+
+
+def _backdate_starts(tmp_path, seconds: int) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "study.db")
+    with db:
+        db.execute(f"UPDATE trials SET datetime_start = datetime(datetime_start, '-{seconds} seconds')")
+    db.close()
+
+
+def test_a_trial_whose_worker_died_on_another_host_before_its_first_heartbeat_is_retried(tmp_path, monkeypatch):
+    """A worker on another host claims a trial and dies before its heartbeat's first beat (in a pack: while it
+    claims the others). Nothing here can check its pid, and Optuna never finds a trial stale without a
+    heartbeat, so naming its worker at creation (as claims did before) left it RUNNING for ever and the
+    study waiting on it. Now a trial names its worker only after its first beat: one that names none is
+    closed GRACE_PERIOD after it started."""
+    import socket
+
+    search = _search(tmp_path, trials=2)
+    with monkeypatch.context() as m:
+        m.setattr(socket, "gethostname", lambda: "another-host")
+        orphan = claim(search)  # ... and its worker is gone before anything else
+    assert not isinstance(orphan, Claim)
+    claims.reap(search)
+    assert search.study.get_trials()[0].state == TrialState.RUNNING  # within the grace period: waited for
+    _backdate_starts(tmp_path, claims.GRACE_PERIOD + 5)
+    claims.reap(search)
+    [t] = search.study.get_trials()
+    assert t.state == TrialState.FAIL, t.user_attrs
+    assert "stopped before recording itself" in t.user_attrs["fail_reason"]
+
+
+def test_a_packs_trials_beat_from_their_claim_and_name_their_worker_after_the_first_beat(tmp_path, monkeypatch):
+    """claim_runs claims a pack's trials one by one; each one's heartbeat beats before the next is claimed, so
+    slow claims (seconds each with hundreds of workers) never let the first ones look dead. A trial names its
+    worker only once it has a heartbeat (what makes the rule of the test above safe for live workers)."""
+    import sqlite3
+
+    from hgsearch.search import trial as trial_mod
+    from hgsearch.store.schema import WORKER_ATTR
+
+    search = _search(tmp_path, trials=3)
+    seen: list[tuple[int, set[int], set[int]]] = []
+    real_claim = trial_mod.claim
+
+    def claim_and_look(s):
+        db = sqlite3.connect(tmp_path / "study.db")
+        beating = {n for (n,) in db.execute("SELECT t.number FROM trials t JOIN trial_heartbeats h USING (trial_id)")}
+        db.close()
+        named = {t.number for t in s.study.get_trials() if WORKER_ATTR in t.user_attrs}
+        seen.append((len(seen), beating, named))
+        return real_claim(s)
+
+    monkeypatch.setattr(trial_mod, "claim", claim_and_look)
+    runs = trial_mod.claim_runs(search, 3)
+    try:
+        assert [r.trial.number for r in runs] == [0, 1, 2]
+        assert seen == [(0, set(), set()), (1, {0}, {0}), (2, {0, 1}, {0, 1})]
+        assert all(r.heartbeat.thread.is_alive() for r in runs)
+        assert all(t.user_attrs[WORKER_ATTR]["host"] for t in search.study.get_trials())
+    finally:
+        for r in runs:
+            r.heartbeat.stop()
+
+
+def test_a_claimed_trial_another_worker_closed_meanwhile_is_let_go(tmp_path, monkeypatch):
+    """A worker cut off from the database past the grace period between its claim and its first beat finds
+    its trial closed by another worker: it lets that trial go and claims another, instead of crashing."""
+    from hgsearch.search import trial as trial_mod
+
+    search = _search(tmp_path, trials=2)
+    real_claim, closed = trial_mod.claim, []
+
+    def claim_then_reaped(s):
+        got = real_claim(s)
+        if not closed:
+            closed.append(got.number)
+            claims.close_trial(s.study, s.study.get_trials()[got.number], "interrupted: reaped", retry=False)
+        return got
+
+    monkeypatch.setattr(trial_mod, "claim", claim_then_reaped)
+    runs = trial_mod.claim_runs(search, 1)
+    try:
+        assert closed == [0] and [r.trial.number for r in runs] == [1]
+        let_go = f"heartbeat-{search.study.get_trials()[0]._trial_id}"
+        for _ in range(50):  # its heartbeat is stopped (the thread ends at its next wake-up: at once)
+            if not any(t.name == let_go for t in threading.enumerate()):
+                break
+            time.sleep(0.02)
+        assert not any(t.name == let_go for t in threading.enumerate())
+    finally:
+        for r in runs:
+            r.heartbeat.stop()

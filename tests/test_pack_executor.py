@@ -18,7 +18,6 @@ from hgsearch.events import TrialStart, quiet
 from hgsearch.model.families import ArchSpec
 from hgsearch.search import run as search
 from hgsearch.search import trial
-from hgsearch.search.claims import claim
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.executors import PackExecutor, SerialExecutor, executor_for
 from hgsearch.search.identity import open_studies
@@ -119,7 +118,6 @@ def test_on_epoch_stops_one_member_which_is_pruned(tiny_idx, tmp_path):
     data = load_task(cfg)
     study = open_studies(cfg, ["hourglass"], data)["hourglass"]
     fs = FamilySearch(study, cfg, "hourglass", data, quiet)
-    trials = [claim(fs) for _ in range(3)]
     seen = []
 
     def stop_second(c: TrialRun, epoch: int, metrics: dict) -> bool:
@@ -131,7 +129,7 @@ def test_on_epoch_stops_one_member_which_is_pruned(tiny_idx, tmp_path):
         return c.trial.number != 1
 
     psnr: dict[int, float] = {}
-    frozen = trial.run_trials(fs, trials, PackExecutor(4, epoch_eval_size=64), stop_second)
+    frozen = trial.run_trials(fs, trial.claim_runs(fs, 3, stop_second), PackExecutor(4, epoch_eval_size=64))
     assert sorted(seen) == [(0, 1), (0, 2), (1, 1), (2, 1), (2, 2)]
     for t in (frozen[0], frozen[2]):  # the pack's per-epoch PSNR is each member's own, as alone
         rec = TrialRecord.from_attrs(t.user_attrs)

@@ -154,7 +154,6 @@ def test_the_pack_executor_steps_a_round_together_and_halves_a_pack_out_of_memor
     from hgsearch.data.tasks import load_task
     from hgsearch.events import quiet
     from hgsearch.search import executors, trial
-    from hgsearch.search.claims import claim
     from hgsearch.search.context import FamilySearch
     from hgsearch.search.identity import open_studies
     from hgsearch.training.packing import RoundModel
@@ -165,7 +164,6 @@ def test_the_pack_executor_steps_a_round_together_and_halves_a_pack_out_of_memor
     data = load_task(cfg)
     study = open_studies(cfg, ["hourglass"], data)["hourglass"]
     fs = FamilySearch(study, cfg, "hourglass", data, quiet)
-    trials = [claim(fs) for _ in range(5)]
     built, steps, oom = [], [], []
 
     class Recorded(PackRun):
@@ -183,8 +181,8 @@ def test_the_pack_executor_steps_a_round_together_and_halves_a_pack_out_of_memor
             super().__init__(specs, *args, on_step=step_hook, **kw)
 
     monkeypatch.setattr(executors, "PackRun", Recorded)
-    frozen = trial.run_trials(fs, trials, executors.PackExecutor(2, model=RoundModel(streams=3)),
-                              lambda c, epoch, metrics: True)
+    runs = trial.claim_runs(fs, 5, lambda c, epoch, metrics: True)
+    frozen = trial.run_trials(fs, runs, executors.PackExecutor(2, model=RoundModel(streams=3)))
     first = len(built) - 2  # packs of the first round; the out-of-memory pack's two members come back alone
     assert sorted(built[:first]) == [1, 2, 2] and built[first:] == [1, 1] and oom
     assert steps[:3] == [0, 1, 2]  # one step of each pack in turn

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.events import Note
 from hgsearch.search.context import FamilySearch
-from hgsearch.search.liveness import this_worker, who, worker_gone
+from hgsearch.search.liveness import who, worker_gone
 from hgsearch.search.sampler import make_sampler
 from hgsearch.stop import check_stop
 from hgsearch.store import optuna_seam as seam
@@ -95,7 +95,7 @@ def reap(search: FamilySearch) -> None:
         elif worker_gone(worker):
             why = f"its worker {who(worker)} is gone (killed or crashed)"
         elif worker is None and t.datetime_start and now - t.datetime_start.timestamp() > GRACE_PERIOD:
-            why = "its worker stopped before recording itself"  # killed between ask and the first write
+            why = "its worker stopped before recording itself"  # killed between its claim and its first heartbeat
         else:
             continue
         closed, reason = close_trial(study, t, f"interrupted: {why}", retry=True)
@@ -105,7 +105,7 @@ def reap(search: FamilySearch) -> None:
 
 def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
         retry_only: bool = False) -> optuna.Trial | None:
-    """study.ask() (a queued retry first, else a new trial) that records this worker on the trial.
+    """study.ask(): a queued retry first (popped with a compare-and-set), else a new trial.
 
     retry_only: only a queued retry, None when another worker popped it first (creating a trial then
     would only make a surplus one).
@@ -114,18 +114,18 @@ def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSa
     unique in the study, workers that ask at the same moment (as after a database outage, which
     releases them together) never draw the same configuration.
 
-    A new trial is created with its worker attribute in the same transaction (Optuna's own
-    create_new_trial with a template), so no kill can leave a RUNNING trial that nobody can tell
-    dead or alive; a popped retry gets it one write later (a kill in between costs a 60 s wait).
+    The trial names no worker yet: its owner (trial.TrialRun.start) starts its heartbeat first and
+    then records itself, so a trial that names its worker always has a heartbeat, which Optuna finds
+    stale when that worker dies on another host; one that names none is closed GRACE_PERIOD after it
+    started (reap). (Recording the worker at creation, as this did before, left a trial whose worker
+    died on another host before its first beat RUNNING for ever: no heartbeat to go stale, no pid
+    this host can check.)
     """
     trial_id = seam.pop_waiting_trial(study)
     if trial_id is None and retry_only:
         return None
     if trial_id is None:
-        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={WORKER_ATTR: this_worker()})
-        trial_id = seam.create_running_trial(study, template)
-    else:
-        seam.storage(study).set_trial_user_attr(trial_id, WORKER_ATTR, this_worker())
+        trial_id = seam.create_running_trial(study, optuna.trial.create_trial(state=TrialState.RUNNING))
     seam.forget_cached_trials(study)
     if sampler_for is not None:
         study.sampler = sampler_for(seam.storage(study).get_trial_number_from_id(trial_id))
@@ -181,21 +181,3 @@ def claim(search: FamilySearch) -> optuna.Trial | Claim:
                 close_trial(study, seam.frozen(study, trial), "interrupted while claiming", retry=True)
             raise
         time.sleep(random.uniform(0.05, 0.5))
-
-
-def claim_some(search: FamilySearch, k: int) -> list[optuna.Trial] | Claim:
-    """Up to k trials claimed one by one (claim: never past the target), or claim's answer when not even
-    one can be claimed now. Cut off while claiming, the ones claimed are queued again."""
-    got: list[optuna.Trial] = []
-    try:
-        while len(got) < k:
-            trial = claim(search)
-            if isinstance(trial, Claim):
-                return got or trial
-            got.append(trial)
-    except BaseException:
-        for trial in got:
-            with contextlib.suppress(Exception):
-                close_trial(search.study, seam.frozen(search.study, trial), "interrupted while claiming", retry=True)
-        raise
-    return got

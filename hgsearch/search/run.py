@@ -26,12 +26,12 @@ from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Note, Reporter, Start, quiet
 from hgsearch.model import space as space_mod
 from hgsearch.model.families import ArchSpec
-from hgsearch.search.claims import Claim, claim_some, reap
+from hgsearch.search.claims import Claim, reap
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.epoch_hook import hook_for
 from hgsearch.search.executors import executor_for
 from hgsearch.search.identity import open_studies
-from hgsearch.search.trial import run_trials, sweep_checkpoints
+from hgsearch.search.trial import claim_runs, run_trials, sweep_checkpoints
 from hgsearch.stop import check_stop
 from hgsearch.store.resilient import set_listener
 from hgsearch.store.schema import REASON_ATTR, finished
@@ -102,14 +102,14 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
     while pending:
         all_wait = True
         for fam in list(pending):
-            trials = claim_some(searches[fam], per_round)
-            if trials is Claim.DONE:
+            runs = claim_runs(searches[fam], per_round, on_epoch)
+            if runs is Claim.DONE:
                 pending.remove(fam)
                 continue
-            if trials is Claim.WAIT:
+            if runs is Claim.WAIT:
                 continue
             all_wait = False
-            for frozen in run_trials(searches[fam], trials, executor, on_epoch):
+            for frozen in run_trials(searches[fam], runs, executor):
                 failures[fam] = failures[fam] + 1 if frozen.state == TrialState.FAIL else 0
                 if failures[fam] >= MAX_CONSECUTIVE_FAILURES:
                     raise HgsearchError(

@@ -1,7 +1,8 @@
 """One claimed trial from claim to its final state: TrialRun, and the contract executors train it under.
 
-A trial's life: claimed (claims.claim) -> TrialRun.begin: its configuration sampled (or, for a
-retry, replayed) and stored, its resume point read from its checkpoint, its heartbeat beating ->
+A trial's life: claimed (claims.claim) and at once owned by a TrialRun (claim_runs): its heartbeat
+beating, then its worker recorded -> TrialRun.begin: its configuration sampled (or, for a retry,
+replayed) and stored, its resume point read from its checkpoint ->
 trained by an executor (executors.py: SerialExecutor one trial after the other through
 training.loop.train, PackExecutor several at once as one pack through training.packed.train_packed),
 which calls TrialRun.epoch_end after each finished epoch -> TrialRun.finish: told COMPLETE (keeping its
@@ -36,14 +37,14 @@ from hgsearch.errors import StorageError, TrialFailed
 from hgsearch.events import Note, TrialEnd, TrialStart
 from hgsearch.model import space as space_mod
 from hgsearch.search import testhooks
-from hgsearch.search.claims import close_trial
+from hgsearch.search.claims import Claim, claim, close_trial
 from hgsearch.search.context import FamilySearch
-from hgsearch.search.liveness import Heartbeat
+from hgsearch.search.liveness import Heartbeat, this_worker
 from hgsearch.search.pruning import dominates
 from hgsearch.search.sampler import make_sampler
 from hgsearch.stop import Stopped
 from hgsearch.store import optuna_seam as seam
-from hgsearch.store.schema import REASON_ATTR, RETRY_ATTR, STOPPED_AT_EPOCH_ATTR
+from hgsearch.store.schema import REASON_ATTR, RETRY_ATTR, STOPPED_AT_EPOCH_ATTR, WORKER_ATTR
 from hgsearch.text import first_line
 from hgsearch.training import checkpoint
 from hgsearch.training.loop import TrainResult
@@ -112,6 +113,22 @@ class TrialRun:
         self.search, self.trial, self.on_epoch = search, trial, on_epoch
         self.heartbeat = Heartbeat(seam.storage(search.study), seam.trial_id(trial))
         self.stopped: StoppedEarly | None = None  # set when epoch_end ends the trial
+
+    def start(self) -> bool:
+        """Start the heartbeat, then record this worker on the trial; False when another worker closed it meanwhile.
+
+        In that order: a trial that names its worker has a heartbeat, so a worker that dies on another
+        host leaves a trial Optuna finds stale; one that dies before this names none, and reap closes
+        that GRACE_PERIOD after it started (claims.ask). Closed meanwhile: reaped while this worker was
+        cut off from the database for longer than that.
+        """
+        self.heartbeat.start()
+        try:
+            seam.storage(self.search.study).set_trial_user_attr(seam.trial_id(self.trial), WORKER_ATTR, this_worker())
+        except UpdateFinishedTrialError:
+            self.heartbeat.stop()
+            return False
+        return True
 
     def begin(self, *, own_sampler: bool) -> None:
         """Sample (or, for a retry, replay) the configuration, store it, and find the checkpoint to resume.
@@ -254,17 +271,35 @@ class TrialRun:
                           f"({first_line(e)}); report will retrain it"))
 
 
-def run_trials(search: FamilySearch, trials: Sequence[optuna.Trial], executor: Executor,
-               on_epoch: EpochHook = keep_going) -> list[FrozenTrial]:
-    """Claimed trials, begun and handed to the executor together (several: a pack); each is told its own outcome.
+def claim_runs(search: FamilySearch, k: int, on_epoch: EpochHook = keep_going) -> list[TrialRun] | Claim:
+    """Up to k trials claimed one by one (claims.claim: never past the target), or claim's answer when not
+    even one can be claimed now.
 
-    Every heartbeat beats before any trial is sampled, so no claimed trial looks dead while the others
-    sample. An exception (Ctrl-C, a storage error) closes every one of them for retry and propagates.
+    Each is owned by its TrialRun from its claim, its heartbeat beating before the next is claimed, so
+    the first trials of a large pack never look dead while the others are claimed (claims take seconds
+    each with hundreds of workers). Cut off while claiming, the ones claimed are queued again.
     """
-    runs = [TrialRun(search, trial, on_epoch) for trial in trials]
+    runs: list[TrialRun] = []
     try:
+        while len(runs) < k:
+            trial = claim(search)
+            if isinstance(trial, Claim):
+                return runs or trial
+            run = TrialRun(search, trial, on_epoch)
+            if run.start():
+                runs.append(run)
+    except BaseException as e:
         for run in runs:
-            run.heartbeat.start()
+            run.requeue(e)
+        raise
+    return runs
+
+
+def run_trials(search: FamilySearch, runs: Sequence[TrialRun], executor: Executor) -> list[FrozenTrial]:
+    """Claimed trials (claim_runs), begun and handed to the executor together (several: a pack); each is told
+    its own outcome. An exception (Ctrl-C, a storage error) closes every one of them for retry and propagates.
+    """
+    try:
         for run in runs:
             run.begin(own_sampler=len(runs) > 1)
         outcomes = executor.run(runs)

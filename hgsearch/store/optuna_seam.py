@@ -1,10 +1,11 @@
 """Every use of Optuna's private API, in one place (tests/test_optuna_seam.py fails when one goes).
 
 Why private at all: claiming trials among many workers needs what Study.ask/tell do not expose:
-a new trial created with its worker attribute in one transaction, a queued retry popped with a
-compare-and-set, the stale-heartbeat query without Optuna failing the trials itself, and the
-state change as a compare-and-set that tells which worker won; and learning curves as intermediate
-values, which Trial.report refuses in multi-objective studies. Public API is used everywhere else.
+a new trial created through the study's storage (the retrying one, which tags it with a claim token:
+resilient.py), a queued retry popped with a compare-and-set, the stale-heartbeat query without
+Optuna failing the trials itself, and the state change as a compare-and-set that tells which worker
+won; and learning curves as intermediate values, which Trial.report refuses in multi-objective
+studies. Public API is used everywhere else.
 """
 
 from __future__ import annotations
