@@ -286,8 +286,9 @@ def claim_runs(search: FamilySearch, k: int, on_epoch: EpochHook = keep_going) -
             if isinstance(trial, Claim):
                 return runs or trial
             run = TrialRun(search, trial, on_epoch)
-            if run.start():
-                runs.append(run)
+            runs.append(run)  # before start: cut off inside it, the trial is queued again like the others
+            if not run.start():
+                runs.pop()
     except BaseException as e:
         for run in runs:
             run.requeue(e)
