@@ -96,6 +96,29 @@ def test_npz_image_size_resizes_and_named_datasets_refuse_it(tmp_path):
         load_dataset("npz")
 
 
+def test_non_square_images_keep_their_shape_through_every_task_and_the_flips(tmp_path):
+    """Images 6 high and 10 wide (npz, channels last, and a folder of PNGs): (C, H, W) is kept, never made
+    square; superres halves each side; the flip augmentation flips each side of the right length."""
+    import torch
+
+    x = np.random.default_rng(0).integers(0, 256, (24, 6, 10, 3), dtype=np.uint8)
+    np.savez(tmp_path / "wide.npz", x_train=x, x_test=x[:8], y_train=np.arange(24) % 2, y_test=np.arange(8) % 2)
+    for i in range(24):
+        for split in ("train", "test") if i < 8 else ("train",):
+            (tmp_path / "wide" / split / "c").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).save(tmp_path / "wide" / split / "c" / f"{i:02d}.png")
+    for ds in (fresh("npz", tmp_path / "wide.npz"), fresh("folder", tmp_path / "wide")):
+        assert ds.shape == (3, 6, 10) and np.array_equal(ds.train.images, x.transpose(0, 3, 1, 2))
+        sr = prepare(ds, "superres", val_size=4, augment="flips")
+        assert (sr.d_in, sr.d_out, sr.image_shape) == (3 * 3 * 5, 3 * 6 * 10, (3, 6, 10))
+        dn = prepare(ds, "denoise", val_size=4, augment="flips")
+        assert dn.d_in == dn.d_out == 180 and len(dn.train) == 4 * 20
+        _, target = dn.train.batch(torch.tensor([0, 20, 40, 60]))  # one image, unflipped, lr, ud, both
+        img = target.view(4, 3, 6, 10)
+        assert torch.equal(img[1], img[0].flip(-1)) and torch.equal(img[2], img[0].flip(-2))
+        assert torch.equal(img[3], img[0].flip(-1).flip(-2))
+
+
 # --- folder -------------------------------------------------------------------------------------------------
 
 def test_folder_reads_classes_in_sorted_order_and_keeps_rgb(tmp_path):
