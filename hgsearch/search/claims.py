@@ -125,7 +125,7 @@ def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSa
     if trial_id is None and retry_only:
         return None
     if trial_id is None:
-        trial_id = seam.create_running_trial(study, optuna.trial.create_trial(state=TrialState.RUNNING))
+        trial_id = seam.create_running_trial(study)
     seam.forget_cached_trials(study)
     if sampler_for is not None:
         study.sampler = sampler_for(seam.storage(study).get_trial_number_from_id(trial_id))

@@ -118,8 +118,8 @@ class TrialRun:
         """Start the heartbeat, then record this worker on the trial; False when another worker closed it meanwhile.
 
         In that order: a trial that names its worker has a heartbeat, so a worker that dies on another
-        host leaves a trial Optuna finds stale; one that dies before this names none, and reap closes
-        that GRACE_PERIOD after it started (claims.ask). Closed meanwhile: reaped while this worker was
+        host leaves a trial Optuna finds stale; one that dies before this names none, and claims.reap
+        closes that GRACE_PERIOD after it started. Closed meanwhile: reaped while this worker was
         cut off from the database for longer than that.
         """
         self.heartbeat.start()

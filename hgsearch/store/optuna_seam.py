@@ -45,8 +45,8 @@ def frozen(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> FrozenTria
     return study._storage.get_trial(trial._trial_id)
 
 
-def create_running_trial(study: optuna.Study, template: FrozenTrial) -> int:
-    """A new RUNNING trial created from a template (its user attrs in the same transaction)."""
+def create_running_trial(study: optuna.Study, template: FrozenTrial | None = None) -> int:
+    """A new RUNNING trial, from a template when given (its user attrs in the same transaction)."""
     return study._storage.create_new_trial(study._study_id, template_trial=template)
 
 
