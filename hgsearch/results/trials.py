@@ -32,7 +32,8 @@ from hgsearch.training.record import CONFIG_ATTRS, RESULT_ATTRS
 # its model (record.TrialRecord.from_row). family + trial is a row's unique key.
 COLUMNS = ["family", "params", "trainable_params", "psnr_test", "psnr_val", "train_loss", "depth", "width",
            "bottleneck", "lr", "fixed_win", "trial", "retry_of", "d_in", "d_out", "epochs", "seed", "seconds"]
-TRIAL_COLUMNS = [*COLUMNS, "state", REASON_ATTR, "on_frontier"]  # trials.csv
+# trials.csv; datetime_complete (Optuna's, local time) orders the finished trials, as results.settledness needs.
+TRIAL_COLUMNS = [*COLUMNS, "state", REASON_ATTR, "on_frontier", "datetime_complete"]
 FRONTIER_CSV_COLUMNS = [*COLUMNS, "learned_nothing"]  # frontier.csv: the flag needs the baseline (write_tables)
 
 
@@ -55,7 +56,8 @@ def _row(family: str, t: FrozenTrial) -> dict[str, Any]:
     a = t.user_attrs
     history = a.get(RETRY_ATTR) or []
     return {**{k: a.get(k) for k in (*CONFIG_ATTRS, *RESULT_ATTRS)}, "family": family, "trial": t.number,
-            "retry_of": history[-1] if history else None, "state": t.state.name, REASON_ATTR: a.get(REASON_ATTR)}
+            "retry_of": history[-1] if history else None, "state": t.state.name, REASON_ATTR: a.get(REASON_ATTR),
+            "datetime_complete": t.datetime_complete}
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
