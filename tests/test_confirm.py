@@ -54,7 +54,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
     # One epoch on 500 blob images does not beat bicubic upsampling: the report must say so.
     assert all(p["learned_nothing"] == (p["psnr_val"] <= doc["baseline"]["psnr_val"]) for p in doc["frontier"])
     assert all(p["psnr_val_std"] is not None for p in doc["frontier"])
-    for name in ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "frontier_means.csv"):
+    for name in ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "hypervolume.png", "frontier_means.csv",
+                 "settled.csv"):
         assert (study_dir / name).is_file(), name
 
     # The search kept its front's weights (test_keep_weights.py); without them the report retrains.
@@ -63,8 +64,8 @@ def test_confirm_then_frontier_and_report(tiny_study, tiny_idx):
     assert res.returncode == 0, res.stderr
     page = (study_dir / "report.html").read_text()
     assert not re.search(r"https?://", page)
-    # frontier, scaling and learning curves, + one sample grid per point
-    assert page.count("data:image/png;base64,") == 3 + len(doc["frontier"])
+    # frontier, hypervolume vs trials, scaling and learning curves, + one sample grid per point
+    assert page.count("data:image/png;base64,") == 4 + len(doc["frontier"])
     assert "weights retrained" in page
     for p in doc["frontier"]:
         assert weights_path(study_dir, p["family"], p["trial"]).is_file()

@@ -85,7 +85,7 @@ def test_comparison_numbers_through_storage(stub):
     assert all(b.ci is None for b in c.bins)  # one seed per point: no interval
     paths = write_outputs(an, out)
     doc = json.loads((out / "summary.json").read_text())
-    assert {p.name for p in paths} == {"frontier.csv", "trials.csv", "curves.csv", "summary.json"}
+    assert {p.name for p in paths} == {"frontier.csv", "trials.csv", "curves.csv", "summary.json", "settled.csv"}
     assert doc["objectives"] == {"params": "minimize", "psnr_val": "maximize"}
     assert doc["reference_point"] == [BUDGET, 29.0] and doc["budget"] == BUDGET
     assert doc["comparison"]["hv_difference"] == pytest.approx(5.0)
@@ -123,7 +123,7 @@ def test_report_is_offline_and_embeds_decodable_images(stub):
     assert not re.search(r"https?://", page)
     assert "<script" not in page and "<link" not in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 2  # frontier and scaling; no data here, so no sample grids
+    assert len(images) == 3  # frontier, hypervolume vs trials and scaling; no data here, so no sample grids
     for b64 in images:
         img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("L"), float)
         assert img.std() > 10 and (img < 128).mean() > 0.005  # drawn on, not blank

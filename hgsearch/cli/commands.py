@@ -265,16 +265,18 @@ def frontier(
     study: StudyOpt = None,
     storage: StorageOpt = None,
     results_dir: ResultsDirOpt = "results",
-    plot: Annotated[bool, typer.Option("--plot", help="Also draw frontier and scaling figures (PNG and SVG); "
+    plot: Annotated[bool, typer.Option("--plot", help="Also draw the frontier, scaling, learning-curve and "
+                                       "hypervolume-vs-trials figures (PNG and SVG); "
                                        "without it, figures of an earlier --plot are removed (they would be "
                                        "stale).")] = False,
     data_dir: StudyDataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare the families (hypervolume, domination, gap per budget) and write frontier.csv, trials.csv
-    and summary.json (and figures with --plot) for a study."""
+    """Compare the families (hypervolume, domination, gap per budget), say whether more trials would likely
+    change the answer, and write frontier.csv, trials.csv, settled.csv and summary.json (and figures with
+    --plot) for a study."""
     from hgsearch.results.analysis import analyze, summary, write_outputs
-    from hgsearch.results.tables import analysis_tables, comparison_notes
+    from hgsearch.results.tables import analysis_tables, comparison_notes, settled_table
     from hgsearch.store.studies import remove_figures
 
     name, out_dir, url = _find(study, storage, results_dir)
@@ -296,6 +298,9 @@ def frontier(
     if gone:
         tell(f"removed {', '.join(p.name for p in gone)} of an earlier --plot (stale beside the new CSVs); "
              "run with --plot to draw them again")
+    if not as_json:  # last, as the answer to "what next": summary.json holds the same under "settled"
+        out.print(settled_table(an.settled))
+        say(an.settled.headline())
 
 
 @app.command(cls=Command, short_help="Show a study's state, or list the studies.")

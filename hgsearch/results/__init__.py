@@ -14,6 +14,7 @@ _HOMES = {
     "confirm": ["confirm_seeds"],
     "curves": ["load_curves"],
     "report": ["write_report"],
+    "settledness": ["Settledness", "hypervolume_curve"],
 }
 __all__ = [name for names in _HOMES.values() for name in names]
 __getattr__ = lazy_exports(__name__, _HOMES)

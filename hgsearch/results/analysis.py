@@ -10,10 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from hgsearch.config import RunConfig
+from hgsearch.config import RunConfig, SpaceConfig
 from hgsearch.data.registry import USER_SOURCES
 from hgsearch.data.tasks import TaskData, load_task
 from hgsearch.errors import DataError, StorageError, StudyMismatchError
+from hgsearch.results.settledness import SETTLED_CSV_COLUMNS, Settledness, settledness
 from hgsearch.results.stats import (
     CONFIG_KEYS,
     N_BINS,
@@ -22,6 +23,7 @@ from hgsearch.results.stats import (
     json_ready,
     means_frontiers,
     scaling_pattern,
+    shared_reference,
 )
 from hgsearch.results.trials import Frontier, load_frontier, load_seed_rows, package_versions, seed_rows, write_tables
 from hgsearch.search.identity import config_from_settings
@@ -86,6 +88,7 @@ class Analysis:
     baseline: Baseline | None
     baseline_note: str | None  # why there is no baseline (dataset not found here)
     data: TaskData | None
+    settled: Settledness  # whether more trials would likely change the answer, per budget
 
     @property
     def seeds(self) -> int:
@@ -123,10 +126,16 @@ def analyze(study: str, storage: str, *, data_dir: str | None = None, device: st
     budget = float(settings["budget"])
     families = set(rows["family"])
     comp = None
+    base_psnr = base.psnr_val if base else None
     if {"hourglass", "conventional"} <= families:
-        comp = compare(rows, budget, baseline_psnr=base.psnr_val if base else None, n_bins=n_bins)
+        comp = compare(rows, budget, baseline_psnr=base_psnr, n_bins=n_bins)
+    # The hypervolume curve is measured from the comparison's reference; with one family, from the same rule's.
+    ref = comp.reference if comp else shared_reference([rows[rows["family"] == f] for f in sorted(families)],
+                                                       budget, baseline_psnr=base_psnr)
+    min_fraction = (settings.get("space") or {}).get("min_fraction", SpaceConfig.min_fraction)
+    settled = settledness(fr.trials, int(budget), float(min_fraction), ref)
     return Analysis(fr, storage, settings, rows, front, comp, scaling_pattern(rows, budget, n_bins), base,
-                    note, data)
+                    note, data, settled)
 
 
 def published(an: Analysis) -> pd.DataFrame | None:
@@ -176,6 +185,7 @@ def summary(an: Analysis) -> dict[str, Any]:
         "baseline_note": an.baseline_note,
         "frontier": _front_records(an),
         "scaling_pattern": an.scaling.to_dict("records"),
+        "settled": an.settled.to_dict(),
     })
 
 
@@ -185,6 +195,7 @@ def figure_kw(an: Analysis) -> dict[str, Any]:
 
 
 CURVES_TITLE = "validation PSNR per epoch (frontier trials thick, stopped trials faint)"
+HYPERVOLUME_TITLE = "each frontier's hypervolume as trials finished (still rising at its end: more trials move it)"
 
 
 def frontier_trials(an: Analysis) -> dict[str, set[int]]:
@@ -193,7 +204,8 @@ def frontier_trials(an: Analysis) -> dict[str, set[int]]:
 
 
 def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> list[Path]:
-    """frontier.csv, trials.csv, curves.csv, summary.json (+ frontier_means.csv with seeds; + figures with plot)."""
+    """frontier.csv, trials.csv, curves.csv, settled.csv, summary.json (+ frontier_means.csv with seeds;
+    + figures with plot)."""
     from hgsearch.results.curves import load_curves, write_curves
 
     out = Path(out_dir)
@@ -204,6 +216,9 @@ def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> l
         text = json.dumps(summary(an), indent=2)
         paths.append(out / "summary.json")
         atomic_write(paths[-1], lambda p: Path(p).write_text(text + "\n"))
+        paths.append(out / "settled.csv")
+        verdicts = pd.DataFrame(an.settled.rows(), columns=SETTLED_CSV_COLUMNS)
+        atomic_write(paths[-1], lambda p: verdicts.to_csv(p, index=False))
         if an.seeds > 1:
             paths.append(out / "frontier_means.csv")
             atomic_write(paths[-1], lambda p: an.front.to_csv(p, index=False))
@@ -214,6 +229,8 @@ def write_outputs(an: Analysis, out_dir: str | Path, *, plot: bool = False) -> l
             paths += plots.save_all(plots.scaling_figure(an.scaling, f"{an.fr.study}: best shape per budget"),
                                     out / "scaling")
             paths += plots.save_all(plots.curves_figure(lines, frontier_trials(an), CURVES_TITLE), out / "curves")
+            paths += plots.save_all(plots.hypervolume_figure(an.settled.curve, an.settled.reference, HYPERVOLUME_TITLE),
+                                    out / "hypervolume")
     except OSError as e:
         raise StorageError(f"cannot write to {out} ({e.strerror}): pass a writable --results-dir") from None
     return paths

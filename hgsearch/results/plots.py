@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from hgsearch.names import FAMILIES
 from hgsearch.results.trials import Frontier
@@ -127,6 +128,30 @@ def scaling_figure(scaling: pd.DataFrame, title: str = "") -> Figure:
         ax.set_xlabel("budget: bin top (millions of parameters)", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title or "best configuration per budget", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def hypervolume_figure(curve: pd.DataFrame, reference: tuple[float, float], title: str = "") -> Figure:
+    """Each family's hypervolume against its finished trials (results.settledness.hypervolume_curve): a line
+    still climbing at its end says more trials would likely move the frontier."""
+    fig = _figure((6.4, 4.0))
+    ax = fig.subplots()
+    for fam, style in STYLE.items():
+        part = curve[curve["family"] == fam]
+        if part.empty:
+            continue
+        ax.plot(part["finished"], part["hypervolume"], drawstyle="steps-post", color=style["color"],
+                label=f"{fam} ({len(part)} finished trials)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted, never fractional
+    ax.set_xlabel("finished trials (in the order they finished; stopped early ones included)")
+    ax.set_ylabel("hypervolume (dB x M params)")
+    ax.set_title(title or "hypervolume as trials finished", fontsize=9)
+    ax.text(0.99, 0.02, f"reference: {reference[0] / 1e6:.3g}M params, {reference[1]:.2f} dB", fontsize=7,
+            ha="right", va="bottom", transform=ax.transAxes, color="gray")
+    ax.grid(True, alpha=0.3)
+    if len(curve):
+        ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return fig
 

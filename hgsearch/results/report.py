@@ -14,12 +14,19 @@ import pandas as pd
 import torch
 
 from hgsearch.errors import StorageError
-from hgsearch.results.analysis import CURVES_TITLE, Analysis, figure_kw, frontier_trials, study_config
+from hgsearch.results.analysis import (
+    CURVES_TITLE,
+    HYPERVOLUME_TITLE,
+    Analysis,
+    figure_kw,
+    frontier_trials,
+    study_config,
+)
 from hgsearch.results.confirm import frontier_model
 from hgsearch.results.curves import load_curves
-from hgsearch.results.plots import curves_figure
+from hgsearch.results.plots import curves_figure, hypervolume_figure
 from hgsearch.results.stats import json_ready
-from hgsearch.results.tables import comparison_view, front_view, scaling_view
+from hgsearch.results.tables import comparison_view, front_view, scaling_view, settled_view
 from hgsearch.results.trials import package_versions
 from hgsearch.store.atomic import atomic_write
 from hgsearch.training.loop import as_float
@@ -101,6 +108,11 @@ def render_html(an: Analysis, study_dir: str | Path, *, samples: bool = True) ->
                   _table(bins)]
     else:
         parts.append("<p>Only one family has finished trials: nothing to compare.</p>")
+    st = an.settled
+    parts += ["<h2>Is the answer settled?</h2>",
+              _img(hypervolume_figure(st.curve, st.reference, HYPERVOLUME_TITLE), "hypervolume vs finished trials"),
+              _table(settled_view(st)),
+              f"<p{'' if st.settled else ' class=warn'}>{e(st.headline())}</p>"]
     parts += ["<h2>Scaling pattern</h2>", _table(scaling_view(an.scaling)),
               _img(plots.scaling_figure(an.scaling, "best configuration per budget"), "scaling plot")]
     lines = load_curves(an.fr.study, an.storage)

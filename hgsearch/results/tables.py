@@ -9,6 +9,7 @@ from rich import box
 from rich.table import Table
 
 from hgsearch.results.analysis import Analysis
+from hgsearch.results.settledness import Settledness, budget_label
 from hgsearch.results.stats import Comparison
 from hgsearch.results.trials import Frontier
 from hgsearch.text import plural
@@ -70,6 +71,19 @@ def comparison_view(comp: Comparison) -> tuple[pd.DataFrame, pd.DataFrame]:
     return head, bins
 
 
+def settled_view(s: Settledness) -> pd.DataFrame:
+    """The verdict per budget as displayed: budget, state, gap and why (search.settled.Verdict.why)."""
+    return pd.DataFrame([{
+        "budget <=": budget_label(v.budget), "state": v.state, "gap dB": "-" if v.gap is None else f"{v.gap:+.2f}",
+        "why": v.why(),
+    } for v in s.verdicts], columns=["budget <=", "state", "gap dB", "why"])
+
+
+def settled_table(s: Settledness) -> Table:
+    """What `frontier` prints last: would more trials likely change the answer, per budget."""
+    return df_table(settled_view(s), "Is the answer settled? (would more trials likely change it, per budget)")
+
+
 def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{
         "budget <=": f"{r['hi'] / 1e6:.3f}M", "family": r["family"], "params": f"{int(r['params']):,}",
@@ -97,13 +111,16 @@ def frontier_table(fr: Frontier, base: Baseline | None = None) -> Table:
     return table
 
 
+PROSE = ("note", "why")  # columns of sentences: left-aligned and wrapped, so a table fits an 80-column terminal
+
+
 def df_table(df: pd.DataFrame, title: str = "") -> Table:
     """A display DataFrame (already formatted strings) as a rich table; first column left-aligned."""
     # Compact enough for an 80-column terminal: no outer edge, one space of padding shared by neighbours.
     table = Table(title=title or None, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
                   collapse_padding=True)
     for i, col in enumerate(df.columns):
-        table.add_column(str(col), justify="left" if i == 0 or col == "note" else "right", no_wrap=col != "note")
+        table.add_column(str(col), justify="left" if i == 0 or col in PROSE else "right", no_wrap=col not in PROSE)
     for r in df.itertuples(index=False):
         table.add_row(*(str(v) for v in r))
     return table

@@ -16,7 +16,8 @@ from hgsearch.store.schema import SETTINGS_KEY, finished
 from hgsearch.store.storage import make_storage, safe_url
 from hgsearch.text import first_line
 
-FIGURES = ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "curves.png", "curves.svg")
+FIGURES = ("frontier.png", "frontier.svg", "scaling.png", "scaling.svg", "curves.png", "curves.svg",
+           "hypervolume.png", "hypervolume.svg")
 
 
 def study_names(storage: str) -> set[str]:
