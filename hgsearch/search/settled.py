@@ -1,0 +1,113 @@
+"""Whether a study's answer is settled: per budget, would more trials likely change which family wins?
+
+The answer at a budget B is the gap between the families' best validation PSNR among models of at
+most B parameters (Hourglass minus conventional). Training noise moves a point by <= 0.08 dB
+between seeds (measured; docs/fashion-mnist); what the search happened to draw moved the same
+answer by 0.4 dB between two runs of one command. So a budget's verdict asks the study itself:
+- "one family": only one family has a finished model within B (nothing to compare);
+- "few trials": a family has fewer than MIN_TRIALS finished models within B;
+- "unsettled": the last quarter of each family's finished trials still moved the answer (its winner,
+  or its gap by more than MOVE_DB): more trials would likely move it again;
+- "settled": it did not; a settled gap within TIE_DB is a tie (seed noise decides it).
+The rule and its thresholds were chosen on bench/search_quality.py's replays (bench/RESULTS.md): when
+every budget is settled, the answer agrees with the table's truth in the share given there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MIN_TRIALS = 3  # finished models per family within a budget before its answer means anything
+MOVE_DB = 0.1  # a change of the gap larger than this is a change of the answer
+TIE_DB = 0.1  # the seed-to-seed spread of one point (<= 0.08 dB measured): smaller gaps are ties
+LAST_SHARE = 0.25  # the share of the latest trials whose effect on the answer is checked
+BUDGET_STEPS = 4  # budgets compared: this many, log-spaced from the smallest sampled size to the budget
+
+Point = tuple[int, float]  # (parameters, validation PSNR) of one COMPLETE trial
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer at one budget and how settled it is."""
+
+    budget: int  # models with at most this many parameters
+    state: str  # settled | unsettled | few trials | one family
+    gap: float | None  # best Hourglass minus best conventional PSNR within the budget, dB
+    earlier_gap: float | None  # the same without each family's last quarter of trials
+    counts: dict[str, int]  # finished models within the budget, per family
+
+    @property
+    def winner(self) -> str | None:
+        """The family ahead, or None for no comparison or a tie within seed noise."""
+        if self.gap is None or abs(self.gap) <= TIE_DB:
+            return None
+        return "hourglass" if self.gap > 0 else "conventional"
+
+    def why(self) -> str:
+        """One line for the user."""
+        c = ", ".join(f"{n} {f}" for f, n in self.counts.items())
+        if self.state == "one family":
+            return f"only one family has a model within this budget ({c})"
+        if self.state == "few trials":
+            return f"too few finished models within this budget ({c}; {MIN_TRIALS} per family needed)"
+        assert self.gap is not None
+        if self.state == "unsettled":
+            before = "no comparison" if self.earlier_gap is None else f"{self.earlier_gap:+.2f} dB"
+            return (f"the last {LAST_SHARE:.0%} of the trials moved the gap from {before} to {self.gap:+.2f} dB: "
+                    "more trials would likely move it again")
+        if self.winner is None:
+            return f"a tie: the gap {self.gap:+.2f} dB is within seed noise ({TIE_DB} dB)"
+        return f"{self.winner} ahead by {abs(self.gap):.2f} dB; the last {LAST_SHARE:.0%} of the trials did not move it"
+
+
+def budget_grid(budget: int, min_fraction: float) -> list[int]:
+    """BUDGET_STEPS budgets, log-spaced from the smallest sampled size (min_fraction of the budget) to the budget."""
+    lo = max(1.0, min_fraction * budget)
+    if BUDGET_STEPS == 1 or lo >= budget:
+        return [budget]
+    ratio = (budget / lo) ** (1 / (BUDGET_STEPS - 1))
+    return sorted({int(round(lo * ratio**k)) for k in range(BUDGET_STEPS - 1)} | {budget})
+
+
+def best_within(points: Sequence[Point], budget: int) -> float | None:
+    """The best PSNR of a model of at most `budget` parameters, or None when there is none."""
+    within = [psnr for params, psnr in points if params <= budget and math.isfinite(psnr)]
+    return max(within) if within else None
+
+
+def gap_at(points: dict[str, Sequence[Point]], budget: int) -> float | None:
+    """Best Hourglass minus best conventional within the budget (None unless both have a model)."""
+    h, c = (best_within(points.get(f, ()), budget) for f in ("hourglass", "conventional"))
+    return None if h is None or c is None else h - c
+
+
+def verdicts(points: dict[str, Sequence[Point]], budgets: Sequence[int]) -> list[Verdict]:
+    """The verdict at each budget; points[family]: its COMPLETE trials in the order they finished."""
+    earlier = {f: list(p)[: len(p) - math.ceil(LAST_SHARE * len(p))] for f, p in points.items()}
+    out = []
+    for b in budgets:
+        counts = {f: sum(params <= b for params, _ in p) for f, p in points.items()}
+        gap, before = gap_at(points, b), gap_at(earlier, b)
+        if gap is None:
+            state = "one family"
+        elif min(counts.values()) < MIN_TRIALS:
+            state = "few trials"
+        elif before is None or abs(gap - before) > MOVE_DB or _side(gap) != _side(before):
+            state = "unsettled"
+        else:
+            state = "settled"
+        out.append(Verdict(b, state, gap, before, counts))
+    return out
+
+
+def _side(gap: float) -> int:
+    """Which family the gap favours: +1 Hourglass, -1 conventional, 0 a tie within seed noise."""
+    return 0 if abs(gap) <= TIE_DB else (1 if gap > 0 else -1)
+
+
+def is_settled(vs: Sequence[Verdict]) -> bool:
+    """True when every budget where both families compete is settled (and at least one is)."""
+    compared = [v for v in vs if v.state != "one family"]
+    return bool(compared) and all(v.state == "settled" for v in compared)
