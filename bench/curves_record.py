@@ -151,8 +151,8 @@ def main() -> None:
         spent += sum(r["seconds"] for r in new)
         header = (f"# settings: {' '.join(f'{k}={v}' for k, v in settings.items())}\n"
                   f"# command: python {' '.join(sys.argv)}\n"
-                  f"# machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-                  f"{args.threads} torch thread(s)\n"
+                  f"# machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
+                  f"torch {torch.__version__}, {args.threads} torch thread(s)\n"
                   f"# last written: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
                   f"{len(rows) // args.epochs} of {len(plan)} configurations, {spent / 3600:.2f} h of recording\n")
         write_atomic(out, header + pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))

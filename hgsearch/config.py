@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from hgsearch.errors import UsageError
-from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILIES, FAMILY_CHOICES, PRUNING_RULES, TASKS
+from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILIES, FAMILY_CHOICES, PRUNING_RULES, SAMPLERS, TASKS
 
 # A number as people write it: digits, with commas (or underscores) only between groups of three
 # ("5,000,000"), an optional decimal part and either an exponent ("5e6") or a K/M/G suffix.
@@ -125,6 +125,7 @@ class RunConfig:
     batch_size: int = 128
     val_size: int = 10_000  # carved from the training set with a fixed seed, at most a sixth of it
     noise_sigma: float = 0.25
+    sampler: str = "tpe-mv"  # how new configurations are drawn: tpe-mv | tpe | gp | qmc | random (search.sampler)
     pruning: str = "pareto-asha"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.search.pruning)
     min_epochs: int = 1  # first rung; rungs are min_epochs * reduction_factor^k below --epochs
     reduction_factor: int = 3  # about 1 in reduction_factor trials passes each rung
@@ -154,6 +155,8 @@ class RunConfig:
             raise UsageError(f"--pack-size must be 0 (auto), 1 (one trial at a time) or more, got {self.pack_size}")
         if not self.storage_retry_seconds >= 0:
             raise UsageError(f"storage_retry_seconds must be 0 or more, got {self.storage_retry_seconds}")
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.pruning not in PRUNING_RULES:
             raise UsageError(f"unknown pruning {self.pruning!r}: use one of {', '.join(PRUNING_RULES)}")
         for name, low in (("min_epochs", 1), ("reduction_factor", 2), ("prune_min_peers", 1),
@@ -207,7 +210,8 @@ _FIELD_OF_KEY = {"pruner": "pruning"}
 _OLD_KEYS = {"pruning": "pruner"}
 # The values a config file may give each string key; RunConfig checks them again for CLI options.
 _CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "dataset": DATASETS, "augment": AUGMENTS,
-                                        "family": FAMILY_CHOICES, "device": DEVICES, "pruner": PRUNING_RULES}
+                                        "family": FAMILY_CHOICES, "device": DEVICES, "pruner": PRUNING_RULES,
+                                        "sampler": SAMPLERS}
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 

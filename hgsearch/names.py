@@ -10,3 +10,5 @@ DEVICES = ("auto", "cpu", "cuda")
 # data.registry holds their readers; npz and folder are the user's own images (data.formats.npz, .folder).
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagenet32", "idx", "npz", "folder")
 PRUNING_RULES = ("none", "pareto-asha", "psnr-bins")
+# How new configurations are drawn (search.sampler.make_sampler; chosen by bench/search_quality.py).
+SAMPLERS = ("tpe-mv", "tpe", "gp", "qmc", "random")

@@ -19,8 +19,10 @@ from hgsearch.search import settled
 from hgsearch.store.schema import DIRECTIONS, SETTINGS_KEY, family_study_name
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-BUDGET = 4_000_000  # grid (min_fraction 0.1): 400,000, 861,774, 1,856,636, 4,000,000
-MID, TOP = 1_856_636, 4_000_000
+# On 20x20 images both families have models from 640,800 parameters (conventional's smallest), so the
+# budgets compared are 1,012,877, 1,601,000, 2,530,612 and 4,000,000.
+BUDGET = 4_000_000
+LOW, LOWER_MID, MID, TOP = 1_012_877, 1_601_000, 2_530_612, 4_000_000
 STUDY = "s"
 T0 = datetime.datetime(2026, 12, 5, 9, 0)
 
@@ -37,7 +39,7 @@ QUIET = HOURGLASS[:6] + [(3_600_000, 29.0), (3_800_000, 29.5)]
 
 def frozen(family: str, params: int, val: float | None, finished: datetime.datetime) -> optuna.trial.FrozenTrial:
     # Each size its own shape (depth): trials of one shape and lr would be seeds of one configuration.
-    attrs = {"family": family, "d_in": 196, "d_out": 784, "width": 1000 if family == "hourglass" else 784,
+    attrs = {"family": family, "d_in": 400, "d_out": 400, "width": 1000 if family == "hourglass" else 400,
              "bottleneck": 50, "depth": params // 1000, "fixed_win": False, "params": params,
              "trainable_params": params, "lr": 1e-3, "seed": 0, "epochs": 1}
     if val is None:
@@ -72,21 +74,22 @@ def states(an) -> dict[int, str]:
 def test_an_answer_the_last_quarter_still_moves_is_unsettled_at_that_budget(url):
     make_study(url, {"hourglass": HOURGLASS, "conventional": CONVENTIONAL})
     an = analyze(STUDY, url, load_data=False)
-    assert [v.budget for v in an.settled.verdicts] == settled.budget_grid(BUDGET, 0.1) == [400_000, 861_774, MID, TOP]
-    assert states(an) == {400_000: "one family", 861_774: "one family", MID: "settled", TOP: "unsettled"}
+    floor = settled.comparison_floor(BUDGET, 0.1, 400, 400)
+    assert [v.budget for v in an.settled.verdicts] == settled.budget_grid(BUDGET, floor) == [LOW, LOWER_MID, MID, TOP]
+    assert states(an) == {LOW: "one family", LOWER_MID: "settled", MID: "settled", TOP: "unsettled"}
     top = an.settled.verdicts[-1]
     assert (top.gap, top.earlier_gap) == (pytest.approx(1.0), pytest.approx(-0.5))
     assert top.counts == {"hourglass": 8, "conventional": 8}
     assert not an.settled.settled
     assert an.settled.open_budgets == [TOP]
     assert an.settled.headline().startswith("not settled: more trials would likely change the answer at 4.000M;")
-    assert "1.857M" not in an.settled.headline() and "--trials" in an.settled.headline()
+    assert "2.531M" not in an.settled.headline() and "--trials" in an.settled.headline()
 
 
 def test_an_answer_the_last_quarter_does_not_move_is_settled(url):
     make_study(url, {"hourglass": QUIET, "conventional": CONVENTIONAL})
     an = analyze(STUDY, url, load_data=False)
-    assert states(an) == {400_000: "one family", 861_774: "one family", MID: "settled", TOP: "settled"}
+    assert states(an) == {LOW: "one family", LOWER_MID: "settled", MID: "settled", TOP: "settled"}
     assert an.settled.settled and an.settled.open_budgets == []
     assert an.settled.headline().startswith("settled at every budget where both families have models")
     assert an.settled.verdicts[-1].winner == "conventional"  # 30.5 vs 30.0
@@ -103,7 +106,7 @@ def test_trials_are_taken_in_the_order_they_finished_not_by_number(url):
 
 
 def test_few_finished_models_within_a_budget(url):
-    # Within 1.86M Hourglass has 2 models (3 needed); at 4M both have 3 or more.
+    # Within 2.53M Hourglass has 2 models (3 needed); at 4M both have 3 or more.
     hg = [(1_000_000, 28.0), (3_000_000, 30.0), (1_500_000, 28.5), (3_500_000, 30.2)]
     make_study(url, {"hourglass": hg, "conventional": CONVENTIONAL})
     an = analyze(STUDY, url, load_data=False)
@@ -166,7 +169,7 @@ def test_frontier_prints_the_verdicts_and_writes_them(tmp_path, cli):
     block = out[out.index("Is the answer settled?"):]  # after everything frontier printed before
     assert "Hourglass vs conventional" in out[:out.index("Is the answer settled?")]
     assert "4.000M" in block and "unsettled" in block and "moved the gap from -0.50 dB to +1.00 dB" in block
-    assert "1.857M" in block and "hourglass ahead by 1.00 dB" in block
+    assert "2.531M" in block and "hourglass ahead by 1.00 dB" in block
     assert block.rstrip().splitlines()[-1].startswith("not settled: more trials would likely change the answer at "
                                                       "4.000M")
     study_dir = tmp_path / "results" / STUDY

@@ -117,10 +117,14 @@ def thresholds() -> dict[str, float]:
 
 def settledness(trials: pd.DataFrame, budget: int, min_fraction: float,
                 reference: tuple[float, float]) -> Settledness:
-    """The verdicts at settled.budget_grid(budget, min_fraction) and the hypervolume curve on reference,
+    """The verdicts at settled.budget_grid (from where both families can exist) and the hypervolume curve on reference,
     from a study's trials table (results.trials.Frontier.trials)."""
     done = finish_order(trials)
     finished = {fam: int((done["family"] == fam).sum()) for fam in FAMILIES}
-    verdicts = settled.verdicts(finished_points(trials), settled.budget_grid(int(budget), min_fraction))
+    lo = int(min_fraction * budget)
+    if len(trials) and {"d_in", "d_out"} <= set(trials.columns):
+        lo = settled.comparison_floor(int(budget), min_fraction, int(trials["d_in"].iloc[0]),
+                                      int(trials["d_out"].iloc[0]))
+    verdicts = settled.verdicts(finished_points(trials), settled.budget_grid(int(budget), lo))
     return Settledness(verdicts, hypervolume_curve(trials, reference), (float(reference[0]), float(reference[1])),
                        finished)

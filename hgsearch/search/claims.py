@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable
 from enum import Enum
 
 import optuna
@@ -14,11 +13,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hgsearch.events import Note
 from hgsearch.search.context import FamilySearch
-from hgsearch.search.liveness import who, worker_gone
-from hgsearch.search.sampler import make_sampler
+from hgsearch.search.liveness import this_worker, who, worker_gone
 from hgsearch.stop import check_stop
 from hgsearch.store import optuna_seam as seam
-from hgsearch.store.schema import CURVE_KEY, FINISHED, REASON_ATTR, RETRY_ATTR, STALLS_ATTR, WORKER_ATTR
+from hgsearch.store.schema import (
+    CLAIMED_BY_ATTR,
+    CURVE_KEY,
+    FINISHED,
+    REASON_ATTR,
+    RETRY_ATTR,
+    STALLS_ATTR,
+    WORKER_ATTR,
+)
 from hgsearch.store.storage import GRACE_PERIOD
 from hgsearch.training.record import CONFIG_ATTRS
 
@@ -94,8 +100,11 @@ def reap(search: FamilySearch) -> None:
             why = f"no heartbeat for over {GRACE_PERIOD} s from its worker {who(worker)}"
         elif worker_gone(worker):
             why = f"its worker {who(worker)} is gone (killed or crashed)"
-        elif worker is None and t.datetime_start and now - t.datetime_start.timestamp() > GRACE_PERIOD:
-            why = "its worker stopped before recording itself"  # killed between its claim and its first heartbeat
+        elif worker is None and (worker_gone(t.user_attrs.get(CLAIMED_BY_ATTR)) or (
+                t.datetime_start and now - t.datetime_start.timestamp() > GRACE_PERIOD)):
+            # Killed between its claim and its first heartbeat: at once when it was claimed on this host (a
+            # trial RUNNING without a configuration holds a place in the sequence of draws: sampler.draw_index).
+            why = "its worker stopped before recording itself"
         else:
             continue
         closed, reason = close_trial(study, t, f"interrupted: {why}", retry=True)
@@ -103,32 +112,27 @@ def reap(search: FamilySearch) -> None:
             search.reporter(Note(f"{search.family} trial #{t.number}: {reason}"))
 
 
-def ask(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
-        retry_only: bool = False) -> optuna.Trial | None:
+def ask(study: optuna.Study, *, retry_only: bool = False) -> optuna.Trial | None:
     """study.ask(): a queued retry first (popped with a compare-and-set), else a new trial.
 
     retry_only: only a queued retry, None when another worker popped it first (creating a trial then
     would only make a surplus one).
 
-    sampler_for(trial number) gives the sampler that samples it: seeded by the trial's own number,
-    unique in the study, workers that ask at the same moment (as after a database outage, which
-    releases them together) never draw the same configuration.
+    A new trial has no configuration yet: its owner draws one (trial.TrialRun.begin, sampler.draw).
 
-    The trial names no worker yet: its owner (trial.TrialRun.start) starts its heartbeat first and
-    then records itself, so a trial that names its worker always has a heartbeat, which Optuna finds
-    stale when that worker dies on another host; one that names none is closed GRACE_PERIOD after it
-    started (reap). (Recording the worker at creation, as this did before, left a trial whose worker
-    died on another host before its first beat RUNNING for ever: no heartbeat to go stale, no pid
-    this host can check.)
+    A new trial names only the process that claimed it (CLAIMED_BY_ATTR), no worker yet: its owner
+    (trial.TrialRun.start) starts its heartbeat first and then records itself, so a trial that names
+    its worker always has a heartbeat, which Optuna finds stale when that worker dies on another host;
+    one that names none is closed GRACE_PERIOD after it started, or at once by a process on the
+    claimer's host that finds the claimer gone (reap).
     """
     trial_id = seam.pop_waiting_trial(study)
     if trial_id is None and retry_only:
         return None
     if trial_id is None:
-        trial_id = seam.create_running_trial(study)
+        claimed = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={CLAIMED_BY_ATTR: this_worker()})
+        trial_id = seam.create_running_trial(study, claimed)
     seam.forget_cached_trials(study)
-    if sampler_for is not None:
-        study.sampler = sampler_for(seam.storage(study).get_trial_number_from_id(trial_id))
     return optuna.Trial(study, trial_id)
 
 
@@ -166,8 +170,7 @@ def claim(search: FamilySearch) -> optuna.Trial | Claim:
             return Claim.WAIT
         # At the target only the queued retries remain to be taken: pop one or wait, never create a
         # trial (with hundreds of workers, all but one would be surplus on every queued retry).
-        trial = ask(study, lambda number: make_sampler(search.cfg, search.family, number),
-                    retry_only=active >= target)
+        trial = ask(study, retry_only=active >= target)
         if trial is None:
             return Claim.WAIT
         try:

@@ -18,6 +18,8 @@ raises NotImplementedError in multi-objective studies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from optuna.trial import FrozenTrial
 
 from hgsearch.search.pruning import Observation
@@ -38,7 +40,18 @@ def observation(family: str, trial: FrozenTrial) -> Observation | None:
     return Observation(family, trial.number, int(params), tuple(float(v) for v in curve))
 
 
+def carried(trials: Sequence[FrozenTrial], retry_of: Sequence[int], start: int) -> tuple[list[float], list[float]]:
+    """A retry's curve and seconds up to the epoch it resumes from: the latest earlier attempt's that reach it.
 
-
-
-
+    An attempt resumed at its last epoch trains none and writes no curve of its own, so the chain's
+    curve is carried at the retry's start, not at its next epoch end: the pruner's peers, which read
+    curves from the storage, must see it whatever attempt finished the configuration.
+    """
+    by_number = {t.number: t for t in trials}
+    for number in reversed(retry_of):
+        t = by_number.get(number)
+        curve = list(t.user_attrs.get(CURVE_KEY) or []) if t is not None else []
+        if len(curve) >= start:
+            secs = list(t.user_attrs.get(CURVE_SECONDS_KEY) or [])
+            return curve[:start], secs[:start]
+    return [], []

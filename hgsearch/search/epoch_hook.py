@@ -13,7 +13,7 @@ rung decision is never skipped; a stop is acted on only through the final PRUNED
 
 from __future__ import annotations
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from hgsearch.config import RunConfig
 from hgsearch.search import curves
@@ -39,18 +39,10 @@ class CurveHook:
         self.curves: dict[int, tuple[list[float], list[float]]] = {}  # by trial number, this process only
 
     def _curve(self, c: TrialRun) -> tuple[list[float], list[float]]:
-        """The trial's curve so far: empty, or on a retry its chain's stored curve cut to the checkpoint."""
+        """The trial's curve so far: empty, or on a retry its chain's curve up to the checkpoint (TrialRun.begin)."""
         number = c.trial.number
         if number not in self.curves:
-            start = int(c.resume["epoch"]) if c.resume else 0
-            curve: list[float] = []
-            secs: list[float] = []
-            if start and c.retry_of:
-                previous = _trial(c, c.retry_of[-1])
-                if previous is not None:
-                    curve = list(previous.user_attrs.get(schema.CURVE_KEY) or [])[:start]
-                    secs = list(previous.user_attrs.get(schema.CURVE_SECONDS_KEY) or [])[:start]
-            self.curves[number] = (curve, secs)
+            self.curves[number] = (list(c.carried[0]), list(c.carried[1]))
         return self.curves[number]
 
     def __call__(self, c: TrialRun, epoch: int, metrics: dict[str, float]) -> bool:
@@ -77,10 +69,6 @@ class CurveHook:
         c.trial.set_user_attr(schema.REASON_ATTR, decision.reason)  # trials.csv and the displays show it from there
         self.curves.pop(c.trial.number, None)
         return False
-
-
-def _trial(c: TrialRun, number: int) -> FrozenTrial | None:
-    return next((t for t in c.search.study.get_trials(deepcopy=False) if t.number == number), None)
 
 
 def hook_for(cfg: RunConfig) -> EpochHook:

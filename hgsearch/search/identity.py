@@ -14,7 +14,6 @@ from hgsearch.config import RunConfig, SpaceConfig
 from hgsearch.data.tasks import TaskData
 from hgsearch.errors import HgsearchError, StorageError, StudyMismatchError, UsageError
 from hgsearch.model.space import SPACE_VERSION
-from hgsearch.search.sampler import make_sampler
 from hgsearch.store.schema import DATA_PATH_KEY, DIRECTIONS, METRIC_NAMES, SETTINGS_KEY, family_study_name
 from hgsearch.store.storage import make_storage, safe_url, scrubbed
 
@@ -127,8 +126,10 @@ def open_studies(cfg: RunConfig, families: list[str], data: TaskData) -> dict[st
         studies = {}
         for fam in families:
             name = family_study_name(cfg.study_name, fam)
+            # Its sampler is never asked for a value (search.sampler.draw stores every value first):
+            # the cheapest one, so that creating a trial costs no model fit.
             study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS,
-                                        sampler=make_sampler(cfg, fam, 0), load_if_exists=True)
+                                        sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
             if SETTINGS_KEY not in study.user_attrs:
                 study.set_user_attr(SETTINGS_KEY, settings(cfg, data, fam))
                 with warnings.catch_warnings():  # "experimental" since Optuna 3.2, also under pytest

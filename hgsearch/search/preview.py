@@ -1,8 +1,9 @@
 """`run --dry-run`: the configurations a new study's sampler would train first, with timed estimates.
 
-Nothing is written: the sampler runs on an in-memory study seeded exactly as `run` seeds it
-(search.sampler.make_sampler before each ask), so the preview is the run's own first configurations. Only
-the sampler's random start-up trials are known in advance; after them TPE picks from results.
+Nothing is written: each configuration is drawn by search.sampler.draw, as `run` draws it (seeded by
+its place in the sequence of new configurations), so the preview is the run's own first configurations.
+Only draws that do not depend on results are known in advance: a model-based sampler's random
+start-up, every draw of qmc and random.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def time_step(spec: ArchSpec, data: TaskData, lr: float, batch_size: int) -> flo
 
 
 def plan(cfg: RunConfig, n: int) -> tuple[list[Planned], list[str]]:
-    """The first n (at most STARTUP_TRIALS) configurations per family a new study would train, and notes."""
+    """The first n configurations per family a new study would train (those fixed in advance), and notes."""
     import math
 
     import optuna
@@ -70,25 +71,29 @@ def plan(cfg: RunConfig, n: int) -> tuple[list[Planned], list[str]]:
     from hgsearch.data.tasks import load_task
     from hgsearch.model import space
     from hgsearch.search.run import feasible_families
-    from hgsearch.search.sampler import STARTUP_TRIALS, make_sampler  # the start-up: configurations fixed in advance
-    from hgsearch.store.schema import DIRECTIONS
+    from hgsearch.search.sampler import draw, fixed_in_advance
 
     data = load_task(cfg)
     families, notes = feasible_families(cfg, data.d_in, data.d_out)
     steps = math.ceil(len(data.train) / cfg.batch_size)
+    fixed = fixed_in_advance(cfg.sampler)
     out: list[Planned] = []
     warm = True  # the process's first steps pay for allocator and kernel warm-up: time one shape twice
     for fam in families:
-        study = optuna.create_study(directions=DIRECTIONS)  # in memory: nothing touches the disk
-        for i in range(min(n, STARTUP_TRIALS)):
-            study.sampler = make_sampler(cfg, fam, i)
-            trial = study.ask()
+        # A run's first draws see only earlier draws' configurations (their results play no part yet):
+        # the preview shows them as trials still training.
+        seen: list[optuna.trial.FrozenTrial] = []
+        for i in range(n if fixed is None else min(n, fixed)):
+            params, dists = draw(cfg, fam, i, seen, data.d_in, data.d_out)
+            trial = optuna.trial.FixedTrial(params, number=i)
             spec, lr = space.sample(trial, fam, cfg.budget, data.d_in, data.d_out, cfg.space, cfg.fixed_win)
+            seen.append(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,
+                                                  distributions=dists))
             if warm:
                 time_step(spec, data, lr, cfg.batch_size)
                 warm = False
-            out.append(Planned(fam, trial.number, spec, lr, time_step(spec, data, lr, cfg.batch_size), steps))
-    if n > STARTUP_TRIALS:
-        notes.append(f"only the first {STARTUP_TRIALS} trials per family are fixed in advance; "
-                     "after them the sampler picks from the results")
+            out.append(Planned(fam, i, spec, lr, time_step(spec, data, lr, cfg.batch_size), steps))
+    if fixed is not None and n > fixed:
+        notes.append(f"only the first {fixed} trials per family are fixed in advance; "
+                     f"after them the {cfg.sampler} sampler picks from the results")
     return out, notes

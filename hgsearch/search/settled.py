@@ -19,11 +19,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hgsearch.model import space
+from hgsearch.names import FAMILIES
+
 MIN_TRIALS = 3  # finished models per family within a budget before its answer means anything
 MOVE_DB = 0.1  # a change of the gap larger than this is a change of the answer
 TIE_DB = 0.1  # the seed-to-seed spread of one point (<= 0.08 dB measured): smaller gaps are ties
 LAST_SHARE = 0.25  # the share of the latest trials whose effect on the answer is checked
-BUDGET_STEPS = 4  # budgets compared: this many, log-spaced from the smallest sampled size to the budget
+BUDGET_STEPS = 4  # budgets compared: this many, log-spaced from where both families exist to the budget
 
 Point = tuple[int, float]  # (parameters, validation PSNR) of one COMPLETE trial
 
@@ -49,7 +52,7 @@ class Verdict:
         """One line for the user."""
         c = ", ".join(f"{n} {f}" for f, n in self.counts.items())
         if self.state == "one family":
-            return f"only one family has a model within this budget ({c})"
+            return f"not both families have a model within this budget ({c})"
         if self.state == "few trials":
             return f"too few finished models within this budget ({c}; {MIN_TRIALS} per family needed)"
         assert self.gap is not None
@@ -62,13 +65,18 @@ class Verdict:
         return f"{self.winner} ahead by {abs(self.gap):.2f} dB; the last {LAST_SHARE:.0%} of the trials did not move it"
 
 
-def budget_grid(budget: int, min_fraction: float) -> list[int]:
-    """BUDGET_STEPS budgets, log-spaced from the smallest sampled size (min_fraction of the budget) to the budget."""
-    lo = max(1.0, min_fraction * budget)
-    if BUDGET_STEPS == 1 or lo >= budget:
+def comparison_floor(budget: int, min_fraction: float, d_in: int, d_out: int) -> int:
+    """The smallest size at which both families can have a model: where comparing them starts."""
+    return max(int(min_fraction * budget), *(space.smallest(f, d_in, d_out).params for f in FAMILIES))
+
+
+def budget_grid(budget: int, lo: int) -> list[int]:
+    """BUDGET_STEPS budgets, log-spaced above lo (comparison_floor: where the larger family's smallest model
+    sits, too few models to compare) up to the budget."""
+    if lo >= budget:
         return [budget]
-    ratio = (budget / lo) ** (1 / (BUDGET_STEPS - 1))
-    return sorted({int(round(lo * ratio**k)) for k in range(BUDGET_STEPS - 1)} | {budget})
+    ratio = (budget / max(1, lo)) ** (1 / BUDGET_STEPS)
+    return sorted({int(round(lo * ratio**k)) for k in range(1, BUDGET_STEPS)} | {budget})
 
 
 def best_within(points: Sequence[Point], budget: int) -> float | None:

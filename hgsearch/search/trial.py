@@ -36,12 +36,12 @@ from optuna.trial import FrozenTrial, TrialState
 from hgsearch.errors import StorageError, TrialFailed
 from hgsearch.events import Note, TrialEnd, TrialStart
 from hgsearch.model import space as space_mod
-from hgsearch.search import testhooks
+from hgsearch.search import curves, testhooks
 from hgsearch.search.claims import Claim, claim, close_trial
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.liveness import Heartbeat, this_worker
 from hgsearch.search.pruning import dominates
-from hgsearch.search.sampler import make_sampler
+from hgsearch.search.sampler import draw, draw_index, history, origin
 from hgsearch.stop import Stopped
 from hgsearch.store import optuna_seam as seam
 from hgsearch.store.schema import REASON_ATTR, RETRY_ATTR, STOPPED_AT_EPOCH_ATTR, WORKER_ATTR
@@ -88,19 +88,14 @@ def epoch_metrics(state: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def origin(trial: FrozenTrial | optuna.Trial) -> int:
-    """The number of the first trial of this trial's retry chain (it names the chain's checkpoint)."""
-    history = trial.user_attrs.get(RETRY_ATTR, [])
-    return history[0] if history else trial.number
-
-
 class TrialRun:
     """A RUNNING trial of ours, from its claim to its final state (see the module docstring).
 
     Set by begin(): record (the configuration), checkpoint (its path, rewritten after each epoch and
     shared by the trial's retries: see checkpoint.py), meta (what a checkpoint must match to be
-    resumed), resume (the checkpoint's training state, None to start at epoch 0) and retry_of (numbers
-    of the earlier, cut-off trials of this configuration).
+    resumed), resume (the checkpoint's training state, None to start at epoch 0), retry_of (numbers
+    of the earlier, cut-off trials of this configuration) and carried (the chain's curve and seconds
+    up to the resume point, stored on this trial at once: curves.carried).
     """
 
     record: TrialRecord
@@ -108,6 +103,7 @@ class TrialRun:
     meta: dict[str, Any]
     resume: dict[str, Any] | None
     retry_of: list[int]
+    carried: tuple[list[float], list[float]]
 
     def __init__(self, search: FamilySearch, trial: optuna.Trial, on_epoch: EpochHook = keep_going) -> None:
         self.search, self.trial, self.on_epoch = search, trial, on_epoch
@@ -130,17 +126,21 @@ class TrialRun:
             return False
         return True
 
-    def begin(self, *, own_sampler: bool) -> None:
-        """Sample (or, for a retry, replay) the configuration, store it, and find the checkpoint to resume.
-
-        own_sampler: sample with the sampler a serial run would have used for this trial (seeded by its
-        number), so a pack's members are the configurations of the same trials run one by one while
-        TPE is in its random start-up.
-        """
+    def begin(self) -> None:
+        """Draw (or, for a retry, replay) the configuration, store it, and find the checkpoint to resume."""
         testhooks.trial_begins()
         s, trial, cfg = self.search, self.trial, self.search.cfg
-        if own_sampler:
-            s.study.sampler = make_sampler(cfg, s.family, trial.number)
+        # A new configuration is drawn by its place (sampler.py); a retry, or a trial the user queued with
+        # study.enqueue_trial (Optuna's fixed_params), carries its own.
+        if not trial.params and "fixed_params" not in seam.frozen(s.study, trial).system_attrs:
+            seam.forget_cached_trials(s.study)
+            trials = s.study.get_trials(deepcopy=False)
+            params, dists = draw(cfg, s.family, draw_index(trials, trial.number), history(trials, trial.number),
+                                 s.data.d_in, s.data.d_out)
+            storage, trial_id = seam.storage(s.study), seam.trial_id(trial)
+            for name, value in params.items():
+                storage.set_trial_param(trial_id, name, dists[name].to_internal_repr(value), dists[name])
+            self.trial = trial = optuna.Trial(s.study, trial_id)  # an optuna.Trial reads its params once, at init
         spec, lr = space_mod.sample(trial, s.family, cfg.budget, s.data.d_in, s.data.d_out, cfg.space, cfg.fixed_win)
         # Everything needed to rebuild the model from the storage alone, written before training.
         self.record = TrialRecord.of(spec, lr=lr, seed=cfg.seed, epochs=cfg.epochs)
@@ -155,6 +155,13 @@ class TrialRun:
         why = self.reload()
         if why:
             s.reporter(Note(f"{s.family} trial #{trial.number}: {why}"))
+        start = int(self.resume["epoch"]) if self.resume else 0
+        self.carried = curves.carried(s.study.get_trials(deepcopy=False), self.retry_of, start) if start else ([], [])
+        if self.carried[0]:
+            for k, v in curves.curve_attrs(*self.carried).items():
+                trial.set_user_attr(k, v)
+            if start == self.record.epochs:  # no epoch left to train, so no epoch end writes them
+                seam.set_intermediate_values(trial, self.carried[0])
         s.reporter(TrialStart(s.family, trial.number, spec, lr, self.retry_of,
                               int(self.resume["epoch"]) if self.resume else 0))
 
@@ -302,7 +309,7 @@ def run_trials(search: FamilySearch, runs: Sequence[TrialRun], executor: Executo
     """
     try:
         for run in runs:
-            run.begin(own_sampler=len(runs) > 1)
+            run.begin()
         outcomes = executor.run(runs)
     except BaseException as e:
         for run in runs:

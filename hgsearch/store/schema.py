@@ -37,6 +37,11 @@ def family_study_name(study: str, family: str) -> str:
 WORKER_ATTR = "worker"  # user attr: the process that runs a RUNNING trial (host, boot, pid, start)
 
 
+# user attr, set when a new trial is created: the process that claimed it. Until the trial names its
+# WORKER_ATTR (after its first heartbeat), this is how a process on the same host finds it abandoned at once.
+CLAIMED_BY_ATTR = "claimed_by"
+
+
 RETRY_ATTR = "retry_of"  # user attr: numbers of the earlier, cut-off trials of this configuration
 
 

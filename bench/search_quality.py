@@ -1,0 +1,244 @@
+"""Search-quality benchmark: replay whole searches of the default space against a recorded table, per sampler.
+
+    .venv/bin/python bench/search_quality.py bench/curves-search-cpu.csv                 # every sampler, 30 seeds
+    .venv/bin/python bench/search_quality.py bench/curves-search-cpu.csv --samplers qmc --seeds 3 --trials 12
+
+The table is bench/curves_record.py's (--protocol search): configurations of the default space with
+their full validation curves. A replayed search is hgsearch's own: each family's k-th configuration
+is drawn by hgsearch.search.sampler.draw (the real make_sampler and space.sample, on the canonical
+history, seeded by --seed-th search and family), mapped to the nearest configuration of the table not
+yet used (Euclidean in the sampler's coordinates, each scaled to [0, 1]: log depth over the family's
+depth range, size, width position, log learning rate), and "trained": the real pruner
+(hgsearch.search.pruning.Pruner with RunConfig's defaults, rungs below the table's epochs) sees its
+recorded per-epoch curve (psnr_val_2048, the search's per-epoch subset) against the trials before it,
+and the sampler is told the table configuration's own coordinates and (parameters, final full-split
+validation PSNR), or PRUNED. Searches of 40 trials are replayed once; the 12- and 20-trial answers are
+their prefixes (a search's first draws do not depend on how long it will run).
+
+Per sampler and trial count, over the seeds (mean and 25-75% range):
+  hv regret   1 - hypervolume of the found front / the table's, per family (reference: budget, bicubic
+              validation PSNR), averaged over the families; moocore.hypervolume.
+  igd+        IGD+ of the found front to the table's (parameters / budget and PSNR scaled by the
+              table's PSNR range, both minimised); moocore.igd_plus.
+  agree       answer agreement: the share of (search, budget) pairs where the found gap (best Hourglass
+              minus best conventional within the budget, hgsearch.search.settled.gap_at) lies within
+              MOVE_DB of the table's and does not name the opposite winner; budgets settled.budget_grid.
+              Also the worst budget's share.
+  band        the 25-75% attainment band: per family and budget, the interquartile range over seeds of
+              the best PSNR found within the budget, dB, averaged.
+  pruned      trials stopped early (share); draw ms: the median cost of one draw.
+Settling (--settle): searches that start at 12 trials per family and add 4 per family until
+settled.is_settled (or 60): how often they stop, at how many trials, and how often their answer agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import moocore
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from hgsearch.config import RunConfig
+from hgsearch.model.space import depth_range
+from hgsearch.names import FAMILIES, SAMPLERS
+from hgsearch.search import settled
+from hgsearch.search.pruning import Observation, Pruner
+from hgsearch.search.sampler import draw
+
+D_IN, D_OUT = 196, 784  # Fashion-MNIST x2 super-resolution
+COORDS = ("depth", "size", "width_pos", "lr")
+SETTLE_START, SETTLE_STEP, SETTLE_CAP = 12, 4, 60
+
+
+@dataclass(frozen=True)
+class Config:
+    """One recorded configuration: what the sampler is told, what the pruner sees, where it lands."""
+
+    family: str
+    key: int
+    params: int
+    coords: dict[str, float]
+    curve: tuple[float, ...]  # psnr_val_2048 after each epoch
+    psnr_val: float  # final, full validation split
+
+
+def load(path: str) -> tuple[dict[str, list[Config]], dict[str, str], int]:
+    """Complete configurations by family, the table's settings line, its epochs."""
+    settings = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("# settings:"):
+                settings = dict(kv.split("=", 1) for kv in line.removeprefix("# settings:").split())
+    df = pd.read_csv(path, comment="#").sort_values(["family", "config", "epoch"])
+    epochs = int(settings["epochs"])
+    table: dict[str, list[Config]] = {f: [] for f in FAMILIES}
+    for (fam, key), g in df.groupby(["family", "config"]):
+        if len(g) != epochs:
+            continue  # still being recorded
+        r = g.iloc[-1]
+        coords = {c: float(r[f"p_{c}"]) for c in COORDS if not math.isnan(r[f"p_{c}"])}
+        coords["depth"] = int(coords["depth"])
+        table[fam].append(Config(fam, int(key), int(r["params"]), coords, tuple(g["psnr_val_2048"]),
+                                 float(r["psnr_val"])))
+    return table, settings, epochs
+
+
+def scaled(coords: dict[str, float], fam: str, budget: int) -> np.ndarray:
+    lo, hi = depth_range(fam, budget, D_IN, D_OUT, RunConfig().space) or (1, 1)
+    lr_lo, lr_hi = RunConfig().space.lr
+    out = [math.log(coords["depth"] / lo) / max(math.log(hi / lo), 1e-9), coords["size"],
+           math.log(coords["lr"] / lr_lo) / math.log(lr_hi / lr_lo)]
+    if "width_pos" in coords:
+        out.append(coords["width_pos"])
+    return np.array(out)
+
+
+def told(c: Config, dists: dict, state: TrialState) -> FrozenTrial:
+    """The table configuration as the sampler's history holds it."""
+    return optuna.trial.create_trial(state=state, params=c.coords, distributions=dists,
+                                     values=[float(c.params), c.psnr_val] if state == TrialState.COMPLETE else None)
+
+
+def replay(table: list[Config], fam: str, cfg: RunConfig, n: int, epochs: int) -> tuple[list, list[float]]:
+    """One family's search of n trials: [(config, completed?)] in order, and the seconds of each draw."""
+    pruner = Pruner(cfg.pruning, cfg.min_epochs, cfg.reduction_factor, epochs, cfg.prune_margin, cfg.prune_min_peers)
+    pts = np.stack([scaled(c.coords, fam, cfg.budget) for c in table])
+    free = np.ones(len(table), bool)
+    seen: list[FrozenTrial] = []
+    recorded: list[Observation] = []
+    out, secs = [], []
+    for j in range(n):
+        t0 = time.perf_counter()
+        params, dists = draw(cfg, fam, j, seen, D_IN, D_OUT)
+        secs.append(time.perf_counter() - t0)
+        d = np.linalg.norm(pts - scaled(params, fam, cfg.budget), axis=1)
+        d[~free] = np.inf
+        i = int(np.argmin(d))
+        free[i] = False
+        c = table[i]
+        stop = next((e for e in pruner.rungs
+                     if pruner.decide(Observation(fam, j, c.params, c.curve[:e]), e, recorded).stop), None)
+        curve = c.curve if stop is None else c.curve[:stop]
+        recorded.append(Observation(fam, j, c.params, curve))
+        seen.append(told(c, dists, TrialState.COMPLETE if stop is None else TrialState.PRUNED))
+        out.append((c, stop is None))
+    return out, secs
+
+
+def front_pts(found: list[tuple[Config, bool]]) -> list[tuple[int, float]]:
+    return [(c.params, c.psnr_val) for c, done in found if done]
+
+
+def metrics(found: dict[str, list], table: dict[str, list[Config]], budget: int, base: float,
+            grid: list[int]) -> dict:
+    """hv regret, igd+ and the gaps at each budget of one search."""
+    hi = max(c.psnr_val for cs in table.values() for c in cs)
+    regret, igd = [], []
+    for fam in FAMILIES:
+        true_pts = np.array([(c.params / budget, -(c.psnr_val - base) / (hi - base)) for c in table[fam]])
+        got = np.array([(p / budget, -(v - base) / (hi - base)) for p, v in front_pts(found[fam])]).reshape(-1, 2)
+        ref = np.array([1.0, 0.0])
+        hv_true = moocore.hypervolume(true_pts, ref=ref)
+        hv_got = moocore.hypervolume(got, ref=ref) if len(got) else 0.0
+        regret.append(1 - hv_got / hv_true)
+        igd.append(moocore.igd_plus(got, ref=moocore.filter_dominated(true_pts)) if len(got) else float("nan"))
+    pts = {f: front_pts(found[f]) for f in FAMILIES}
+    return {"regret": statistics.mean(regret), "igd": statistics.mean(igd),
+            "gaps": [settled.gap_at(pts, b) for b in grid],
+            "best": {f: [settled.best_within(pts[f], b) for b in grid] for f in FAMILIES},
+            "pruned": sum(not done for f in FAMILIES for _, done in found[f]) / sum(len(found[f]) for f in FAMILIES)}
+
+
+def agrees(gap: float | None, truth: float | None) -> bool:
+    """Within MOVE_DB of the truth and never the opposite winner (a tie within seed noise names none)."""
+    if gap is None or truth is None:
+        return gap is None and truth is None
+    opposite = gap * truth < 0 and min(abs(gap), abs(truth)) > settled.TIE_DB
+    return abs(gap - truth) <= settled.MOVE_DB and not opposite
+
+
+def q(xs: list[float]) -> str:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return "-"
+    a, b, c = np.percentile(xs, [25, 50, 75])
+    return f"{statistics.mean(xs):.3f} [{a:.3f}, {c:.3f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("table")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS))
+    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--trials", default="12,20,40", help="trial counts per family; the largest is replayed")
+    ap.add_argument("--settle", action="store_true", help="also validate the settling rule (--until-settled)")
+    ap.add_argument("--baseline", type=float, default=19.17,
+                    help="bicubic validation PSNR (Fashion-MNIST x2: 19.17 dB, README)")
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    table, settings, epochs = load(args.table)
+    budget = int(settings["budget"])
+    grid = settled.budget_grid(budget, settled.comparison_floor(budget, RunConfig().space.min_fraction, D_IN, D_OUT))
+    counts = sorted(int(x) for x in args.trials.split(","))
+    truth = {f: [(c.params, c.psnr_val) for c in table[f]] for f in FAMILIES}
+    true_gaps = [settled.gap_at(truth, b) for b in grid]
+    print(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"python {' '.join(sys.argv)}")
+    print(f"# table {args.table}: {len(table['hourglass'])} hourglass + {len(table['conventional'])} conventional, "
+          f"{epochs} epochs, budget {budget:,}; budgets {grid}; true gaps "
+          + ", ".join("-" if g is None else f"{g:+.3f}" for g in true_gaps))
+    print("| sampler | trials/family | hv regret | igd+ | agree (all budgets) | agree (worst budget) "
+          "| band dB | pruned | draw ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.samplers.split(","):
+        runs, draw_secs = [], []
+        for seed in range(args.seeds):
+            cfg = RunConfig(budget=budget, sampler=name, seed=seed, epochs=epochs)
+            found = {}
+            for fam in FAMILIES:
+                n = max(counts) if not args.settle else max(max(counts), SETTLE_CAP)
+                found[fam], secs = replay(table[fam], fam, cfg, min(n, len(table[fam]) // 2), epochs)
+                draw_secs += secs
+            runs.append(found)
+        for n in counts:
+            ms = [metrics({f: r[f][:n] for f in FAMILIES}, table, budget, args.baseline, grid) for r in runs]
+            per_budget = [[agrees(m["gaps"][k], true_gaps[k]) for m in ms] for k in range(len(grid))
+                          if true_gaps[k] is not None]
+            band = [float(np.subtract(*np.percentile([m["best"][f][k] for m in ms], [75, 25])))
+                    for f in FAMILIES for k in range(len(grid)) if all(m["best"][f][k] is not None for m in ms)]
+            print(f"| {name} | {n} | {q([m['regret'] for m in ms])} | {q([m['igd'] for m in ms])} "
+                  f"| {np.mean([a for b in per_budget for a in b]):.0%} | {min(np.mean(b) for b in per_budget):.0%} "
+                  f"| {statistics.mean(band):.3f} | {statistics.mean(m['pruned'] for m in ms):.0%} "
+                  f"| {1000 * statistics.median(draw_secs):.0f} |", flush=True)
+        if args.settle:
+            stops, agree_at_stop = [], []
+            for r in runs:
+                n = SETTLE_START
+                while True:
+                    pts = {f: front_pts(r[f][:n]) for f in FAMILIES}
+                    if settled.is_settled(settled.verdicts(pts, grid)) or n >= len(r["hourglass"]):
+                        break
+                    n += SETTLE_STEP
+                ok = settled.is_settled(settled.verdicts(pts, grid))
+                stops.append((n, ok))
+                gaps = [settled.gap_at(pts, b) for b in grid]
+                agree_at_stop.append(all(agrees(g, t) for g, t in zip(gaps, true_gaps, strict=True) if t is not None))
+            settled_runs = [a for (n, ok), a in zip(stops, agree_at_stop, strict=True) if ok]
+            print(f"#   settle {name}: {sum(ok for _, ok in stops)}/{len(stops)} settled by {SETTLE_CAP} "
+                  f"(median stop {statistics.median(n for n, _ in stops)} trials/family); answer agrees at every "
+                  f"budget in {np.mean(settled_runs) if settled_runs else float('nan'):.0%} of the settled searches, "
+                  f"{np.mean(agree_at_stop):.0%} of all", flush=True)
+
+
+if __name__ == "__main__":
+    main()
