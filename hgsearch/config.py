@@ -115,6 +115,8 @@ class RunConfig:
     family: str = "both"
     trials: int = 20  # finished trials per family the study should end with (completed or stopped early)
     epochs: int = 9  # per trial: pruner rungs at 1 and 3; `run --budget 5M` in about an hour on 2 CPU cores
+    until_settled: bool = False  # after --trials, add trials until the answer is settled (search.settled)
+    max_trials: int = 0  # the cap of until_settled, per family; 0 = 3 x trials
     study: str | None = None  # default derived from task, dataset and budget
     storage: str | None = None  # default sqlite:///<results_dir>/<study>/study.db
     storage_retry_seconds: float = 300.0  # how long a database outage the search waits out before it stops
@@ -151,6 +153,9 @@ class RunConfig:
         for name in ("trials", "epochs", "batch_size", "val_size"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_trials < 0 or (self.max_trials and self.max_trials < self.trials):
+            raise UsageError(f"--max-trials must be 0 (3 x --trials) or at least --trials ({self.trials}), "
+                             f"got {self.max_trials}")
         if self.pack_size < 0:
             raise UsageError(f"--pack-size must be 0 (auto), 1 (one trial at a time) or more, got {self.pack_size}")
         if not self.storage_retry_seconds >= 0:

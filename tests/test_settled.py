@@ -175,7 +175,7 @@ def test_frontier_prints_the_verdicts_and_writes_them(tmp_path, cli):
     study_dir = tmp_path / "results" / STUDY
     rows = pd.read_csv(study_dir / "settled.csv")
     assert list(rows.columns) == SETTLED_CSV_COLUMNS
-    assert list(rows["state"]) == ["one family", "one family", "settled", "unsettled"]
+    assert list(rows["state"]) == ["one family", "settled", "settled", "unsettled"]
     assert rows["count_hourglass"].iloc[-1] == 8 and rows["earlier_gap"].iloc[-1] == pytest.approx(-0.5)
     assert (study_dir / "hypervolume.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (study_dir / "hypervolume.svg").is_file()
@@ -204,3 +204,30 @@ def test_the_report_shows_the_curve_and_the_verdicts(url, tmp_path):
     assert section.count("data:image/png;base64,") == 1 and 'alt="hypervolume vs finished trials"' in section
     assert "<td>unsettled</td>" in section and "<td>4.000M</td>" in section
     assert "not settled: more trials would likely change the answer at 4.000M" in section
+
+
+def _studies(families: dict[str, list]) -> dict[str, optuna.Study]:
+    out = {}
+    for fam, pts in families.items():
+        s = optuna.create_study(directions=DIRECTIONS)
+        s.add_trials([frozen(fam, p, v, T0 + datetime.timedelta(minutes=i)) for i, (p, v) in enumerate(pts)])
+        out[fam] = s
+    return out
+
+
+def test_until_settled_goes_on_while_the_answer_moves_and_stops_when_settled_or_capped():
+    from types import SimpleNamespace
+
+    from hgsearch.config import RunConfig
+    from hgsearch.search.run import _more_trials
+
+    geometry = SimpleNamespace(d_in=400, d_out=400)
+    cfg = RunConfig(budget=BUDGET, trials=8, until_settled=True)
+    more = _more_trials(cfg, _studies({"hourglass": HOURGLASS, "conventional": CONVENTIONAL}), geometry)
+    assert more is not None and more[0].trials == 8 + settled.SETTLE_STEP and "4,000,000 (unsettled)" in more[1]
+    assert _more_trials(cfg, _studies({"hourglass": QUIET, "conventional": CONVENTIONAL}), geometry) is None
+    capped = RunConfig(budget=BUDGET, trials=8, until_settled=True, max_trials=8)
+    assert _more_trials(capped, _studies({"hourglass": HOURGLASS, "conventional": CONVENTIONAL}), geometry) is None
+    near_cap = RunConfig(budget=BUDGET, trials=8, until_settled=True, max_trials=10)
+    assert _more_trials(near_cap, _studies({"hourglass": HOURGLASS, "conventional": CONVENTIONAL}),
+                        geometry)[0].trials == 10

@@ -36,6 +36,7 @@ from hgsearch.cli.options import (
     PruneRule,
     ResultsDirOpt,
     RunConfigOpt,
+    SamplerName,
     StorageOpt,
     StudyDataDirOpt,
     StudyOpt,
@@ -92,6 +93,11 @@ def run(
     trials: Annotated[int, typer.Option(
         "--trials", help="Finished trials per family the study ends with, across restarts (completed or "
         "stopped early by the pruner).")] = DEFAULTS.trials,
+    until_settled: Annotated[bool, typer.Option(
+        "--until-settled", help="After --trials, go on 4 trials per family at a time until the answer is settled "
+        "at every budget (the verdict `frontier` prints), up to --max-trials.")] = DEFAULTS.until_settled,
+    max_trials: Annotated[int, typer.Option(
+        "--max-trials", min=0, help="The cap of --until-settled, per family; 0 = 3 x --trials.")] = DEFAULTS.max_trials,
     epochs: EpochsOpt = DEFAULTS.epochs,
     study: Annotated[str | None, typer.Option("--study", help="Study name.",
                                                  show_default="<task>-<dataset>-<budget>")] = None,
@@ -108,12 +114,15 @@ def run(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine for this one "
                                          "study (GPUs round-robin, else the CPU cores shared).")] = 1,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family, "
-        "at most 10), each with its training time per epoch estimated from 3 timed steps here; train "
+        "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family; "
+        "a model-based sampler's first 10 only), each with its training time per epoch estimated from 3 timed steps here; train "
         "nothing, write nothing.")] = False,
     pack_size: Annotated[int, typer.Option(
         "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
         "(one at a time on a CPU), 1 = one at a time.")] = DEFAULTS.pack_size,
+    sampler: Annotated[SamplerName, typer.Option(
+        "--sampler", help="How new configurations are drawn (docs/search-space.md); not part of the study's "
+        "identity.")] = SamplerName[DEFAULTS.sampler],
     pruner: Annotated[PruneRule, typer.Option(
         "--pruner", help="Stop clearly dominated trials early at rungs of 1, 3, 9... epochs (none: train every "
         "trial in full); part of the study's identity; see notes/early-stopping.md.")] = PruneRule[DEFAULTS.pruning],
@@ -129,7 +138,8 @@ def run(
         budget=parse_budget(budget), task=task.value, dataset=dataset.value, data_dir=data_dir, download=download,
         image_size=image_size, augment=augment.value, train_size=train_size, family=family.value, trials=trials,
         epochs=epochs, study=study, storage=storage, seed=seed, device=device.value, fixed_win=fixed_win,
-        results_dir=results_dir, pack_size=pack_size, pruning=pruner.value)
+        results_dir=results_dir, pack_size=pack_size, pruning=pruner.value, sampler=sampler.value,
+        until_settled=until_settled, max_trials=max_trials)
     seconds = parse_duration(timeout) if timeout is not None else None
     if dry_run:
         _dry_run(cfg)

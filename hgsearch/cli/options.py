@@ -11,7 +11,7 @@ from typer.core import TyperCommand, TyperOption
 
 from hgsearch.cli.output import note
 from hgsearch.config import ConfigFile, RunConfig, read_config
-from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILIES, FAMILY_CHOICES, PRUNING_RULES, TASKS
+from hgsearch.names import AUGMENTS, DATASETS, DEVICES, FAMILIES, FAMILY_CHOICES, PRUNING_RULES, SAMPLERS, TASKS
 
 # hgsearch.config and hgsearch.names import neither torch nor Optuna, so `--help` and option errors stay fast.
 
@@ -28,6 +28,7 @@ Device = _choices("Device", DEVICES)
 Family = _choices("Family", FAMILY_CHOICES)
 OneFamily = _choices("OneFamily", FAMILIES)
 PruneRule = _choices("PruneRule", PRUNING_RULES)
+SamplerName = _choices("SamplerName", SAMPLERS)
 
 # The options' defaults are RunConfig's own; a --config file's [run] table replaces them (default_map).
 DEFAULTS = RunConfig()

@@ -15,6 +15,7 @@ Guarantees of run_search (one process, or any number of processes/hosts on one s
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -26,6 +27,7 @@ from hgsearch.errors import HgsearchError, UsageError
 from hgsearch.events import Done, Note, Reporter, Start, quiet
 from hgsearch.model import space as space_mod
 from hgsearch.model.families import ArchSpec
+from hgsearch.search import settled
 from hgsearch.search.claims import Claim, reap
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.epoch_hook import hook_for
@@ -124,8 +126,28 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
             for _ in range(int(POLL_SECONDS / 0.1)):
                 check_stop()
                 time.sleep(0.1)
+        if not pending and cfg.until_settled and (more := _more_trials(cfg, studies, data)) is not None:
+            cfg, pending, waited = more[0], list(families), False
+            searches = {fam: replace(search, cfg=cfg) for fam, search in searches.items()}
+            reporter(Note(more[1]))
     reporter(Done(time.perf_counter() - t0))
     return studies
+
+
+def _more_trials(cfg: RunConfig, studies: dict[str, optuna.Study], data: TaskData) -> tuple[RunConfig, str] | None:
+    """With --until-settled: the run with settled.SETTLE_STEP more trials per family while the answer is not
+    settled and the cap allows, and why; None to stop."""
+    points = {fam: settled.points_of(study.get_trials(deepcopy=False)) for fam, study in studies.items()}
+    grid = settled.budget_grid(cfg.budget, settled.comparison_floor(cfg.budget, cfg.space.min_fraction,
+                                                                    data.d_in, data.d_out))
+    verdicts = settled.verdicts(points, grid)
+    cap = cfg.max_trials or 3 * cfg.trials
+    if len(studies) < 2 or settled.is_settled(verdicts) or cfg.trials >= cap:
+        return None
+    trials = min(cap, cfg.trials + settled.SETTLE_STEP)
+    open_ = ", ".join(f"{v.budget:,} ({v.state})" for v in verdicts if v.state not in ("settled", "one family"))
+    return replace(cfg, trials=trials), (f"the answer is not settled at {open_ or 'any budget'}: "
+                                         f"going on to {trials} trials per family (cap {cap})")
 
 
 def train_single(

@@ -19,6 +19,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from optuna.trial import FrozenTrial, TrialState
+
 from hgsearch.model import space
 from hgsearch.names import FAMILIES
 
@@ -26,6 +28,7 @@ MIN_TRIALS = 3  # finished models per family within a budget before its answer m
 MOVE_DB = 0.1  # a change of the gap larger than this is a change of the answer
 TIE_DB = 0.1  # the seed-to-seed spread of one point (<= 0.08 dB measured): smaller gaps are ties
 LAST_SHARE = 0.25  # the share of the latest trials whose effect on the answer is checked
+SETTLE_STEP = 4  # trials per family `run --until-settled` adds each time the answer is not settled yet
 BUDGET_STEPS = 4  # budgets compared: this many, log-spaced from where both families exist to the budget
 
 Point = tuple[int, float]  # (parameters, validation PSNR) of one COMPLETE trial
@@ -108,6 +111,13 @@ def verdicts(points: dict[str, Sequence[Point]], budgets: Sequence[int]) -> list
             state = "settled"
         out.append(Verdict(b, state, gap, before, counts))
     return out
+
+
+def points_of(trials: Sequence[FrozenTrial]) -> list[Point]:
+    """A family's COMPLETE trials as (parameters, validation PSNR), in the order they finished."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    done.sort(key=lambda t: (t.datetime_complete.timestamp() if t.datetime_complete else math.inf, t.number))
+    return [(int(t.values[0]), float(t.values[1])) for t in done]
 
 
 def _side(gap: float) -> int:
