@@ -115,8 +115,8 @@ def run(
                                          "study (GPUs round-robin, else the CPU cores shared).")] = 1,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family; "
-        "a model-based sampler's first 10 only), each with its training time per epoch estimated from 3 timed steps here; train "
-        "nothing, write nothing.")] = False,
+        "a model-based sampler's first 10 only), each with its training time per epoch estimated from 3 timed "
+        "steps here; train nothing, write nothing.")] = False,
     pack_size: Annotated[int, typer.Option(
         "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
         "(one at a time on a CPU), 1 = one at a time.")] = DEFAULTS.pack_size,
