@@ -27,6 +27,8 @@ Per sampler and trial count, over the seeds (mean and 25-75% range):
   band        the 25-75% attainment band: per family and budget, the interquartile range over seeds of
               the best PSNR found within the budget, dB, averaged.
   pruned      trials stopped early (share); draw ms: the median cost of one draw.
+Draw cost (--draw-cost): the seconds of one draw (sampler.draw) after 40 and 200 finished trials of a
+family (histories of random configurations with made-up results), median of 5.
 Settling (--settle): searches that start at 12 trials per family and add 4 per family until
 settled.is_settled (or 60): how often they stop, at how many trials, and how often their answer agrees.
 """
@@ -175,6 +177,30 @@ def q(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} [{a:.3f}, {c:.3f}]"
 
 
+def draw_cost(samplers: list[str]) -> None:
+    """Median seconds of one draw after 40 and 200 finished trials (the history's results are made up)."""
+    print(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"python {' '.join(sys.argv)}")
+    print("| sampler | draw after 40 trials, s | after 200, s |\n|---|---|---|")
+    rng = np.random.default_rng(0)
+    for name in samplers:
+        cfg = RunConfig(budget=3_000_000, sampler=name)
+        seen: list[FrozenTrial] = []
+        for j in range(200):
+            params, dists = draw(RunConfig(budget=3_000_000, sampler="random"), "hourglass", j, seen, D_IN, D_OUT)
+            seen.append(optuna.trial.create_trial(state=TrialState.COMPLETE, params=params, distributions=dists,
+                                                  values=[float(rng.uniform(3e5, 3e6)), float(rng.normal(21, 1))]))
+        cost = []
+        for n in (40, 200):
+            times = []
+            for k in range(5):
+                t0 = time.perf_counter()
+                draw(cfg, "hourglass", n + k, seen[:n], D_IN, D_OUT)
+                times.append(time.perf_counter() - t0)
+            cost.append(statistics.median(times))
+        print(f"| {name} | {cost[0]:.3f} | {cost[1]:.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("table")
@@ -184,8 +210,12 @@ def main() -> None:
     ap.add_argument("--settle", action="store_true", help="also validate the settling rule (--until-settled)")
     ap.add_argument("--baseline", type=float, default=19.17,
                     help="bicubic validation PSNR (Fashion-MNIST x2: 19.17 dB, README)")
+    ap.add_argument("--draw-cost", action="store_true", help="only time one draw after 40 and 200 trials")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if args.draw_cost:
+        draw_cost(args.samplers.split(","))
+        return
     table, settings, epochs = load(args.table)
     budget = int(settings["budget"])
     grid = settled.budget_grid(budget, settled.comparison_floor(budget, RunConfig().space.min_fraction, D_IN, D_OUT))

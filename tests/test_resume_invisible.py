@@ -119,3 +119,13 @@ def test_a_run_writes_nothing_that_differs_when_nothing_is_interrupted(tiny_idx,
         finish_run(tmp_path / d, tiny_idx, "--trials", "3", "--family", "hourglass")
     a, b = run_trials(tmp_path / "a")["hourglass"], run_trials(tmp_path / "b")["hourglass"]
     assert [t.params for t in a] == [t.params for t in b] and [t.values for t in a] == [t.values for t in b]
+
+
+def test_a_place_already_drawn_is_never_drawn_again():
+    # Trial 1 was claimed and its place counted by trial 2's draw (place 2); trial 1 was then closed
+    # without a configuration, so by count alone trial 3 would land on place 2 again.
+    first = finished(0, {"x": 0.1}, 20.0, draw=0)
+    gone = optuna.trial.create_trial(state=TrialState.FAIL)
+    gone.number = 1
+    second = finished(2, {"x": 0.2}, 21.0, draw=2)
+    assert draw_index([first, gone, second], 3) == 3

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hgsearch.config import RunConfig
 from hgsearch.model import space
 from hgsearch.names import SAMPLERS
-from hgsearch.store.schema import DIRECTIONS, RETRY_ATTR
+from hgsearch.store.schema import DIRECTIONS, DRAW_ATTR, RETRY_ATTR
 
 # The model-based samplers' random start-up: a family's first STARTUP_TRIALS configurations are drawn
 # at random, the later ones from a model of the results (10 is Optuna's default for TPE and GP).
@@ -112,9 +112,13 @@ def draw_index(trials: Sequence[FrozenTrial], number: int) -> int:
     """The place of trial `number`'s configuration in the family's sequence of new configurations.
 
     Trials still RUNNING without a configuration count (another worker is about to store one): trials
-    created at the same moment never share an index, so they never draw the same configuration.
+    created at the same moment never share an index, so they never draw the same configuration. Should
+    the count land on a place already drawn (such a trial was closed meanwhile), the next free one is
+    taken instead.
     """
-    return sum(t.number < number and _brings_configuration(t) for t in trials)
+    k = sum(t.number < number and _brings_configuration(t) for t in trials)
+    taken = {int(t.user_attrs[DRAW_ATTR]) for t in trials if DRAW_ATTR in t.user_attrs and t.number != number}
+    return max(taken) + 1 if k in taken else k
 
 
 def history(trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:

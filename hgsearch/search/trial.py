@@ -44,7 +44,7 @@ from hgsearch.search.pruning import dominates
 from hgsearch.search.sampler import draw, draw_index, history, origin
 from hgsearch.stop import Stopped
 from hgsearch.store import optuna_seam as seam
-from hgsearch.store.schema import REASON_ATTR, RETRY_ATTR, STOPPED_AT_EPOCH_ATTR, WORKER_ATTR
+from hgsearch.store.schema import DRAW_ATTR, REASON_ATTR, RETRY_ATTR, STOPPED_AT_EPOCH_ATTR, WORKER_ATTR
 from hgsearch.text import first_line
 from hgsearch.training import checkpoint
 from hgsearch.training.loop import TrainResult
@@ -135,9 +135,10 @@ class TrialRun:
         if not trial.params and "fixed_params" not in seam.frozen(s.study, trial).system_attrs:
             seam.forget_cached_trials(s.study)
             trials = s.study.get_trials(deepcopy=False)
-            params, dists = draw(cfg, s.family, draw_index(trials, trial.number), history(trials, trial.number),
-                                 s.data.d_in, s.data.d_out)
+            index = draw_index(trials, trial.number)
+            params, dists = draw(cfg, s.family, index, history(trials, trial.number), s.data.d_in, s.data.d_out)
             storage, trial_id = seam.storage(s.study), seam.trial_id(trial)
+            storage.set_trial_user_attr(trial_id, DRAW_ATTR, index)
             for name, value in params.items():
                 storage.set_trial_param(trial_id, name, dists[name].to_internal_repr(value), dists[name])
             self.trial = trial = optuna.Trial(s.study, trial_id)  # an optuna.Trial reads its params once, at init

@@ -42,6 +42,9 @@ WORKER_ATTR = "worker"  # user attr: the process that runs a RUNNING trial (host
 CLAIMED_BY_ATTR = "claimed_by"
 
 
+DRAW_ATTR = "draw"  # user attr: the place of a trial's configuration in its family's sequence of new ones
+
+
 RETRY_ATTR = "retry_of"  # user attr: numbers of the earlier, cut-off trials of this configuration
 
 
