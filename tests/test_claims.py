@@ -151,13 +151,13 @@ def test_a_packs_trials_beat_from_their_claim_and_name_their_worker_after_the_fi
     seen: list[tuple[int, set[int], set[int]]] = []
     real_claim = trial_mod.claim
 
-    def claim_and_look(s):
+    def claim_and_look(s, only=None):
         db = sqlite3.connect(tmp_path / "study.db")
         beating = {n for (n,) in db.execute("SELECT t.number FROM trials t JOIN trial_heartbeats h USING (trial_id)")}
         db.close()
         named = {t.number for t in s.study.get_trials() if WORKER_ATTR in t.user_attrs}
         seen.append((len(seen), beating, named))
-        return real_claim(s)
+        return real_claim(s, only)
 
     monkeypatch.setattr(trial_mod, "claim", claim_and_look)
     runs = trial_mod.claim_runs(search, 3)
@@ -179,8 +179,8 @@ def test_a_claimed_trial_another_worker_closed_meanwhile_is_let_go(tmp_path, mon
     search = _search(tmp_path, trials=2)
     real_claim, closed = trial_mod.claim, []
 
-    def claim_then_reaped(s):
-        got = real_claim(s)
+    def claim_then_reaped(s, only=None):
+        got = real_claim(s, only)
         if not closed:
             closed.append(got.number)
             claims.close_trial(s.study, s.study.get_trials()[got.number], "interrupted: reaped", retry=False)

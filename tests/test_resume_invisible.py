@@ -86,7 +86,7 @@ def test_a_draw_sees_each_configuration_once_by_its_place_not_its_trial_number()
     resumed = [finished(0, p[0], 20.0), killed, empty, finished(3, p[1], 21.0, retry_of=[1]),
                finished(4, p[2], 22.0)]
     assert draw_index(straight, 3) == draw_index(resumed, 5) == 3
-    seen_a, seen_b = history(straight, 3), history(resumed, 5)
+    seen_a, seen_b = history(straight, 3), history(resumed, draw_index(resumed, 5))
     assert [(t.params, t.state, t.values) for t in seen_a] == [(t.params, t.state, t.values) for t in seen_b]
 
 
@@ -129,3 +129,13 @@ def test_a_place_already_drawn_is_never_drawn_again():
     gone.number = 1
     second = finished(2, {"x": 0.2}, 21.0, draw=2)
     assert draw_index([first, gone, second], 3) == 3
+
+
+def test_a_draw_sees_its_own_batch_as_still_training_whatever_it_has_become():
+    # Batches of 3: place 4's batch is places 3-5. Place 3 finished meanwhile (a resumed run trained it
+    # alone); place 4 still sees it running, as in the uninterrupted run where 3, 4, 5 were one pack.
+    ts = [finished(n, {"x": 0.1 * n}, 20.0 + n, draw=n) for n in range(4)]
+    seen = history(ts, 4, batch=3)
+    assert [t.state for t in seen] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING]
+    assert seen[3].values is None and seen[3].params == {"x": 0.30000000000000004}
+    assert [t.state for t in history(ts, 4, batch=1)] == [TrialState.COMPLETE] * 4

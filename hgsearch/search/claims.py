@@ -112,11 +112,11 @@ def reap(search: FamilySearch) -> None:
             search.reporter(Note(f"{search.family} trial #{t.number}: {reason}"))
 
 
-def ask(study: optuna.Study, *, retry_only: bool = False) -> optuna.Trial | None:
+def ask(study: optuna.Study, *, retry_only: bool = False, new_only: bool = False) -> optuna.Trial | None:
     """study.ask(): a queued retry first (popped with a compare-and-set), else a new trial.
 
     retry_only: only a queued retry, None when another worker popped it first (creating a trial then
-    would only make a surplus one).
+    would only make a surplus one). new_only: a new trial even when retries are queued.
 
     A new trial has no configuration yet: its owner draws one (trial.TrialRun.begin, sampler.draw).
 
@@ -126,7 +126,7 @@ def ask(study: optuna.Study, *, retry_only: bool = False) -> optuna.Trial | None
     one that names none is closed GRACE_PERIOD after it started, or at once by a process on the
     claimer's host that finds the claimer gone (reap).
     """
-    trial_id = seam.pop_waiting_trial(study)
+    trial_id = None if new_only else seam.pop_waiting_trial(study)
     if trial_id is None and retry_only:
         return None
     if trial_id is None:
@@ -139,8 +139,11 @@ def ask(study: optuna.Study, *, retry_only: bool = False) -> optuna.Trial | None
 COUNTED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # trials towards the target, finished or not
 
 
-def claim(search: FamilySearch) -> optuna.Trial | Claim:
+def claim(search: FamilySearch, only: str | None = None) -> optuna.Trial | Claim:
     """A RUNNING trial of ours towards the target, Claim.DONE when the family is done, or Claim.WAIT.
+
+    only="queued": a queued trial (a retry) or WAIT; only="new": a new trial or WAIT (trial.claim_runs
+    keeps a pack's batch of new configurations apart from retries).
 
     The target counts finished trials: COMPLETE and PRUNED (stopped early, as final as COMPLETE,
     never retried), so compute stays bounded by trials x epochs (notes/early-stopping.md).
@@ -168,9 +171,11 @@ def claim(search: FamilySearch) -> optuna.Trial | Claim:
             return Claim.DONE
         if active >= target and not waiting:
             return Claim.WAIT
+        if only == "new" and active >= target:
+            return Claim.WAIT
         # At the target only the queued retries remain to be taken: pop one or wait, never create a
         # trial (with hundreds of workers, all but one would be surplus on every queued retry).
-        trial = ask(study, retry_only=active >= target)
+        trial = ask(study, retry_only=active >= target or only == "queued", new_only=only == "new")
         if trial is None:
             return Claim.WAIT
         try:

@@ -20,3 +20,4 @@ class FamilySearch:
     family: str
     data: TaskData
     reporter: Reporter
+    batch: int = 1  # new configurations claimed together (a pack): a draw sees its batch-mates as still training

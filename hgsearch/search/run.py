@@ -88,14 +88,14 @@ def _run_search(cfg: RunConfig, reporter: Reporter) -> dict[str, optuna.Study]:
     check_stop()
     set_listener(lambda message: reporter(Note(message)))  # storage outages and recoveries
     studies = open_studies(cfg, families, data)
-    searches = {fam: FamilySearch(study, cfg, fam, data, reporter) for fam, study in studies.items()}
+    executor, per_round = executor_for(cfg, data.train.inputs.device)
+    searches = {fam: FamilySearch(study, cfg, fam, data, reporter, per_round) for fam, study in studies.items()}
     for search in searches.values():
         reap(search)
         sweep_checkpoints(search)
     reporter(Start(cfg.study_name, safe_url(cfg.storage_url), cfg.trials, {f: finished(s) for f, s in studies.items()},
                    baseline=baseline(data)))
     failures = dict.fromkeys(families, 0)
-    executor, per_round = executor_for(cfg, data.train.inputs.device)
     on_epoch = hook_for(cfg)  # learning curves, and the pruner's stops at rungs
     t0 = time.perf_counter()
     pending = list(families)

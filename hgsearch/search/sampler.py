@@ -121,24 +121,36 @@ def draw_index(trials: Sequence[FrozenTrial], number: int) -> int:
     return max(taken) + 1 if k in taken else k
 
 
-def history(trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:
-    """What the sampler of trial `number`'s draw sees: each earlier configuration's latest attempt, in draw order."""
+def history(trials: Sequence[FrozenTrial], index: int, batch: int = 1) -> list[FrozenTrial]:
+    """What draw `index` sees: each configuration drawn before it once, in draw order, as its latest attempt.
+
+    Configurations are drawn in batches of `batch` (the trials a pack claims together, 1 serially):
+    batch b holds places b*batch .. (b+1)*batch - 1, and a draw sees the earlier places of its own
+    batch as still training (RUNNING, for the constant liar), whatever they have become since, and
+    the places before its batch as they stand (finished, or RUNNING while another worker trains one).
+    """
     latest: dict[int, FrozenTrial] = {}
     for t in trials:
         o = origin(t)
         if t.params and (o not in latest or t.number > latest[o].number):
             latest[o] = t
-    out = []
-    for t in sorted(trials, key=lambda t: t.number):
-        if t.number >= number or not _brings_configuration(t) or t.number not in latest:
+    start = index - index % batch
+    seen = []
+    for t in trials:
+        if not _brings_configuration(t) or t.number not in latest:
+            continue
+        place = int(t.user_attrs.get(DRAW_ATTR, draw_index(trials, t.number)))
+        if place >= index:
             continue
         last = latest[t.number]
-        state = TrialState.RUNNING if last.state in (TrialState.RUNNING, TrialState.WAITING) else last.state
-        out.append(optuna.trial.create_trial(
+        state = last.state
+        if place >= start or state == TrialState.WAITING:
+            state = TrialState.RUNNING
+        seen.append((place, optuna.trial.create_trial(
             state=state, params=last.params, distributions=last.distributions,
             values=last.values if state == TrialState.COMPLETE else None,
-            intermediate_values=last.intermediate_values))
-    return out
+            intermediate_values=last.intermediate_values)))
+    return [t for _, t in sorted(seen, key=lambda pt: pt[0])]
 
 
 def draw(cfg: RunConfig, family: str, index: int, seen: Sequence[FrozenTrial], d_in: int,

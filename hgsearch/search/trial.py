@@ -136,7 +136,7 @@ class TrialRun:
             seam.forget_cached_trials(s.study)
             trials = s.study.get_trials(deepcopy=False)
             index = draw_index(trials, trial.number)
-            params, dists = draw(cfg, s.family, index, history(trials, trial.number), s.data.d_in, s.data.d_out)
+            params, dists = draw(cfg, s.family, index, history(trials, index, s.batch), s.data.d_in, s.data.d_out)
             storage, trial_id = seam.storage(s.study), seam.trial_id(trial)
             storage.set_trial_user_attr(trial_id, DRAW_ATTR, index)
             for name, value in params.items():
@@ -285,18 +285,28 @@ def claim_runs(search: FamilySearch, k: int, on_epoch: EpochHook = keep_going) -
 
     Each is owned by its TrialRun from its claim, its heartbeat beating before the next is claimed, so
     the first trials of a large pack never look dead while the others are claimed (claims take seconds
-    each with hundreds of workers). Cut off while claiming, the ones claimed are queued again.
+    each with hundreds of workers). Cut off while claiming, the ones claimed are queued again. A pack
+    holds either queued trials (retries) or new ones, and new ones of one batch of draws only (places
+    b*k .. (b+1)*k - 1, sampler.history): so a resumed run draws its configurations from the same
+    histories as an uninterrupted one, whatever the interruption left to retry.
     """
     runs: list[TrialRun] = []
+    queued = False
     try:
         while len(runs) < k:
-            trial = claim(search)
+            trial = claim(search, only=None if not runs else ("queued" if queued else "new"))
             if isinstance(trial, Claim):
                 return runs or trial
             run = TrialRun(search, trial, on_epoch)
             runs.append(run)  # before start: cut off inside it, the trial is queued again like the others
             if not run.start():
                 runs.pop()
+                continue
+            frozen = seam.frozen(search.study, trial)
+            if len(runs) == 1:
+                queued = bool(frozen.params) or "fixed_params" in frozen.system_attrs
+            if not queued and (draw_index(search.study.get_trials(deepcopy=False), trial.number) + 1) % k == 0:
+                break  # the last place of its batch
     except BaseException as e:
         for run in runs:
             run.requeue(e)
