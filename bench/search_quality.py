@@ -29,8 +29,9 @@ Per sampler and trial count, over the seeds (mean and 25-75% range):
   pruned      trials stopped early (share); draw ms: the median cost of one draw.
 Draw cost (--draw-cost): the seconds of one draw (sampler.draw) after 40 and 200 finished trials of a
 family (histories of random configurations with made-up results), median of 5.
-Settling (--settle): searches that start at 12 trials per family and add 4 per family until
-settled.is_settled (or 60): how often they stop, at how many trials, and how often their answer agrees.
+Settling (--settle N): searches that start at N trials per family and add settled.SETTLE_STEP per family
+until settled.is_settled (or 60), as `run --until-settled`: how often they settle, at how many trials,
+and how often their answer then agrees with the truth at every budget.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hgsearch.config import RunConfig
-from hgsearch.model.space import depth_range
+from hgsearch.config import RunConfig, SpaceConfig
+from hgsearch.model.space import depth_range, size_range, width_range
 from hgsearch.names import FAMILIES, SAMPLERS
 from hgsearch.search import settled
 from hgsearch.search.pruning import Observation, Pruner
@@ -59,7 +60,7 @@ from hgsearch.search.sampler import draw
 
 D_IN, D_OUT = 196, 784  # Fashion-MNIST x2 super-resolution
 COORDS = ("depth", "size", "width_pos", "lr")
-SETTLE_START, SETTLE_STEP, SETTLE_CAP = 12, 4, 60
+SETTLE_CAP = 60  # trials per family a settling search may reach (run's --max-trials)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Config:
     coords: dict[str, float]
     curve: tuple[float, ...]  # psnr_val_2048 after each epoch
     psnr_val: float  # final, full validation split
+    shape: tuple[int, int] = (0, 0)  # (width, bottleneck)
 
 
 def load(path: str) -> tuple[dict[str, list[Config]], dict[str, str], int]:
@@ -91,18 +93,43 @@ def load(path: str) -> tuple[dict[str, list[Config]], dict[str, str], int]:
         coords = {c: float(r[f"p_{c}"]) for c in COORDS if not math.isnan(r[f"p_{c}"])}
         coords["depth"] = int(coords["depth"])
         table[fam].append(Config(fam, int(key), int(r["params"]), coords, tuple(g["psnr_val_2048"]),
-                                 float(r["psnr_val"])))
+                                 float(r["psnr_val"]), (int(r["width"]), int(r["bottleneck"]))))
     return table, settings, epochs
 
 
-def scaled(coords: dict[str, float], fam: str, budget: int) -> np.ndarray:
-    lo, hi = depth_range(fam, budget, D_IN, D_OUT, RunConfig().space) or (1, 1)
-    lr_lo, lr_hi = RunConfig().space.lr
+def scaled(coords: dict[str, float], fam: str, budget: int, space: SpaceConfig) -> np.ndarray:
+    lo, hi = depth_range(fam, budget, D_IN, D_OUT, space) or (1, 1)
+    lr_lo, lr_hi = space.lr
     out = [math.log(coords["depth"] / lo) / max(math.log(hi / lo), 1e-9), coords["size"],
            math.log(coords["lr"] / lr_lo) / math.log(lr_hi / lr_lo)]
     if "width_pos" in coords:
         out.append(coords["width_pos"])
     return np.array(out)
+
+
+def in_space(c: Config, budget: int, space: SpaceConfig) -> Config | None:
+    """The configuration with its coordinates in another space (a narrower Hourglass ratio), None when outside it.
+
+    The size position is taken at the configuration's own parameter count (the target it was drawn at
+    is at most one bottleneck unit more), the width position at the middle of the span that picks its width.
+    """
+    if c.family != "hourglass":
+        return c
+    width, bottleneck = c.shape
+    if bottleneck / width < space.ratio[0]:
+        return None
+    depth = int(c.coords["depth"])
+    rng = size_range("hourglass", D_IN, D_OUT, budget, space, depth)
+    if rng is None:
+        return None
+    lo, hi = rng
+    size = min(1.0, max(0.0, math.log(c.params / lo) / math.log(hi / lo)))
+    target = int(round(math.exp(math.log(lo) + size * (math.log(hi) - math.log(lo)))))
+    w_lo, w_hi = width_range(target, depth, D_IN, D_OUT, space)
+    k = min(max(width, w_lo), w_hi) - w_lo + 1
+    pos = min(1.0, math.log(k + 0.5) / math.log(w_hi - w_lo + 2))
+    return Config(c.family, c.key, c.params, {**c.coords, "size": size, "width_pos": pos}, c.curve, c.psnr_val,
+                  c.shape)
 
 
 def told(c: Config, dists: dict, state: TrialState) -> FrozenTrial:
@@ -114,7 +141,7 @@ def told(c: Config, dists: dict, state: TrialState) -> FrozenTrial:
 def replay(table: list[Config], fam: str, cfg: RunConfig, n: int, epochs: int) -> tuple[list, list[float]]:
     """One family's search of n trials: [(config, completed?)] in order, and the seconds of each draw."""
     pruner = Pruner(cfg.pruning, cfg.min_epochs, cfg.reduction_factor, epochs, cfg.prune_margin, cfg.prune_min_peers)
-    pts = np.stack([scaled(c.coords, fam, cfg.budget) for c in table])
+    pts = np.stack([scaled(c.coords, fam, cfg.budget, cfg.space) for c in table])
     free = np.ones(len(table), bool)
     seen: list[FrozenTrial] = []
     recorded: list[Observation] = []
@@ -123,7 +150,7 @@ def replay(table: list[Config], fam: str, cfg: RunConfig, n: int, epochs: int) -
         t0 = time.perf_counter()
         params, dists = draw(cfg, fam, j, seen, D_IN, D_OUT)
         secs.append(time.perf_counter() - t0)
-        d = np.linalg.norm(pts - scaled(params, fam, cfg.budget), axis=1)
+        d = np.linalg.norm(pts - scaled(params, fam, cfg.budget, cfg.space), axis=1)
         d[~free] = np.inf
         i = int(np.argmin(d))
         free[i] = False
@@ -207,9 +234,13 @@ def main() -> None:
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--trials", default="12,20,40", help="trial counts per family; the largest is replayed")
-    ap.add_argument("--settle", action="store_true", help="also validate the settling rule (--until-settled)")
+    ap.add_argument("--settle", type=int, default=0, metavar="N",
+                    help="also validate the settling rule (run --until-settled) from N trials per family")
     ap.add_argument("--baseline", type=float, default=19.17,
                     help="bicubic validation PSNR (Fashion-MNIST x2: 19.17 dB, README)")
+    ap.add_argument("--ratio-min", type=float, default=0.0,
+                    help="a prior: draw from a space whose Hourglass bottleneck/width starts here (default: the "
+                    "default space); the table keeps the configurations inside it")
     ap.add_argument("--draw-cost", action="store_true", help="only time one draw after 40 and 200 trials")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -230,14 +261,18 @@ def main() -> None:
     print("| sampler | trials/family | hv regret | igd+ | agree (all budgets) | agree (worst budget) "
           "| band dB | pruned | draw ms |")
     print("|---|---|---|---|---|---|---|---|---|")
+    space = SpaceConfig(ratio=(args.ratio_min, SpaceConfig().ratio[1])) if args.ratio_min else SpaceConfig()
+    drawn_from = {f: [c for c in (in_space(c, budget, space) if args.ratio_min else c for c in table[f]) if c]
+                  for f in FAMILIES}
     for name in args.samplers.split(","):
+        label = f"{name}, ratio >= {args.ratio_min:g}" if args.ratio_min else name
         runs, draw_secs = [], []
         for seed in range(args.seeds):
-            cfg = RunConfig(budget=budget, sampler=name, seed=seed, epochs=epochs)
+            cfg = RunConfig(budget=budget, sampler=name, seed=seed, epochs=epochs, space=space)
             found = {}
             for fam in FAMILIES:
                 n = max(counts) if not args.settle else max(max(counts), SETTLE_CAP)
-                found[fam], secs = replay(table[fam], fam, cfg, min(n, len(table[fam]) // 2), epochs)
+                found[fam], secs = replay(drawn_from[fam], fam, cfg, min(n, len(drawn_from[fam]) // 2), epochs)
                 draw_secs += secs
             runs.append(found)
         for n in counts:
@@ -246,25 +281,25 @@ def main() -> None:
                           if true_gaps[k] is not None]
             band = [float(np.subtract(*np.percentile([m["best"][f][k] for m in ms], [75, 25])))
                     for f in FAMILIES for k in range(len(grid)) if all(m["best"][f][k] is not None for m in ms)]
-            print(f"| {name} | {n} | {q([m['regret'] for m in ms])} | {q([m['igd'] for m in ms])} "
+            print(f"| {label} | {n} | {q([m['regret'] for m in ms])} | {q([m['igd'] for m in ms])} "
                   f"| {np.mean([a for b in per_budget for a in b]):.0%} | {min(np.mean(b) for b in per_budget):.0%} "
                   f"| {statistics.mean(band):.3f} | {statistics.mean(m['pruned'] for m in ms):.0%} "
                   f"| {1000 * statistics.median(draw_secs):.0f} |", flush=True)
         if args.settle:
             stops, agree_at_stop = [], []
             for r in runs:
-                n = SETTLE_START
+                n = args.settle
                 while True:
                     pts = {f: front_pts(r[f][:n]) for f in FAMILIES}
                     if settled.is_settled(settled.verdicts(pts, grid)) or n >= len(r["hourglass"]):
                         break
-                    n += SETTLE_STEP
+                    n += settled.SETTLE_STEP
                 ok = settled.is_settled(settled.verdicts(pts, grid))
                 stops.append((n, ok))
                 gaps = [settled.gap_at(pts, b) for b in grid]
                 agree_at_stop.append(all(agrees(g, t) for g, t in zip(gaps, true_gaps, strict=True) if t is not None))
             settled_runs = [a for (n, ok), a in zip(stops, agree_at_stop, strict=True) if ok]
-            print(f"#   settle {name}: {sum(ok for _, ok in stops)}/{len(stops)} settled by {SETTLE_CAP} "
+            print(f"#   settle {label}: {sum(ok for _, ok in stops)}/{len(stops)} settled by {SETTLE_CAP} "
                   f"(median stop {statistics.median(n for n, _ in stops)} trials/family); answer agrees at every "
                   f"budget in {np.mean(settled_runs) if settled_runs else float('nan'):.0%} of the settled searches, "
                   f"{np.mean(agree_at_stop):.0%} of all", flush=True)

@@ -139,3 +139,12 @@ def test_a_draw_sees_its_own_batch_as_still_training_whatever_it_has_become():
     assert [t.state for t in seen] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING]
     assert seen[3].values is None and seen[3].params == {"x": 0.30000000000000004}
     assert [t.state for t in history(ts, 4, batch=1)] == [TrialState.COMPLETE] * 4
+
+
+def test_a_place_whose_trial_was_cut_off_before_storing_its_configuration_is_drawn_again():
+    # Trial 1 took place 1, was killed before its configuration was stored (FAIL, no params): the next
+    # new trial takes place 1, as the uninterrupted run's trial 1 did.
+    first = finished(0, {"x": 0.1}, 20.0, draw=0)
+    cut = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"draw": 1})
+    cut.number = 1
+    assert draw_index([first, cut], 2) == 1

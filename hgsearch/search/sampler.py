@@ -117,7 +117,8 @@ def draw_index(trials: Sequence[FrozenTrial], number: int) -> int:
     taken instead.
     """
     k = sum(t.number < number and _brings_configuration(t) for t in trials)
-    taken = {int(t.user_attrs[DRAW_ATTR]) for t in trials if DRAW_ATTR in t.user_attrs and t.number != number}
+    taken = {int(t.user_attrs[DRAW_ATTR]) for t in trials
+             if DRAW_ATTR in t.user_attrs and t.number != number and _brings_configuration(t)}
     return max(taken) + 1 if k in taken else k
 
 
