@@ -15,7 +15,7 @@ and the sampler is told the table configuration's own coordinates and (parameter
 validation PSNR), or PRUNED. Searches of 40 trials are replayed once; the 12- and 20-trial answers are
 their prefixes (a search's first draws do not depend on how long it will run).
 
-Per sampler and trial count, over the seeds (mean and 25-75% range):
+Per sampler and trial count, over the seeds (median, mean and 25-75% range):
   hv regret   1 - hypervolume of the found front / the table's, per family (reference: budget, bicubic
               validation PSNR), averaged over the families; moocore.hypervolume.
   igd+        IGD+ of the found front to the table's (parameters / budget and PSNR scaled by the
@@ -197,11 +197,12 @@ def agrees(gap: float | None, truth: float | None) -> bool:
 
 
 def q(xs: list[float]) -> str:
+    """median (mean) [25%, 75%]"""
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
         return "-"
     a, b, c = np.percentile(xs, [25, 50, 75])
-    return f"{statistics.mean(xs):.3f} [{a:.3f}, {c:.3f}]"
+    return f"{b:.3f} ({statistics.mean(xs):.3f}) [{a:.3f}, {c:.3f}]"
 
 
 def draw_cost(samplers: list[str]) -> None:
@@ -286,23 +287,36 @@ def main() -> None:
                   f"| {statistics.mean(band):.3f} | {statistics.mean(m['pruned'] for m in ms):.0%} "
                   f"| {1000 * statistics.median(draw_secs):.0f} |", flush=True)
         if args.settle:
-            stops, agree_at_stop = [], []
-            for r in runs:
-                n = args.settle
-                while True:
-                    pts = {f: front_pts(r[f][:n]) for f in FAMILIES}
-                    if settled.is_settled(settled.verdicts(pts, grid)) or n >= len(r["hourglass"]):
-                        break
-                    n += settled.SETTLE_STEP
-                ok = settled.is_settled(settled.verdicts(pts, grid))
-                stops.append((n, ok))
-                gaps = [settled.gap_at(pts, b) for b in grid]
-                agree_at_stop.append(all(agrees(g, t) for g, t in zip(gaps, true_gaps, strict=True) if t is not None))
-            settled_runs = [a for (n, ok), a in zip(stops, agree_at_stop, strict=True) if ok]
-            print(f"#   settle {label}: {sum(ok for _, ok in stops)}/{len(stops)} settled by {SETTLE_CAP} "
-                  f"(median stop {statistics.median(n for n, _ in stops)} trials/family); answer agrees at every "
-                  f"budget in {np.mean(settled_runs) if settled_runs else float('nan'):.0%} of the settled searches, "
-                  f"{np.mean(agree_at_stop):.0%} of all", flush=True)
+            settle_table(label, runs, grid, true_gaps, args.settle)
+
+
+def settle_table(label: str, runs: list[dict], grid: list[int], true_gaps: list, start: int) -> None:
+    """The settling rule (run --until-settled) replayed with its knobs at several values: for each, how many
+    searches settle before SETTLE_CAP, at how many trials, and how often their answer then agrees."""
+    knobs = [(s, g, m) for m in (3, 6) for s in (0.25, 0.5) for g in (math.inf, 0.05)]
+    for last_share, improve_db, min_trials in knobs:
+        stops, agree = [], []
+        for r in runs:
+            n, cap = start, min(SETTLE_CAP, len(r["hourglass"]), len(r["conventional"]))
+            while True:
+                pts = {f: front_pts(r[f][:n]) for f in FAMILIES}
+                vs = settled.verdicts(pts, grid, last_share=last_share, improve_db=improve_db,
+                                      min_trials=min_trials)
+                if settled.is_settled(vs) or n >= cap:
+                    break
+                n = min(cap, n + settled.SETTLE_STEP)
+            gaps = [settled.gap_at(pts, b) for b in grid]
+            stops.append((n, settled.is_settled(vs)))
+            agree.append(all(agrees(g, t) for g, t in zip(gaps, true_gaps, strict=True) if t is not None))
+        done = [a for (_, ok), a in zip(stops, agree, strict=True) if ok]
+        default = (settled.LAST_SHARE, settled.IMPROVE_DB, settled.MIN_TRIALS)
+        mark = " (the default)" if (last_share, improve_db, min_trials) == default else ""
+        print(f"#   settle {label} from {start}, last {last_share:.0%}, gain <= {improve_db} dB, "
+              f">= {min_trials} per budget{mark}: "
+              f"{len(done)}/{len(stops)} settle by {SETTLE_CAP} (median stop "
+              f"{statistics.median(n for n, _ in stops):.0f}/family); answer agrees at every budget in "
+              f"{np.mean(done) if done else float('nan'):.0%} of the settled, {np.mean(agree):.0%} of all",
+              flush=True)
 
 
 if __name__ == "__main__":

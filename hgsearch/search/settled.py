@@ -28,6 +28,7 @@ MIN_TRIALS = 3  # finished models per family within a budget before its answer m
 MOVE_DB = 0.1  # a change of the gap larger than this is a change of the answer
 TIE_DB = 0.1  # the seed-to-seed spread of one point (<= 0.08 dB measured): smaller gaps are ties
 LAST_SHARE = 0.25  # the share of the latest trials whose effect on the answer is checked
+IMPROVE_DB = math.inf  # a family's best within a budget rising by more than this over them is not settled either
 SETTLE_STEP = 4  # trials per family `run --until-settled` adds each time the answer is not settled yet
 BUDGET_STEPS = 4  # budgets compared: this many, log-spaced from where both families exist to the budget
 
@@ -94,18 +95,23 @@ def gap_at(points: dict[str, Sequence[Point]], budget: int) -> float | None:
     return None if h is None or c is None else h - c
 
 
-def verdicts(points: dict[str, Sequence[Point]], budgets: Sequence[int]) -> list[Verdict]:
-    """The verdict at each budget; points[family]: its COMPLETE trials in the order they finished."""
-    earlier = {f: list(p)[: len(p) - math.ceil(LAST_SHARE * len(p))] for f, p in points.items()}
+def verdicts(points: dict[str, Sequence[Point]], budgets: Sequence[int], *, last_share: float = LAST_SHARE,
+             improve_db: float = IMPROVE_DB, min_trials: int = MIN_TRIALS) -> list[Verdict]:
+    """The verdict at each budget; points[family]: its COMPLETE trials in the order they finished.
+
+    last_share, improve_db and min_trials are the rule's knobs (bench/search_quality.py compares values).
+    """
+    earlier = {f: list(p)[: len(p) - math.ceil(last_share * len(p))] for f, p in points.items()}
     out = []
     for b in budgets:
         counts = {f: sum(params <= b for params, _ in p) for f, p in points.items()}
         gap, before = gap_at(points, b), gap_at(earlier, b)
         if gap is None:
             state = "one family"
-        elif min(counts.values()) < MIN_TRIALS:
+        elif min(counts.values()) < min_trials:
             state = "few trials"
-        elif before is None or abs(gap - before) > MOVE_DB or _side(gap) != _side(before):
+        elif (before is None or abs(gap - before) > MOVE_DB or _side(gap) != _side(before)
+              or any(_gain(points[f], earlier[f], b) > improve_db for f in points)):
             state = "unsettled"
         else:
             state = "settled"
@@ -118,6 +124,12 @@ def points_of(trials: Sequence[FrozenTrial]) -> list[Point]:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
     done.sort(key=lambda t: (t.datetime_complete.timestamp() if t.datetime_complete else math.inf, t.number))
     return [(int(t.values[0]), float(t.values[1])) for t in done]
+
+
+def _gain(now: Sequence[Point], before: Sequence[Point], budget: int) -> float:
+    """How much a family's best within the budget rose over the last trials (inf when it had none before)."""
+    a, b = best_within(now, budget), best_within(before, budget)
+    return math.inf if b is None else (0.0 if a is None else a - b)
 
 
 def _side(gap: float) -> int:
