@@ -1,4 +1,4 @@
-"""The floor plan holds: imports point down the layers, no module cycle, each subpackage says what is public."""
+"""The floor plan holds: imports point down the layers, no module cycle, light package __init__ files."""
 
 from __future__ import annotations
 
@@ -94,19 +94,27 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
     assert cycles(g) == [["hgsearch.store.schema", "hgsearch.search.run", "hgsearch.store.schema"]]
 
 
-@pytest.mark.parametrize("sub", SUBPACKAGES)
-def test_each_subpackage_says_what_is_public_and_every_name_resolves(sub):
-    pkg = importlib.import_module(f"hgsearch.{sub}")
-    assert pkg.__all__, f"hgsearch.{sub} lists no public names"
-    for name in pkg.__all__:
-        assert getattr(pkg, name) is not None
+def test_package_inits_hold_a_docstring_and_plain_re_exports_only():
+    """No machinery in an __init__ (a module __getattr__, functions): IDEs and type checkers see every name."""
+    for path in sorted(PACKAGE.rglob("__init__.py")):
+        body = ast.parse(path.read_text()).body
+        assert body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), f"{path}: docstring"
+        for node in body[1:]:
+            dunder = isinstance(node, ast.Assign) and all(getattr(t, "id", "") in {"__all__", "__version__"}
+                                                          for t in node.targets)
+            assert isinstance(node, ast.Import | ast.ImportFrom) or dunder, (
+                f"{path}:{node.lineno}: an __init__ holds its docstring and plain re-exports only")
+        pkg = importlib.import_module(module_name(path))
+        for name in getattr(pkg, "__all__", ()):
+            assert getattr(pkg, name) is not None
 
 
 PROBE = """
 import sys
 import {module}
-print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in {{"torch", "optuna", "pandas", "matplotlib"}}
-                      and "." not in m) + sorted(m for m in sys.modules if m.startswith("hgsearch.results"))))
+heavy = {{"torch", "optuna", "sqlalchemy", "pandas", "matplotlib"}}
+print(" ".join(sorted(m for m in sys.modules if m in heavy)
+               + sorted(m for m in sys.modules if m.startswith("hgsearch.results"))))
 """
 
 
@@ -119,3 +127,13 @@ def test_light_modules_stay_light(module, not_loaded):
     out = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True,
                          check=True).stdout.split()
     assert not_loaded.isdisjoint(out), f"importing {module} loads {sorted(not_loaded & set(out))}"
+
+
+@pytest.mark.parametrize("sub", SUBPACKAGES)
+def test_importing_a_package_alone_loads_no_heavy_library(sub):
+    """A package's __init__ runs before any of its modules: a heavy re-export there would load torch, Optuna or
+    pandas with every module of the package (the CLI's startup imports hgsearch.store and hgsearch.cli)."""
+    heavy = {"torch", "optuna", "sqlalchemy", "pandas", "matplotlib"}
+    out = subprocess.run([sys.executable, "-c", PROBE.format(module=f"hgsearch.{sub}")], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert heavy.isdisjoint(out), f"importing hgsearch.{sub} loads {sorted(heavy & set(out))}"

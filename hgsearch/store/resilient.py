@@ -130,7 +130,7 @@ class Outages:
     def __getstate__(self) -> dict[str, Any]:
         # Unpickling an RDBStorage connects to the database: a study sent to another process (a
         # worker's "done" event) must be dropped there, not reconnect through a flaky network.
-        raise TypeError("a storage does not cross processes: open it with hgsearch.store.make_storage")
+        raise TypeError("a storage does not cross processes: open it with hgsearch.store.storage.make_storage")
 
     def _retry(self, attempt: Callable[[bool], T]) -> T:
         """attempt(again) until it succeeds; again is True once an attempt failed (its commit may have landed)."""
