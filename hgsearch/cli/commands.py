@@ -79,7 +79,8 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
 def run(
     ctx: typer.Context,
     budget: Annotated[str, typer.Option("--budget", help="Parameter budget: 500K, 5M, 1.5M, 5e6, 2500000 or "
-                                        "2,500,000.", show_default=False)],
+                                        "2,500,000 (commas only between groups of three: 1,5M is refused).",
+                                        show_default=False)],
     task: TaskOpt = Task[DEFAULTS.task],
     dataset: DatasetOpt = Dataset[DEFAULTS.dataset],
     data_dir: DataDirOpt = None,
@@ -99,10 +100,11 @@ def run(
     max_trials: Annotated[int, typer.Option(
         "--max-trials", min=0, help="The cap of --until-settled, per family; 0 = 3 x --trials.")] = DEFAULTS.max_trials,
     epochs: EpochsOpt = DEFAULTS.epochs,
-    study: Annotated[str | None, typer.Option("--study", help="Study name.",
-                                                 show_default="<task>-<dataset>-<budget>")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (with --fixed-win the default name "
+                                              "ends in -fixedwin).", show_default="<task>-<dataset>-<budget>")
+                     ] = None,
     storage: Annotated[str | None, typer.Option(
-        "--storage", help="Optuna RDB URL (e.g. postgresql://user@host/db for many hosts).",
+        "--storage", help="Optuna RDB URL, e.g. postgresql://user@host/db for many hosts (docs/cluster.md).",
         show_default="sqlite:///<results-dir>/<study>/study.db")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler and of each trial's "
                                       "initialisation.")] = DEFAULTS.seed,
@@ -112,14 +114,15 @@ def run(
         "--results-dir", help="Where studies and their files live.")] = DEFAULTS.results_dir,
     config: RunConfigOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine for this one "
-                                         "study (GPUs round-robin, else the CPU cores shared).")] = 1,
+                                         "study (GPUs round-robin, else the CPU cores shared); see "
+                                         "docs/cluster.md.")] = 1,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the first configurations the sampler would train (up to --trials per family; "
         "a model-based sampler's first 10 only), each with its training time per epoch estimated from 3 timed "
         "steps here; train nothing, write nothing.")] = False,
     pack_size: Annotated[int, typer.Option(
         "--pack-size", min=0, help="Trials trained at once as one padded pack: 0 = as many as the GPU holds "
-        "(one at a time on a CPU), 1 = one at a time.")] = DEFAULTS.pack_size,
+        "(one at a time on a CPU), 1 = one at a time; see docs/gpu.md.")] = DEFAULTS.pack_size,
     sampler: Annotated[SamplerName, typer.Option(
         "--sampler", help="How new configurations are drawn (docs/search-space.md); not part of the study's "
         "identity.")] = SamplerName[DEFAULTS.sampler],
@@ -359,8 +362,8 @@ def _study_list(studies: list, results_dir: str, as_json: bool) -> None:
 
 @app.command(cls=Command, short_help="Retrain the frontier's configurations with more seeds.")
 def confirm(
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per frontier point (the search's run is "
-                                       "the first).", show_default=False)],
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per frontier point, K (the search's own run "
+                                       "is the first).", show_default=False)],
     study: StudyOpt = None,
     storage: StorageOpt = None,
     results_dir: ResultsDirOpt = "results",
@@ -400,7 +403,8 @@ def report(
     data_dir: StudyDataDirOpt = None,
     samples: Annotated[bool, typer.Option("--samples/--no-samples", help="Sample grids per frontier point "
                                           "(retrains points without saved weights).")] = True,
-    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")
+    device: Annotated[Device, typer.Option("--device", help="Where points without saved weights are retrained "
+                                           "(auto: CUDA when PyTorch sees one, else the CPU).")
                       ] = Device[DEFAULTS.device],
 ) -> None:
     """Write results/<study>/report.html: one self-contained offline page with every figure and table."""

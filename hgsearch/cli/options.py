@@ -97,7 +97,8 @@ TrainConfigOpt = Annotated[Path | None, typer.Option(
 
 # Options shared by `run` and `train`.
 TaskOpt = Annotated[Task, typer.Option(
-    "--task", help="What the models learn: x2 super-resolution, denoising or generative classification.")]
+    "--task", help="What the models learn: superres (x2 super-resolution), denoise (denoising) or classify "
+    "(generative classification).")]
 DatasetOpt = Annotated[Dataset, typer.Option(
     "--dataset", help="Which dataset (idx: any set of MNIST-format files in --data-dir; npz: your arrays "
     "x_train, x_test [, y_train, y_test] in an .npz file; folder: your images in DIR/train/<class>/ and "
@@ -107,13 +108,13 @@ DataDirOpt = Annotated[str | None, typer.Option(
     "image folder).", show_default="look in $HGSEARCH_DATA_DIR, system locations, the cache")]
 ImageSizeOpt = Annotated[int, typer.Option(
     "--image-size", min=0, help="npz and folder: resize every image to N x N pixels (needed when a folder's "
-    "images differ in size); part of the study's identity; 0 = as stored.")]
+    "images differ in size); part of a study's identity; 0 = as stored.")]
 DownloadOpt = Annotated[bool, typer.Option(
     "--download/--no-download", help="Fetch a dataset found nowhere locally from its canonical source, "
     "md5-verified, into --data-dir or the cache.")]
 AugmentOpt = Annotated[Augment, typer.Option(
     "--augment", help="flips: the paper's flip augmentation x4 (each image also flipped left-right, up-down "
-    "and both; 4x the steps per epoch).")]
+    "and both; 4x the steps per epoch); part of a study's identity.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Epochs of training (the paper uses 50).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto: CUDA when PyTorch sees one, else the CPU.")]
 WinOpt = Annotated[bool, typer.Option(
@@ -128,5 +129,5 @@ ResultsDirOpt = Annotated[str, typer.Option("--results-dir", help="Where studies
 StudyDataDirOpt = Annotated[str | None, typer.Option(
     "--data-dir", help="The study's data, if not where `run` last read it (stored with the study).",
     show_default="where `run` last read it")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same data as JSON on stdout (messages go to "
-                                       "stderr).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the data as JSON on stdout instead of the tables "
+                                       "(messages go to stderr).")]
