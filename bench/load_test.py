@@ -1,6 +1,6 @@
 """Load test: N simulated workers on one study through a real PostgreSQL (issue 23), training replaced by a timer.
 
-Each simulated worker runs the real search loop (trial.claim_runs, trial.run_trials: heartbeats, the
+Each simulated worker runs the real search loop (claims.claim_runs, trial.run_trials: heartbeats, the
 configuration sampled and stored, checkpoints, epoch_hook's curve writes and rung decisions from the
 storage, tells, requeues, reaping of dead workers' trials) with its own retrying storage (its own
 connection pool, as a worker process has). Only the training is a stand-in: StandInExecutor, an
@@ -85,11 +85,11 @@ def worker_thread(url: str, study: str, a: argparse.Namespace, lat: dict[str, li
 
     from hgsearch.config import RunConfig
     from hgsearch.events import quiet
-    from hgsearch.search.claims import Claim
+    from hgsearch.search.claims import Claim, claim_runs
     from hgsearch.search.context import FamilySearch
     from hgsearch.search.epoch_hook import hook_for, pruner_for
     from hgsearch.search.run import POLL_SECONDS
-    from hgsearch.search.trial import claim_runs, run_trials
+    from hgsearch.search.trial import run_trials
     from hgsearch.store.storage import make_storage
 
     cfg = RunConfig(budget=BUDGET, trials=a.trials, epochs=a.epochs, study=study, storage=url,

@@ -15,6 +15,7 @@ from hgsearch.events import quiet
 from hgsearch.search import claims
 from hgsearch.search.claims import Claim, claim
 from hgsearch.search.context import FamilySearch
+from hgsearch.search.trial import close_trial
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
@@ -144,12 +145,11 @@ def test_a_packs_trials_beat_from_their_claim_and_name_their_worker_after_the_fi
     worker only once it has a heartbeat (what makes the rule of the test above safe for live workers)."""
     import sqlite3
 
-    from hgsearch.search import trial as trial_mod
     from hgsearch.store.schema import WORKER_ATTR
 
     search = _search(tmp_path, trials=3)
     seen: list[tuple[int, set[int], set[int]]] = []
-    real_claim = trial_mod.claim
+    real_claim = claims.claim
 
     def claim_and_look(s, only=None):
         db = sqlite3.connect(tmp_path / "study.db")
@@ -159,8 +159,8 @@ def test_a_packs_trials_beat_from_their_claim_and_name_their_worker_after_the_fi
         seen.append((len(seen), beating, named))
         return real_claim(s, only)
 
-    monkeypatch.setattr(trial_mod, "claim", claim_and_look)
-    runs = trial_mod.claim_runs(search, 3)
+    monkeypatch.setattr(claims, "claim", claim_and_look)
+    runs = claims.claim_runs(search, 3)
     try:
         assert [r.trial.number for r in runs] == [0, 1, 2]
         assert seen == [(0, set(), set()), (1, {0}, {0}), (2, {0, 1}, {0, 1})]
@@ -174,20 +174,18 @@ def test_a_packs_trials_beat_from_their_claim_and_name_their_worker_after_the_fi
 def test_a_claimed_trial_another_worker_closed_meanwhile_is_let_go(tmp_path, monkeypatch):
     """A worker cut off from the database past the grace period between its claim and its first beat finds
     its trial closed by another worker: it lets that trial go and claims another, instead of crashing."""
-    from hgsearch.search import trial as trial_mod
-
     search = _search(tmp_path, trials=2)
-    real_claim, closed = trial_mod.claim, []
+    real_claim, closed = claims.claim, []
 
     def claim_then_reaped(s, only=None):
         got = real_claim(s, only)
         if not closed:
             closed.append(got.number)
-            claims.close_trial(s.study, s.study.get_trials()[got.number], "interrupted: reaped", retry=False)
+            close_trial(s.study, s.study.get_trials()[got.number], "interrupted: reaped", retry=False)
         return got
 
-    monkeypatch.setattr(trial_mod, "claim", claim_then_reaped)
-    runs = trial_mod.claim_runs(search, 1)
+    monkeypatch.setattr(claims, "claim", claim_then_reaped)
+    runs = claims.claim_runs(search, 1)
     try:
         assert closed == [0] and [r.trial.number for r in runs] == [1]
         let_go = f"heartbeat-{search.study.get_trials()[0]._trial_id}"

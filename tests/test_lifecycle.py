@@ -1,5 +1,5 @@
 """A trial run's seams: the per-epoch decision point and the executor, on a real tiny training, through the
-run loop's own path (trial.claim_runs, then trial.run_trials)."""
+run loop's own path (claims.claim_runs, then trial.run_trials)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from optuna.trial import TrialState
 from hgsearch.config import RunConfig
 from hgsearch.data.tasks import load_task
 from hgsearch.events import TrialEnd, quiet
+from hgsearch.search.claims import claim_runs
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.executors import SerialExecutor
 from hgsearch.search.identity import open_studies
-from hgsearch.search.trial import EpochHook, Executor, TrialRun, claim_runs, keep_going, run_trials
+from hgsearch.search.trial import EpochHook, Executor, TrialRun, keep_going, run_trials
 from hgsearch.training.record import CONFIG_ATTRS, TrialRecord
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")

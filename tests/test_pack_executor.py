@@ -16,8 +16,8 @@ from hgsearch.data.registry import load_dataset
 from hgsearch.data.tasks import load_task, prepare
 from hgsearch.events import TrialStart, quiet
 from hgsearch.model.families import ArchSpec
+from hgsearch.search import claims, trial
 from hgsearch.search import run as search
-from hgsearch.search import trial
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.executors import PackExecutor, SerialExecutor, executor_for
 from hgsearch.search.identity import open_studies
@@ -129,7 +129,7 @@ def test_on_epoch_stops_one_member_which_is_pruned(tiny_idx, tmp_path):
         return c.trial.number != 1
 
     psnr: dict[int, float] = {}
-    frozen = trial.run_trials(fs, trial.claim_runs(fs, 3, stop_second), PackExecutor(4, epoch_eval_size=64))
+    frozen = trial.run_trials(fs, claims.claim_runs(fs, 3, stop_second), PackExecutor(4, epoch_eval_size=64))
     assert sorted(seen) == [(0, 1), (0, 2), (1, 1), (2, 1), (2, 2)]
     for t in (frozen[0], frozen[2]):  # the pack's per-epoch PSNR is each member's own, as alone
         rec = TrialRecord.from_attrs(t.user_attrs)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hgsearch.model.families import ArchSpec, build
-from hgsearch.search.claims import close_trial
+from hgsearch.search.trial import close_trial
 from hgsearch.store.schema import RETRY_ATTR
 from hgsearch.training.loop import TrainResult
 from hgsearch.training.record import (

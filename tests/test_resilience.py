@@ -25,6 +25,7 @@ from hgsearch.search import run as search
 from hgsearch.search.claims import Claim
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.liveness import this_worker
+from hgsearch.search.trial import MAX_STALLED_RETRIES, close_trial
 from hgsearch.store import schema, storage
 from hgsearch.training import checkpoint
 from hgsearch.training.loop import train
@@ -142,7 +143,7 @@ def _cut_off(study: optuna.Study, progress: bool, **kw) -> tuple[bool, str]:
         trial.set_user_attr("family", "hourglass")
     if progress:  # an epoch finished: its curve is written (epoch_hook), then its checkpoint
         trial.set_user_attr(schema.CURVE_KEY, [20.0])
-    return claims.close_trial(study, study.trials[-1], "interrupted: its worker is gone", retry=True, **kw)
+    return close_trial(study, study.trials[-1], "interrupted: its worker is gone", retry=True, **kw)
 
 
 def _chain_states(study: optuna.Study) -> dict[str, int]:
@@ -151,11 +152,11 @@ def _chain_states(study: optuna.Study) -> dict[str, int]:
 
 def test_cut_offs_after_progress_never_drop_the_configuration():
     study = optuna.create_study(storage="sqlite:///:memory:", directions=schema.DIRECTIONS)
-    for _ in range(3 * claims.MAX_STALLED_RETRIES):
+    for _ in range(3 * MAX_STALLED_RETRIES):
         closed, reason = _cut_off(study, progress=True)
         assert closed and reason.endswith("retried with the same configuration")
     # ... and stalls only count in a row: progress in between resets them.
-    for progress in [False] * claims.MAX_STALLED_RETRIES + [True] + [False] * claims.MAX_STALLED_RETRIES:
+    for progress in [False] * MAX_STALLED_RETRIES + [True] + [False] * MAX_STALLED_RETRIES:
         assert _cut_off(study, progress)[1].endswith("retried with the same configuration")
     assert _chain_states(study)["WAITING"] == 1
     assert len({str(t.params) for t in study.get_trials()}) == 1
@@ -163,17 +164,17 @@ def test_cut_offs_after_progress_never_drop_the_configuration():
 
 def test_a_configuration_that_never_progresses_is_dropped_after_the_limit():
     study = optuna.create_study(storage="sqlite:///:memory:", directions=schema.DIRECTIONS)
-    for _ in range(claims.MAX_STALLED_RETRIES):
+    for _ in range(MAX_STALLED_RETRIES):
         assert _cut_off(study, progress=False)[1].endswith("retried with the same configuration")
     closed, reason = _cut_off(study, progress=False)
     assert closed and "configuration dropped: its last 4 attempts were cut off before finishing an epoch" in reason
-    assert _chain_states(study) == {"FAIL": claims.MAX_STALLED_RETRIES + 1}
-    assert study.trials[-1].user_attrs[schema.STALLS_ATTR] == claims.MAX_STALLED_RETRIES
+    assert _chain_states(study) == {"FAIL": MAX_STALLED_RETRIES + 1}
+    assert study.trials[-1].user_attrs[schema.STALLS_ATTR] == MAX_STALLED_RETRIES
 
 
 def test_a_stop_that_was_asked_for_never_counts_against_the_configuration():
     study = optuna.create_study(storage="sqlite:///:memory:", directions=schema.DIRECTIONS)
-    for _ in range(3 * claims.MAX_STALLED_RETRIES):
+    for _ in range(3 * MAX_STALLED_RETRIES):
         assert _cut_off(study, progress=False, evidence=False)[1].endswith("retried with the same configuration")
     assert _chain_states(study)["WAITING"] == 1
 

@@ -153,7 +153,7 @@ def test_the_pack_executor_steps_a_round_together_and_halves_a_pack_out_of_memor
     from hgsearch.config import RunConfig
     from hgsearch.data.tasks import load_task
     from hgsearch.events import quiet
-    from hgsearch.search import executors, trial
+    from hgsearch.search import claims, executors, trial
     from hgsearch.search.context import FamilySearch
     from hgsearch.search.identity import open_studies
     from hgsearch.training.packing import RoundModel
@@ -181,7 +181,7 @@ def test_the_pack_executor_steps_a_round_together_and_halves_a_pack_out_of_memor
             super().__init__(specs, *args, on_step=step_hook, **kw)
 
     monkeypatch.setattr(executors, "PackRun", Recorded)
-    runs = trial.claim_runs(fs, 5, lambda c, epoch, metrics: True)
+    runs = claims.claim_runs(fs, 5, lambda c, epoch, metrics: True)
     frozen = trial.run_trials(fs, runs, executors.PackExecutor(2, model=RoundModel(streams=3)))
     first = len(built) - 2  # packs of the first round; the out-of-memory pack's two members come back alone
     assert sorted(built[:first]) == [1, 2, 2] and built[first:] == [1, 1] and oom

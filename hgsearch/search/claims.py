@@ -8,31 +8,17 @@ import time
 from enum import Enum
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from hgsearch.events import Note
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.liveness import this_worker, who, worker_gone
+from hgsearch.search.sampler import draw_index
+from hgsearch.search.trial import EpochHook, TrialRun, close_trial, keep_going
 from hgsearch.stop import check_stop
 from hgsearch.store import optuna_seam as seam
-from hgsearch.store.schema import (
-    CLAIMED_BY_ATTR,
-    CURVE_KEY,
-    FINISHED,
-    REASON_ATTR,
-    RETRY_ATTR,
-    STALLS_ATTR,
-    WORKER_ATTR,
-)
+from hgsearch.store.schema import CLAIMED_BY_ATTR, FINISHED, WORKER_ATTR
 from hgsearch.store.storage import GRACE_PERIOD
-from hgsearch.training.record import CONFIG_ATTRS
-
-# A configuration whose attempts are cut off this many times in a row without finishing an epoch is
-# retried no more: the evidence says it is the cause (it gets its process OOM-killed, hangs its worker).
-# Cut-offs of attempts that finished an epoch never count: a preemptible host may cut a long trial off
-# any number of times, and each retry resumes from its checkpoint.
-MAX_STALLED_RETRIES = 3
 
 
 class Claim(Enum):
@@ -40,53 +26,6 @@ class Claim(Enum):
 
     DONE = "done"  # the family has its target of finished trials
     WAIT = "wait"  # other workers hold the last trials of the family: look again later
-
-
-def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: bool,
-                evidence: bool = True) -> tuple[bool, str]:
-    """Fail a RUNNING trial with its reason and, if wanted and allowed, queue its configuration again.
-
-    Returns (whether this call failed it, the reason recorded). The state change is a compare-and-set
-    in the database, so when several workers find the same stale trial, exactly one closes and
-    requeues it. Only a kill within the milliseconds between the two writes loses the retry (the
-    study then samples a fresh configuration; counts are unaffected).
-
-    The configuration is dropped only on evidence against it: MAX_STALLED_RETRIES + 1 cut-offs in a
-    row of attempts that each ended before finishing an epoch (the curve, written at every epoch end,
-    is how any worker on any host sees that an attempt finished one; a retry resumes from the
-    checkpoint written right after it). A cut-off after progress resets the count, so kills of
-    workers or hosts never drop a configuration that advances between them; each member of a
-    pack counts its own cut-off once. evidence=False (a stop that was asked for, a database outage)
-    never counts.
-    """
-    history = [*trial.user_attrs.get(RETRY_ATTR, []), trial.number]
-    stalls = int(trial.user_attrs.get(STALLS_ATTR, 0))
-    if trial.user_attrs.get(CURVE_KEY):  # this attempt finished an epoch (its curve is written at each epoch end)
-        stalls = 0
-    elif evidence:
-        stalls += 1
-    requeue = retry and bool(trial.params) and stalls <= MAX_STALLED_RETRIES
-    if retry and not trial.params:
-        reason += "; it stopped before its configuration was stored, so a new one is sampled"
-    elif retry and not requeue:
-        reason += (f"; configuration dropped: its last {stalls} attempts were cut off before finishing an epoch "
-                   "(out of memory, or too slow for its worker's time)")
-    elif requeue:
-        reason += "; retried with the same configuration"
-    storage, trial_id = seam.storage(study), seam.trial_id(trial)
-    with contextlib.suppress(UpdateFinishedTrialError):
-        storage.set_trial_user_attr(trial_id, REASON_ATTR, reason)
-    try:
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return False, reason
-    except UpdateFinishedTrialError:
-        return False, reason  # another worker got there first
-    if requeue:  # the configuration is copied (see record.TrialRecord), the results are not
-        attrs = {k: trial.user_attrs[k] for k in CONFIG_ATTRS if k in trial.user_attrs}
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={**attrs, RETRY_ATTR: history, STALLS_ATTR: stalls}))
-    return True, reason
 
 
 def reap(search: FamilySearch) -> None:
@@ -142,7 +81,7 @@ COUNTED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # trials towards 
 def claim(search: FamilySearch, only: str | None = None) -> optuna.Trial | Claim:
     """A RUNNING trial of ours towards the target, Claim.DONE when the family is done, or Claim.WAIT.
 
-    only="queued": a queued trial (a retry) or WAIT; only="new": a new trial or WAIT (trial.claim_runs
+    only="queued": a queued trial (a retry) or WAIT; only="new": a new trial or WAIT (claim_runs
     keeps a pack's batch of new configurations apart from retries).
 
     The target counts finished trials: COMPLETE and PRUNED (stopped early, as final as COMPLETE,
@@ -155,9 +94,9 @@ def claim(search: FamilySearch, only: str | None = None) -> optuna.Trial | Claim
     would have seen the others (each created before it and counted from then on: a FAIL is final,
     and a trial closed as stale cannot complete afterwards, tell refuses) and given up. The losers
     give up (FAIL, reason "surplus") and back off a random moment; being the highest-numbered, they
-    are exactly the trials past the target. (Giving up when the study's total passed the target, as
-    this did before, let every racer give up at once, again and again: 200 workers through pgbouncer
-    left 3,758 surplus FAILs and 17 trials short after 600 s.)
+    are exactly the trials past the target. (Giving up when the study's total is past the target would
+    let every racer give up at once, again and again: with hundreds of workers, thousands of surplus
+    FAILs and a family still short of its target.)
     """
     study, target = search.study, search.cfg.trials
     while True:
@@ -189,3 +128,38 @@ def claim(search: FamilySearch, only: str | None = None) -> optuna.Trial | Claim
                 close_trial(study, seam.frozen(study, trial), "interrupted while claiming", retry=True)
             raise
         time.sleep(random.uniform(0.05, 0.5))
+
+
+def claim_runs(search: FamilySearch, k: int, on_epoch: EpochHook = keep_going) -> list[TrialRun] | Claim:
+    """Up to k trials claimed one by one (claim: never past the target), or claim's answer when not even
+    one can be claimed now.
+
+    Each is owned by its trial.TrialRun from its claim, its heartbeat beating before the next is claimed, so
+    the first trials of a large pack never look dead while the others are claimed (claims take seconds
+    each with hundreds of workers). Cut off while claiming, the ones claimed are queued again. A pack
+    holds either queued trials (retries) or new ones, and new ones of one batch of draws only (places
+    b*k .. (b+1)*k - 1, sampler.history): so a resumed run draws its configurations from the same
+    histories as an uninterrupted one, whatever the interruption left to retry.
+    """
+    runs: list[TrialRun] = []
+    queued = False
+    try:
+        while len(runs) < k:
+            trial = claim(search, only=None if not runs else ("queued" if queued else "new"))
+            if isinstance(trial, Claim):
+                return runs or trial
+            run = TrialRun(search, trial, on_epoch)
+            runs.append(run)  # before start: cut off inside it, the trial is queued again like the others
+            if not run.start():
+                runs.pop()
+                continue
+            frozen = seam.frozen(search.study, trial)
+            if len(runs) == 1:
+                queued = bool(frozen.params) or "fixed_params" in frozen.system_attrs
+            if not queued and (draw_index(search.study.get_trials(deepcopy=False), trial.number) + 1) % k == 0:
+                break  # the last place of its batch
+    except BaseException as e:
+        for run in runs:
+            run.requeue(e)
+        raise
+    return runs

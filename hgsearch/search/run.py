@@ -7,7 +7,7 @@ Guarantees of run_search (one process, or any number of processes/hosts on one s
   same configuration; the retry continues from the trial's last per-epoch checkpoint
   (hgsearch.training.checkpoint), so the result is the one an uninterrupted run gives. A configuration
   is dropped only when its attempts are cut off more than MAX_STALLED_RETRIES times in a row before
-  finishing an epoch (claims.close_trial): kills between which it progresses never drop it;
+  finishing an epoch (trial.close_trial): kills between which it progresses never drop it;
 - a RUNNING trial is considered dead when its worker's process is gone (same host: checked at
   once) or its heartbeat is older than GRACE_PERIOD seconds (any host), and is then retried as above.
 """
@@ -28,12 +28,12 @@ from hgsearch.events import Done, Note, Reporter, Start, quiet
 from hgsearch.model import space as space_mod
 from hgsearch.model.families import ArchSpec
 from hgsearch.search import settled
-from hgsearch.search.claims import Claim, reap
+from hgsearch.search.claims import Claim, claim_runs, reap
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.epoch_hook import hook_for
 from hgsearch.search.executors import executor_for
 from hgsearch.search.identity import open_studies
-from hgsearch.search.trial import claim_runs, run_trials, sweep_checkpoints
+from hgsearch.search.trial import run_trials, sweep_checkpoints
 from hgsearch.stop import check_stop
 from hgsearch.store.resilient import set_listener
 from hgsearch.store.schema import REASON_ATTR, finished

@@ -1,13 +1,13 @@
-"""One claimed trial from claim to its final state: TrialRun, and the contract executors train it under.
+"""One claimed trial from its claim to its final state (TrialRun, close_trial) and the contract executors train under.
 
-A trial's life: claimed (claims.claim) and at once owned by a TrialRun (claim_runs): its heartbeat
-beating, then its worker recorded -> TrialRun.begin: its configuration sampled (or, for a retry,
-replayed) and stored, its resume point read from its checkpoint ->
-trained by an executor (executors.py: SerialExecutor one trial after the other through
-training.loop.train, PackExecutor several at once as one pack through training.packed.train_packed),
-which calls TrialRun.epoch_end after each finished epoch -> TrialRun.finish: told COMPLETE (keeping its
-weights when on its family's front), PRUNED or FAIL; or, when an exception cuts it off,
-TrialRun.requeue: closed with its reason and queued again with the same configuration.
+A trial's life: claimed (claims.claim_runs) and at once owned by a TrialRun: its heartbeat beating,
+then its worker recorded (start) -> begin: its configuration drawn (or, for a retry, replayed) and
+stored, its resume point read from its checkpoint -> trained by an executor (executors.py:
+SerialExecutor one trial after the other through training.loop.train, PackExecutor several at once as
+packs of training.packed.PackRun), which calls epoch_end after each finished epoch -> finish: told
+COMPLETE (keeping its weights when on its family's front), PRUNED or FAIL; or, when an exception cuts
+it off, requeue. Every final state is decided here: close_trial fails a trial and queues its
+configuration again or drops it, for requeue and for claims.py (a dead worker's trial, a surplus claim).
 
 epoch_end(state) -> bool is the one epoch-end sequence of every executor: the per-epoch decision
 on_epoch(run, epoch, metrics) -> bool (epoch counts finished epochs: 1 .. record.epochs, from resumed
@@ -37,20 +37,33 @@ from hgsearch.errors import StorageError, TrialFailed
 from hgsearch.events import Note, TrialEnd, TrialStart
 from hgsearch.model import space as space_mod
 from hgsearch.search import curves, testhooks
-from hgsearch.search.claims import Claim, claim, close_trial
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.liveness import Heartbeat, this_worker
 from hgsearch.search.pruning import dominates
 from hgsearch.search.sampler import draw, draw_index, history, origin
 from hgsearch.stop import Stopped
 from hgsearch.store import optuna_seam as seam
-from hgsearch.store.schema import DRAW_ATTR, REASON_ATTR, RETRY_ATTR, STOPPED_AT_EPOCH_ATTR, WORKER_ATTR
+from hgsearch.store.schema import (
+    CURVE_KEY,
+    DRAW_ATTR,
+    REASON_ATTR,
+    RETRY_ATTR,
+    STALLS_ATTR,
+    STOPPED_AT_EPOCH_ATTR,
+    WORKER_ATTR,
+)
 from hgsearch.text import first_line
 from hgsearch.training import checkpoint
 from hgsearch.training.loop import TrainResult
-from hgsearch.training.record import TrialRecord, result_attrs, save_weights, weights_path
+from hgsearch.training.record import CONFIG_ATTRS, TrialRecord, result_attrs, save_weights, weights_path
 
 EpochHook = Callable[["TrialRun", int, dict[str, float]], bool]
+
+# A configuration whose attempts are cut off this many times in a row without finishing an epoch is
+# retried no more: the evidence says it is the cause (it gets its process OOM-killed, hangs its worker).
+# Cut-offs of attempts that finished an epoch never count: a preemptible host may cut a long trial off
+# any number of times, and each retry resumes from its checkpoint.
+MAX_STALLED_RETRIES = 3
 
 
 def keep_going(run: TrialRun, epoch: int, metrics: dict[str, float]) -> bool:
@@ -279,39 +292,51 @@ class TrialRun:
                           f"({first_line(e)}); report will retrain it"))
 
 
-def claim_runs(search: FamilySearch, k: int, on_epoch: EpochHook = keep_going) -> list[TrialRun] | Claim:
-    """Up to k trials claimed one by one (claims.claim: never past the target), or claim's answer when not
-    even one can be claimed now.
+def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: bool,
+                evidence: bool = True) -> tuple[bool, str]:
+    """Fail a RUNNING trial with its reason and, if wanted and allowed, queue its configuration again.
 
-    Each is owned by its TrialRun from its claim, its heartbeat beating before the next is claimed, so
-    the first trials of a large pack never look dead while the others are claimed (claims take seconds
-    each with hundreds of workers). Cut off while claiming, the ones claimed are queued again. A pack
-    holds either queued trials (retries) or new ones, and new ones of one batch of draws only (places
-    b*k .. (b+1)*k - 1, sampler.history): so a resumed run draws its configurations from the same
-    histories as an uninterrupted one, whatever the interruption left to retry.
+    Returns (whether this call failed it, the reason recorded). The state change is a compare-and-set
+    in the database, so when several workers find the same stale trial, exactly one closes and
+    requeues it. Only a kill within the milliseconds between the two writes loses the retry (the
+    study then samples a fresh configuration; counts are unaffected).
+
+    The configuration is dropped only on evidence against it: MAX_STALLED_RETRIES + 1 cut-offs in a
+    row of attempts that each ended before finishing an epoch (the curve, written at every epoch end,
+    is how any worker on any host sees that an attempt finished one; a retry resumes from the
+    checkpoint written right after it). A cut-off after progress resets the count, so kills of
+    workers or hosts never drop a configuration that advances between them; each member of a
+    pack counts its own cut-off once. evidence=False (a stop that was asked for, a database outage)
+    never counts.
     """
-    runs: list[TrialRun] = []
-    queued = False
+    history = [*trial.user_attrs.get(RETRY_ATTR, []), trial.number]
+    stalls = int(trial.user_attrs.get(STALLS_ATTR, 0))
+    if trial.user_attrs.get(CURVE_KEY):  # this attempt finished an epoch (its curve is written at each epoch end)
+        stalls = 0
+    elif evidence:
+        stalls += 1
+    requeue = retry and bool(trial.params) and stalls <= MAX_STALLED_RETRIES
+    if retry and not trial.params:
+        reason += "; it stopped before its configuration was stored, so a new one is sampled"
+    elif retry and not requeue:
+        reason += (f"; configuration dropped: its last {stalls} attempts were cut off before finishing an epoch "
+                   "(out of memory, or too slow for its worker's time)")
+    elif requeue:
+        reason += "; retried with the same configuration"
+    storage, trial_id = seam.storage(study), seam.trial_id(trial)
+    with contextlib.suppress(UpdateFinishedTrialError):
+        storage.set_trial_user_attr(trial_id, REASON_ATTR, reason)
     try:
-        while len(runs) < k:
-            trial = claim(search, only=None if not runs else ("queued" if queued else "new"))
-            if isinstance(trial, Claim):
-                return runs or trial
-            run = TrialRun(search, trial, on_epoch)
-            runs.append(run)  # before start: cut off inside it, the trial is queued again like the others
-            if not run.start():
-                runs.pop()
-                continue
-            frozen = seam.frozen(search.study, trial)
-            if len(runs) == 1:
-                queued = bool(frozen.params) or "fixed_params" in frozen.system_attrs
-            if not queued and (draw_index(search.study.get_trials(deepcopy=False), trial.number) + 1) % k == 0:
-                break  # the last place of its batch
-    except BaseException as e:
-        for run in runs:
-            run.requeue(e)
-        raise
-    return runs
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False, reason
+    except UpdateFinishedTrialError:
+        return False, reason  # another worker got there first
+    if requeue:  # the configuration is copied (see record.TrialRecord), the results are not
+        attrs = {k: trial.user_attrs[k] for k in CONFIG_ATTRS if k in trial.user_attrs}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={**attrs, RETRY_ATTR: history, STALLS_ATTR: stalls}))
+    return True, reason
 
 
 def run_trials(search: FamilySearch, runs: Sequence[TrialRun], executor: Executor) -> list[FrozenTrial]:

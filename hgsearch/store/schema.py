@@ -49,7 +49,7 @@ RETRY_ATTR = "retry_of"  # user attr: numbers of the earlier, cut-off trials of 
 
 
 # user attr on a queued retry: how many of its configuration's attempts in a row were cut off before they
-# finished an epoch (search.claims.close_trial drops the configuration past MAX_STALLED_RETRIES)
+# finished an epoch (search.trial.close_trial drops the configuration past MAX_STALLED_RETRIES)
 STALLS_ATTR = "stalled_cutoffs"
 
 
