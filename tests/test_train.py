@@ -9,6 +9,7 @@ import torch
 from hgsearch.data.tasks import Split, prepare
 from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.model.families import ArchSpec, build
+from hgsearch.training import loop
 from hgsearch.training.loop import as_float, evaluate, train
 from tests.conftest import dataset
 
@@ -112,3 +113,15 @@ def test_a_stop_is_seen_before_the_very_next_step(data):
         train(spec, data, lr=1e-3, epochs=1, report_every=50, stop_check=stop_check,
               progress=lambda *a: progress.append(a))
     assert len(calls) == 3 and progress == []  # stopped mid-epoch, before any report
+
+
+def test_an_epoch_end_callback_answering_false_ends_training_there(data, monkeypatch):
+    """on_epoch_end answers whether to go on (True, or None from a callback that only records); False ends
+    training after that epoch, evaluating nothing, and the result is None."""
+    spec = ArchSpec("hourglass", data.d_in, data.d_out, 64, 8, 1)
+    evaluated, seen = [], []
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: evaluated.append(1) or 20.0)
+    model, res = train(spec, data, lr=1e-3, epochs=4, on_epoch_end=lambda s: seen.append(s["epoch"]) or s["epoch"] < 2)
+    assert seen == [1, 2] and res is None and evaluated == [] and isinstance(model, torch.nn.Module)
+    _, res = train(spec, data, lr=1e-3, epochs=2, on_epoch_end=lambda s: None)
+    assert res is not None and res.epochs == 2 and evaluated == [1, 1]

@@ -59,10 +59,6 @@ from hgsearch.training.rounds import drive
 PROGRESS_EVERY = 50  # steps between Progress events, as loop.train's default report_every
 
 
-class _EndTrial(Exception):
-    """Raised out of train's epoch callback when the run's epoch_end ends the trial."""
-
-
 def _stopped(run: TrialRun) -> StoppedEarly:
     assert run.stopped is not None  # epoch_end returned False
     return run.stopped
@@ -91,11 +87,12 @@ class SerialExecutor:
             if epoch >= 1 and step < steps:
                 pause_at("epoch")  # mid-epoch, with an earlier epoch's checkpoint on disk
 
-        def on_epoch_end(state: dict[str, Any]) -> None:
+        def on_epoch_end(state: dict[str, Any]) -> bool:
             if not run.epoch_end(state):
-                raise _EndTrial
+                return False
             if state["epoch"] == rec.epochs:
                 pause_at("eval")  # training done, evaluation next
+            return True
 
         steps = -(-len(data.train) // batch_size)
         epoch_eval = None if self.epoch_eval_size is None else epoch_eval_split(data.val, self.epoch_eval_size)
@@ -105,9 +102,7 @@ class SerialExecutor:
                            on_epoch_end=on_epoch_end, epoch_eval=epoch_eval, stop_check=check_stop)
         except TrialFailed as e:
             return e
-        except _EndTrial:
-            return _stopped(run)
-        return res
+        return _stopped(run) if res is None else res
 
 
 class PackExecutor:

@@ -17,8 +17,10 @@ from hgsearch.data.tasks import Split, TaskData, add_noise, as_float  # as_float
 from hgsearch.errors import TrialFailed, UsageError
 from hgsearch.model.families import ArchSpec, build
 
-# Called at each epoch end with everything needed to continue exactly from there (see `train`).
-EpochEnd = Callable[[dict[str, Any]], None]
+# Called at each epoch end with everything needed to continue exactly from there (see `train`); returns
+# whether to train on: False stops training there, True goes on, and so does None (a callback that
+# only records). The one epoch-end contract: packed.PackRun's on_epoch_end answers the same per member.
+EpochEnd = Callable[[dict[str, Any]], bool | None]
 
 # Called as progress(epoch, step, steps_per_epoch, loss) at each epoch end (loss = epoch mean) and
 # every `report_every` steps (loss = last batch); the live display and checkpointing hang off it.
@@ -118,13 +120,15 @@ def train(
     on_epoch_end: EpochEnd | None = None,
     epoch_eval: Split | None = None,
     stop_check: StopCheck | None = None,
-) -> tuple[torch.nn.Module, TrainResult]:
+) -> tuple[torch.nn.Module, TrainResult | None]:
     """Train one configuration and evaluate it; raises TrialFailed on a non-finite loss or OOM.
 
     on_epoch_end(state) receives, after each finished epoch, a dict of tensors and numbers
     (model, optimizer and RNG state, epoch, step, loss) that `resume=state` continues from, giving the
     same result as an uninterrupted run: it is what per-epoch checkpoints save. Its tensors are the
-    live ones (no copy on the hot path), so write or copy them before returning.
+    live ones (no copy on the hot path), so write or copy them before returning. When it returns
+    False, training ends there, nothing is evaluated, and the result is None (the model as trained
+    so far); without on_epoch_end the result is always a TrainResult.
 
     epoch_eval (e.g. `epoch_eval_split(data.val, n)`) adds "psnr_val_epoch", the PSNR on that split
     after the epoch, to the state: the learning curve early stopping decides on. The returned
@@ -188,7 +192,8 @@ def train(
                          "loss": loss_mean, "seconds": time.perf_counter() - t0}
                 if epoch_eval is not None:
                     state["psnr_val_epoch"] = evaluate(model, epoch_eval, batch_size)
-                on_epoch_end(state)
+                if on_epoch_end(state) is False:
+                    return model, None
         psnr_val = evaluate(model, data.val, batch_size)
         psnr_test = evaluate(model, data.test, batch_size)
     except torch.OutOfMemoryError:

@@ -64,8 +64,9 @@ MemberEpoch = Callable[[int, int, dict], bool]
 
 # Called after each finished epoch with (member, state): state is what loop.train's on_epoch_end
 # gives (model, optimizer and generator state, epoch, step, loss, seconds) for that member alone, so
-# loop.train(resume=state) or a pack (train_packed(resume=...)) continues it. False retires it.
-MemberEpochEnd = Callable[[int, dict[str, Any]], bool]
+# loop.train(resume=state) or a pack (train_packed(resume=...)) continues it. Answers as loop.train's
+# on_epoch_end (loop.EpochEnd): False retires the member, True or None trains it on.
+MemberEpochEnd = Callable[[int, dict[str, Any]], bool | None]
 
 # Called after every step as on_step(epoch, step, steps_per_epoch): a host-side hook (stop checks,
 # progress) that reads nothing from the device.
@@ -590,11 +591,14 @@ class PackRun:
                 self.failed[i] = f"non-finite training loss in epoch {epoch + 1} at lr={self.lrs[i]:.3g}"
                 stepper.retire(slot, failed=True)
                 self.retired.add(i)
-            elif ((self.on_epoch is not None and not self.on_epoch(i, epoch, {"loss": self.losses[i]}))
-                  or (self.on_epoch_end is not None and not self.on_epoch_end(i, _member_state(
-                      model, stepper, self.gen, slot, self.lrs[i], epoch + 1, (epoch + 1) * self.steps_per_epoch,
-                      self.losses[i], time.perf_counter() - self.t0 + self.offsets[i],
-                      None if epoch_psnr is None else epoch_psnr[slot])))):
+                continue
+            stop = self.on_epoch is not None and not self.on_epoch(i, epoch, {"loss": self.losses[i]})
+            if not stop and self.on_epoch_end is not None:
+                stop = self.on_epoch_end(i, _member_state(
+                    model, stepper, self.gen, slot, self.lrs[i], epoch + 1, (epoch + 1) * self.steps_per_epoch,
+                    self.losses[i], time.perf_counter() - self.t0 + self.offsets[i],
+                    None if epoch_psnr is None else epoch_psnr[slot])) is False
+            if stop:
                 stepper.retire(slot, failed=False)
                 self.retired.add(i)
                 self.epochs_done[i] = epoch + 1
