@@ -293,15 +293,15 @@ def main() -> None:
 def settle_table(label: str, runs: list[dict], grid: list[int], true_gaps: list, start: int) -> None:
     """The settling rule (run --until-settled) replayed with its knobs at several values: for each, how many
     searches settle before SETTLE_CAP, at how many trials, and how often their answer then agrees."""
-    knobs = [(s, g, m) for m in (3, 6) for s in (0.25, 0.5) for g in (math.inf, 0.05)]
-    for last_share, improve_db, min_trials in knobs:
+    knobs = [(s, g, m, h) for h in (False, True) for m in (3, 6) for s in (0.25, 0.5) for g in (math.inf, 0.05)]
+    for last_share, improve_db, min_trials, halves in knobs:
         stops, agree = [], []
         for r in runs:
             n, cap = start, min(SETTLE_CAP, len(r["hourglass"]), len(r["conventional"]))
             while True:
                 pts = {f: front_pts(r[f][:n]) for f in FAMILIES}
                 vs = settled.verdicts(pts, grid, last_share=last_share, improve_db=improve_db,
-                                      min_trials=min_trials)
+                                      min_trials=min_trials, halves=halves)
                 if settled.is_settled(vs) or n >= cap:
                     break
                 n = min(cap, n + settled.SETTLE_STEP)
@@ -309,10 +309,10 @@ def settle_table(label: str, runs: list[dict], grid: list[int], true_gaps: list,
             stops.append((n, settled.is_settled(vs)))
             agree.append(all(agrees(g, t) for g, t in zip(gaps, true_gaps, strict=True) if t is not None))
         done = [a for (_, ok), a in zip(stops, agree, strict=True) if ok]
-        default = (settled.LAST_SHARE, settled.IMPROVE_DB, settled.MIN_TRIALS)
-        mark = " (the default)" if (last_share, improve_db, min_trials) == default else ""
+        default = (settled.LAST_SHARE, settled.IMPROVE_DB, settled.MIN_TRIALS, settled.HALVES)
+        mark = " (the default)" if (last_share, improve_db, min_trials, halves) == default else ""
         print(f"#   settle {label} from {start}, last {last_share:.0%}, gain <= {improve_db} dB, "
-              f">= {min_trials} per budget{mark}: "
+              f">= {min_trials} per budget{', halves agree' if halves else ''}{mark}: "
               f"{len(done)}/{len(stops)} settle by {SETTLE_CAP} (median stop "
               f"{statistics.median(n for n, _ in stops):.0f}/family); answer agrees at every budget in "
               f"{np.mean(done) if done else float('nan'):.0%} of the settled, {np.mean(agree):.0%} of all",

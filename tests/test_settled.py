@@ -33,8 +33,11 @@ HOURGLASS = [(1_000_000, 28.0), (1_500_000, 28.5), (1_200_000, 28.2), (3_000_000
              (3_500_000, 30.0), (3_600_000, 31.5), (3_800_000, 31.0)]
 CONVENTIONAL = [(1_100_000, 27.0), (1_600_000, 27.5), (1_300_000, 27.2), (3_000_000, 30.5), (1_800_000, 27.6),
                 (3_200_000, 30.4), (3_400_000, 30.3), (1_400_000, 27.1)]
-# The same study, except that Hourglass's last quarter stays under the 30.0 it had: nothing moves.
-QUIET = HOURGLASS[:6] + [(3_600_000, 29.0), (3_800_000, 29.5)]
+# The same study, except that Hourglass's last quarter stays at the 30.0 it had: nothing moves ...
+QUIET = HOURGLASS[:6] + [(3_600_000, 30.0), (3_800_000, 29.5)]
+# ... and whose odd and even trials (two half-size searches) give the same answers: conventional's 3.4M
+# trial reaches what its 3.0M one did, so each half finds -0.5 dB at 4M.
+QUIET_CONVENTIONAL = CONVENTIONAL[:6] + [(3_400_000, 30.5), (1_400_000, 27.1)]
 
 
 def frozen(family: str, params: int, val: float | None, finished: datetime.datetime) -> optuna.trial.FrozenTrial:
@@ -87,7 +90,7 @@ def test_an_answer_the_last_quarter_still_moves_is_unsettled_at_that_budget(url)
 
 
 def test_an_answer_the_last_quarter_does_not_move_is_settled(url):
-    make_study(url, {"hourglass": QUIET, "conventional": CONVENTIONAL})
+    make_study(url, {"hourglass": QUIET, "conventional": QUIET_CONVENTIONAL})
     an = analyze(STUDY, url, load_data=False)
     assert states(an) == {LOW: "one family", LOWER_MID: "settled", MID: "settled", TOP: "settled"}
     assert an.settled.settled and an.settled.open_budgets == []
@@ -188,7 +191,7 @@ def test_frontier_json_holds_the_verdicts_and_prints_nothing_else(tmp_path, cli)
 
     (tmp_path / "results" / STUDY).mkdir(parents=True)
     make_study(f"sqlite:///{tmp_path / 'results' / STUDY / 'study.db'}",
-               {"hourglass": QUIET, "conventional": CONVENTIONAL})
+               {"hourglass": QUIET, "conventional": QUIET_CONVENTIONAL})
     code, out, err = cli("frontier", "--study", STUDY, "--json", cwd=tmp_path)
     assert code == 0, err
     doc = json.loads(out)["settled"]
@@ -225,9 +228,20 @@ def test_until_settled_goes_on_while_the_answer_moves_and_stops_when_settled_or_
     cfg = RunConfig(budget=BUDGET, trials=8, until_settled=True)
     more = _more_trials(cfg, _studies({"hourglass": HOURGLASS, "conventional": CONVENTIONAL}), geometry)
     assert more is not None and more[0].trials == 8 + settled.SETTLE_STEP and "4,000,000 (unsettled)" in more[1]
-    assert _more_trials(cfg, _studies({"hourglass": QUIET, "conventional": CONVENTIONAL}), geometry) is None
+    assert _more_trials(cfg, _studies({"hourglass": QUIET, "conventional": QUIET_CONVENTIONAL}), geometry) is None
     capped = RunConfig(budget=BUDGET, trials=8, until_settled=True, max_trials=8)
     assert _more_trials(capped, _studies({"hourglass": HOURGLASS, "conventional": CONVENTIONAL}), geometry) is None
     near_cap = RunConfig(budget=BUDGET, trials=8, until_settled=True, max_trials=10)
     assert _more_trials(near_cap, _studies({"hourglass": HOURGLASS, "conventional": CONVENTIONAL}),
                         geometry)[0].trials == 10
+
+
+def test_an_answer_whose_two_halves_disagree_is_not_settled_even_when_the_last_quarter_kept_it():
+    # Hourglass's last quarter stays under its 30.0, so the gap at 4M did not move; but its odd trials
+    # (29.0 best) and its even trials (30.0) give answers 0.8 dB apart.
+    still = HOURGLASS[:6] + [(3_600_000, 29.0), (3_800_000, 29.5)]
+    points = {"hourglass": still, "conventional": CONVENTIONAL}
+    top = settled.verdicts(points, [TOP])[0]
+    assert top.state == "unsettled" and top.gap == pytest.approx(top.earlier_gap)
+    assert "half the trials say" in top.why()
+    assert settled.verdicts(points, [TOP], halves=False)[0].state == "settled"

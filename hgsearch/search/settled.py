@@ -7,7 +7,8 @@ answer by 0.4 dB between two runs of one command. So a budget's verdict asks the
 - "one family": only one family has a finished model within B (nothing to compare);
 - "few trials": a family has fewer than MIN_TRIALS finished models within B;
 - "unsettled": the last quarter of each family's finished trials still moved the answer (its winner,
-  or its gap by more than MOVE_DB): more trials would likely move it again;
+  or its gap by more than MOVE_DB), or its odd and even trials, two searches of half the size, give
+  different answers: more trials would likely move it;
 - "settled": it did not; a settled gap within TIE_DB is a tie (seed noise decides it).
 The rule and its thresholds were chosen on bench/search_quality.py's replays (bench/RESULTS.md): when
 every budget is settled, the answer agrees with the table's truth in the share given there.
@@ -28,6 +29,7 @@ MIN_TRIALS = 3  # finished models per family within a budget before its answer m
 MOVE_DB = 0.1  # a change of the gap larger than this is a change of the answer
 TIE_DB = 0.1  # the seed-to-seed spread of one point (<= 0.08 dB measured): smaller gaps are ties
 LAST_SHARE = 0.25  # the share of the latest trials whose effect on the answer is checked
+HALVES = True  # also require each family's odd and even trials to give the same answer
 IMPROVE_DB = math.inf  # a family's best within a budget rising by more than this over them is not settled either
 SETTLE_STEP = 4  # trials per family `run --until-settled` adds each time the answer is not settled yet
 BUDGET_STEPS = 4  # budgets compared: this many, log-spaced from where both families exist to the budget
@@ -44,6 +46,7 @@ class Verdict:
     gap: float | None  # best Hourglass minus best conventional PSNR within the budget, dB
     earlier_gap: float | None  # the same without each family's last quarter of trials
     counts: dict[str, int]  # finished models within the budget, per family
+    halves: tuple[float | None, float | None] = (None, None)  # the gap from each family's odd, even trials
 
     @property
     def winner(self) -> str | None:
@@ -62,6 +65,10 @@ class Verdict:
         assert self.gap is not None
         if self.state == "unsettled":
             before = "no comparison" if self.earlier_gap is None else f"{self.earlier_gap:+.2f} dB"
+            if self.earlier_gap is not None and _agree(self.gap, self.earlier_gap):
+                a, b = ("none" if g is None else f"{g:+.2f} dB" for g in self.halves)
+                return (f"the gap is {self.gap:+.2f} dB, but half the trials say {a} and the other half {b}: "
+                        "more trials would likely move it")
             return (f"the last {LAST_SHARE:.0%} of the trials moved the gap from {before} to {self.gap:+.2f} dB: "
                     "more trials would likely move it again")
         if self.winner is None:
@@ -96,12 +103,15 @@ def gap_at(points: dict[str, Sequence[Point]], budget: int) -> float | None:
 
 
 def verdicts(points: dict[str, Sequence[Point]], budgets: Sequence[int], *, last_share: float = LAST_SHARE,
-             improve_db: float = IMPROVE_DB, min_trials: int = MIN_TRIALS) -> list[Verdict]:
+             improve_db: float = IMPROVE_DB, min_trials: int = MIN_TRIALS, halves: bool = HALVES) -> list[Verdict]:
     """The verdict at each budget; points[family]: its COMPLETE trials in the order they finished.
 
-    last_share, improve_db and min_trials are the rule's knobs (bench/search_quality.py compares values).
+    last_share, improve_db, min_trials and halves are the rule's knobs (bench/search_quality.py compares
+    values). halves: the answers of each family's odd and even trials, two searches of half the size,
+    must agree too (a search whose halves disagree has not found its answer yet).
     """
     earlier = {f: list(p)[: len(p) - math.ceil(last_share * len(p))] for f, p in points.items()}
+    odd, even = ({f: list(p)[k::2] for f, p in points.items()} for k in (0, 1))
     out = []
     for b in budgets:
         counts = {f: sum(params <= b for params, _ in p) for f, p in points.items()}
@@ -111,11 +121,12 @@ def verdicts(points: dict[str, Sequence[Point]], budgets: Sequence[int], *, last
         elif min(counts.values()) < min_trials:
             state = "few trials"
         elif (before is None or abs(gap - before) > MOVE_DB or _side(gap) != _side(before)
-              or any(_gain(points[f], earlier[f], b) > improve_db for f in points)):
+              or any(_gain(points[f], earlier[f], b) > improve_db for f in points)
+              or (halves and not _agree(gap_at(odd, b), gap_at(even, b)))):
             state = "unsettled"
         else:
             state = "settled"
-        out.append(Verdict(b, state, gap, before, counts))
+        out.append(Verdict(b, state, gap, before, counts, (gap_at(odd, b), gap_at(even, b))))
     return out
 
 
@@ -130,6 +141,10 @@ def _gain(now: Sequence[Point], before: Sequence[Point], budget: int) -> float:
     """How much a family's best within the budget rose over the last trials (inf when it had none before)."""
     a, b = best_within(now, budget), best_within(before, budget)
     return math.inf if b is None else (0.0 if a is None else a - b)
+
+
+def _agree(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) <= MOVE_DB and _side(a) == _side(b)
 
 
 def _side(gap: float) -> int:
