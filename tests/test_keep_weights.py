@@ -12,9 +12,8 @@ from hgsearch.events import Note
 from hgsearch.results.analysis import analyze
 from hgsearch.results.confirm import frontier_model
 from hgsearch.search import run as search
-from hgsearch.search.pruning import dominates
 from hgsearch.training.loop import evaluate
-from hgsearch.training.record import weights_path
+from hgsearch.training.record import dominates, weights_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from hgsearch.errors import UsageError
-from hgsearch.search.pruning import Observation, Pruner, dominates, front_ranks, rung_epochs
+from hgsearch.search.pruning import Observation, Pruner, front_ranks, rung_epochs
+from hgsearch.training.record import dominates
 
 
 def obs(key: int, params: int, *curve: float, family: str = "hourglass") -> Observation:

@@ -10,11 +10,13 @@ import torch
 from hgsearch.model.families import ArchSpec, build
 from hgsearch.search.trial import close_trial
 from hgsearch.store.schema import RETRY_ATTR
+from hgsearch.training import checkpoint
 from hgsearch.training.loop import TrainResult
 from hgsearch.training.record import (
     CONFIG_ATTRS,
     RESULT_ATTRS,
     TrialRecord,
+    keep_front_weights,
     load_weights,
     result_attrs,
     save_weights,
@@ -85,6 +87,27 @@ def test_weights_round_trip(tmp_path):
     again.load_state_dict(payload["state_dict"])
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_weights_cache_holds_the_front(tmp_path):
+    """A trial off the front keeps nothing; one on it keeps its checkpoint's model and drops the files of the
+    trials it dominates; a missing checkpoint is a reason, not an error."""
+    torch.manual_seed(0)
+    model = build(SPEC)
+    ckpt, meta = tmp_path / "c.pt", {"trial": 9}
+    checkpoint.save(ckpt, {"model": model.state_dict()}, meta)
+    res = TrainResult(psnr_val=20.0, psnr_test=19.0, train_loss=0.01, seconds=1.0, epochs=4, steps=8)
+    me = float(REC.params)
+    for n in (1, 2):
+        save_weights(weights_path(tmp_path, "hourglass", n), REC, model, res)
+    assert keep_front_weights(tmp_path, 9, REC, res, {1: (me, 21.0)}, ckpt, meta) is None  # 1 dominates it
+    assert not weights_path(tmp_path, "hourglass", 9).exists()
+    assert keep_front_weights(tmp_path, 9, REC, res, {1: (me + 1, 19.0), 2: (me - 1, 19.0)}, ckpt, meta) is None
+    assert [weights_path(tmp_path, "hourglass", n).exists() for n in (1, 2, 9)] == [False, True, True]
+    payload = load_weights(weights_path(tmp_path, "hourglass", 9), torch.device("cpu"))
+    assert payload["psnr_val"] == 20.0 and torch.equal(payload["state_dict"]["w_out.weight"], model.w_out.weight)
+    why = keep_front_weights(tmp_path, 10, REC, res, {}, tmp_path / "none.pt", meta)
+    assert why == "weights not kept (no checkpoint); report will retrain it"
 
 
 def test_a_row_missing_a_field_is_refused():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from hgsearch.errors import UsageError
 from hgsearch.names import PRUNING_RULES as RULES
+from hgsearch.training.record import dominates
 
 BIN_FACTOR = 2.0  # psnr-bins: one bin per factor of 2 in parameters
 
@@ -57,12 +58,6 @@ def rung_epochs(min_epochs: int, reduction_factor: int, max_epochs: int) -> tupl
         out.append(e)
         e *= reduction_factor
     return tuple(out)
-
-
-def dominates(a: tuple[int, float], b: tuple[int, float], margin: float = 0.0) -> bool:
-    """a = (params, psnr) dominates b: no larger, and better by more than margin dB (strictly, if 0)."""
-    return a[0] <= b[0] and (a[1] > b[1] + margin if margin > 0 else
-                             (a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])))
 
 
 def front_ranks(points: Sequence[tuple[int, float]]) -> list[int]:

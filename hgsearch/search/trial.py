@@ -5,9 +5,10 @@ then its worker recorded (start) -> begin: its configuration drawn (or, for a re
 stored, its resume point read from its checkpoint -> trained by an executor (executors.py:
 SerialExecutor one trial after the other through training.loop.train, PackExecutor several at once as
 packs of training.packed.PackRun), which calls epoch_end after each finished epoch -> finish: told
-COMPLETE (keeping its weights when on its family's front), PRUNED or FAIL; or, when an exception cuts
-it off, requeue. Every final state is decided here: close_trial fails a trial and queues its
-configuration again or drops it, for requeue and for claims.py (a dead worker's trial, a surplus claim).
+COMPLETE (keeping its weights when on its family's front: record.keep_front_weights), PRUNED or FAIL;
+or, when an exception cuts it off, requeue. Every final state is decided here: close_trial fails a
+trial and queues its configuration again or drops it, for requeue and for claims.py (a dead worker's
+trial, a surplus claim).
 
 epoch_end(state) -> bool is the one epoch-end sequence of every executor: the per-epoch decision
 on_epoch(run, epoch, metrics) -> bool (epoch counts finished epochs: 1 .. record.epochs, from resumed
@@ -39,7 +40,6 @@ from hgsearch.model import space as space_mod
 from hgsearch.search import curves, testhooks
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.liveness import Heartbeat, this_worker
-from hgsearch.search.pruning import dominates
 from hgsearch.search.sampler import draw, draw_index, history, origin
 from hgsearch.stop import Stopped
 from hgsearch.store import optuna_seam as seam
@@ -55,7 +55,7 @@ from hgsearch.store.schema import (
 from hgsearch.text import first_line
 from hgsearch.training import checkpoint
 from hgsearch.training.loop import TrainResult
-from hgsearch.training.record import CONFIG_ATTRS, TrialRecord, result_attrs, save_weights, weights_path
+from hgsearch.training.record import CONFIG_ATTRS, TrialRecord, keep_front_weights, result_attrs
 
 EpochHook = Callable[["TrialRun", int, dict[str, float]], bool]
 
@@ -235,7 +235,12 @@ class TrialRun:
             self.heartbeat.stop()
         if isinstance(outcome, TrainResult):
             testhooks.pause_at("complete")
-            self.keep_weights(frozen, outcome)
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            others = {t.number: (t.values[0], t.values[1]) for t in complete if t.number != frozen.number}
+            why = keep_front_weights(self.search.cfg.study_dir, frozen.number, self.record, outcome, others,
+                                     self.checkpoint, self.meta)
+            if why:
+                reporter(Note(f"{family} trial #{frozen.number}: {why}"))
         checkpoint.remove(self.checkpoint)
         reporter(TrialEnd(family, frozen, reason))
         return frozen
@@ -252,44 +257,6 @@ class TrialRun:
         with contextlib.suppress(Exception):  # best effort: if this fails, the next run reaps it
             close_trial(self.search.study, seam.frozen(self.search.study, self.trial), reason, retry=True,
                         evidence=evidence)
-
-    def keep_weights(self, frozen: FrozenTrial, res: TrainResult) -> None:
-        """Keep a trial just told COMPLETE in the weights cache when it is on its family's front, and drop
-        the cached weights of the family's trials it dominates.
-
-        The front is the non-dominated set of the family's COMPLETE trials by (params, psnr_val), itself
-        included (ties all stay). The weights are the model of its last checkpoint (both executors write
-        one after the final epoch, and evaluation changes nothing after it), saved in
-        record.save_weights's format with the trial's own results, so confirm.frontier_model finds them
-        "cached" and the report retrains nothing. Being dominated is permanent (trials are only added),
-        so every point of the final front kept its weights when it completed, and the cache stays the
-        size of the front. Workers (or hosts) finishing at once may miss each other's trial: a dominated
-        trial's file can then stay behind, which costs disk only (a file always holds its own trial's
-        weights). A missing file (killed between the tell and this save, a failed write, a trial trained
-        on another host, whose file is in that host's results directory) costs frontier_model a retrain,
-        its fallback. A failed read or write here is a Note, never the trial's failure: it is COMPLETE.
-        """
-        study, family, reporter = self.search.study, self.search.family, self.search.reporter
-        me = (frozen.values[0], frozen.values[1])
-        others = {t.number: (t.values[0], t.values[1])
-                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number != frozen.number}
-        if any(dominates(p, me) for p in others.values()):
-            return
-        study_dir = self.search.cfg.study_dir
-        path = weights_path(study_dir, family, frozen.number)
-        try:
-            state, why = checkpoint.load(self.checkpoint, self.meta)
-            if state is None:
-                reporter(Note(f"{family} trial #{frozen.number}: weights not kept ({why or 'no checkpoint'}); "
-                              "report will retrain it"))
-                return
-            save_weights(path, self.record, state["model"], res)
-            for number, p in others.items():
-                if dominates(me, p):
-                    weights_path(study_dir, family, number).unlink(missing_ok=True)
-        except (OSError, StorageError) as e:  # StorageError: atomic_write's full disk
-            reporter(Note(f"{family} trial #{frozen.number}: cannot keep its weights in {path.parent} "
-                          f"({first_line(e)}); report will retrain it"))
 
 
 def close_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, retry: bool,

@@ -1,5 +1,5 @@
 """One trial's record: the configuration a trial carries (as Optuna user attrs, CSV rows, retries),
-its results' attribute names, and the saved-weights file format."""
+its results' attribute names, the saved-weights file format, and the weights cache of each family's front."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from typing import Any
 
 import torch
 
+from hgsearch.errors import StorageError
 from hgsearch.model.families import ArchSpec
 from hgsearch.store.atomic import atomic_write
+from hgsearch.text import first_line
+from hgsearch.training import checkpoint
 from hgsearch.training.loop import TrainResult
 
 
@@ -75,7 +78,7 @@ def result_attrs(res: TrainResult) -> dict[str, float]:
 
 def weights_path(study_dir: str | Path, family: str, trial: int) -> Path:
     """Where a frontier point's trained weights are cached (kept by the search when the trial completes
-    on its family's front, see search.trial.TrialRun.keep_weights; else written by confirm.frontier_model)."""
+    on its family's front, see keep_front_weights; else written by confirm.frontier_model)."""
     return Path(study_dir) / "weights" / f"{family}-{int(trial)}.pt"
 
 
@@ -96,3 +99,46 @@ def save_weights(path: str | Path, rec: TrialRecord, model: torch.nn.Module | di
 def load_weights(path: str | Path, device: torch.device) -> dict[str, Any]:
     """A save_weights payload, tensors on `device`; weights_only: a planted file cannot run code."""
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float], margin: float = 0.0) -> bool:
+    """a = (params, psnr) dominates b: no larger, and better by more than margin dB (strictly, if 0)."""
+    return a[0] <= b[0] and (a[1] > b[1] + margin if margin > 0 else
+                             (a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])))
+
+
+def keep_front_weights(study_dir: str | Path, trial: int, rec: TrialRecord, res: TrainResult,
+                       others: dict[int, tuple[float, float]], checkpoint_path: Path,
+                       meta: dict[str, Any]) -> str | None:
+    """Keep a trial just told COMPLETE in the weights cache when it is on its family's front, and drop
+    the cached weights of the family's trials it dominates; return why its weights were not kept
+    (None when kept, or off the front).
+
+    others: the family's other COMPLETE trials, {number: (params, psnr_val)}. The front is the
+    non-dominated set of the family's COMPLETE trials by (params, psnr_val), this one included (ties
+    all stay). The weights are the model of the trial's last checkpoint (every executor writes one
+    after the final epoch, and evaluation changes nothing after it), saved in save_weights's format
+    with the trial's own results, so confirm.frontier_model finds them "cached" and the report
+    retrains nothing. Being dominated is permanent (trials are only added), so every point of the
+    final front kept its weights when it completed, and the cache stays the size of the front.
+    Workers (or hosts) finishing at once may miss each other's trial: a dominated trial's file can
+    then stay behind, which costs disk only (a file always holds its own trial's weights). A missing
+    file (killed between the tell and this save, a failed write, a trial trained on another host,
+    whose file is in that host's results directory) costs frontier_model a retrain, its fallback. A
+    failed read or write is the returned reason, never the trial's failure: it is COMPLETE.
+    """
+    me = (float(rec.params), res.psnr_val)  # the values it was told with
+    if any(dominates(p, me) for p in others.values()):
+        return None
+    path = weights_path(study_dir, rec.family, trial)
+    try:
+        state, why = checkpoint.load(checkpoint_path, meta)
+        if state is None:
+            return f"weights not kept ({why or 'no checkpoint'}); report will retrain it"
+        save_weights(path, rec, state["model"], res)
+        for number, p in others.items():
+            if dominates(me, p):
+                weights_path(study_dir, rec.family, number).unlink(missing_ok=True)
+    except (OSError, StorageError) as e:  # StorageError: atomic_write's full disk
+        return f"cannot keep its weights in {path.parent} ({first_line(e)}); report will retrain it"
+    return None
