@@ -1,15 +1,16 @@
 """The executors: how claimed trials are trained, one after the other or as packs; never their bookkeeping.
 
-Both call TrialRun.epoch_end after each finished epoch (the decision, then the checkpoint: trial.py) and
-return one outcome per run; they differ only in how they train. SerialExecutor trains one trial after
-the other through training.loop.train. PackExecutor trains them as rounds of heterogeneous packs
-(training.packed.PackRun, stepped together by training.rounds); what a serial trial promises holds
-per member:
+Both call TrialRun.epoch_end after each finished epoch (the decision, then the checkpoint: trial.py) from
+the training's epoch-end callback, whose answer (go on or stop) is the same contract for loop.train and
+packed.PackRun, and return one outcome per run; they differ only in how they train. SerialExecutor
+trains one trial after the other through training.loop.train. PackExecutor trains them as rounds of
+heterogeneous packs (training.packed.PackRun, stepped together by training.rounds); what a serial
+trial promises holds per member:
 - Checkpoints: after each finished epoch every live member's state is written to its own
   checkpoint (checkpoint.path_for of its retry chain) in loop.train's format, sliced out of the
   pack (packed.PackStep.member_optimizer_state). Per-member files, not one pack file, because a
   retried member may come back alone (serial path, another worker, a smaller GPU) or in another
-  pack: loop.train and train_packed both resume from it. A resumed pack groups members by the
+  pack: loop.train and a PackRun both resume from it. A resumed pack groups members by the
   epoch they resume from (a pack shares one data order, i.e. one generator position).
 - Failure: a member whose loss turns non-finite is retired inside the pack and gets its own
   TrialFailed; the others go on, and leave it behind at the repack (below). Out of memory fails
@@ -22,13 +23,13 @@ per member:
   per-epoch subset); False retires the member (its weights freeze) and its outcome is StoppedEarly,
   told PRUNED like a serial trial.
 - Rounds: every pack of a round steps together (training.rounds.drive: round-robin one step each,
-  the deepest pack first, each on its own CUDA stream), so the one deep pack no longer runs alone
+  the deepest pack first, each on its own CUDA stream), so the one deep pack does not run alone
   while the wide ones wait; each pack keeps its own generator, so a member's result is what it is
   when its pack trains alone. On CUDA the packs are planned to minimise the modelled round time
   (training.packing.plan_round), and split into several rounds when together they would not fit
   the memory; a CPU plans by the serial cost (plan_packs), one round.
 - Repack: at the end of an epoch in which members retired, the pack is rebuilt from its live
-  members alone (train_packed(repack=True), packed.repack_pays: always while an epoch remains when
+  members alone (PackRun(repack=True), packed.repack_pays: always while an epoch remains when
   the step runs eagerly, when the saving outweighs the recapture with CUDA graphs), each carrying its
   exact weights, moments and step count, so a retired member stops costing its padded FLOPs. Freed
   slots are not refilled: a new trial would start at epoch 0, but a pack shares one data order (one
