@@ -76,8 +76,8 @@ class Config:
     shape: tuple[int, int] = (0, 0)  # (width, bottleneck)
 
 
-def load(path: str) -> tuple[dict[str, list[Config]], dict[str, str], int]:
-    """Complete configurations by family, the table's settings line, its epochs."""
+def load(path: str, per_family: int = 0) -> tuple[dict[str, list[Config]], dict[str, str], int]:
+    """Complete configurations by family (the first per_family of each, 0: all), the settings line, the epochs."""
     settings = {}
     with open(path) as f:
         for line in f:
@@ -87,8 +87,8 @@ def load(path: str) -> tuple[dict[str, list[Config]], dict[str, str], int]:
     epochs = int(settings["epochs"])
     table: dict[str, list[Config]] = {f: [] for f in FAMILIES}
     for (fam, key), g in df.groupby(["family", "config"]):
-        if len(g) != epochs:
-            continue  # still being recorded
+        if len(g) != epochs or (per_family and key >= per_family):
+            continue  # still being recorded, or past the prefix asked for (the table grows in draw order)
         r = g.iloc[-1]
         coords = {c: float(r[f"p_{c}"]) for c in COORDS if not math.isnan(r[f"p_{c}"])}
         coords["depth"] = int(coords["depth"])
@@ -242,13 +242,15 @@ def main() -> None:
     ap.add_argument("--ratio-min", type=float, default=0.0,
                     help="a prior: draw from a space whose Hourglass bottleneck/width starts here (default: the "
                     "default space); the table keeps the configurations inside it")
+    ap.add_argument("--per-family", type=int, default=0,
+                    help="use the table's first N configurations per family (a growing table's prefix); 0: all")
     ap.add_argument("--draw-cost", action="store_true", help="only time one draw after 40 and 200 trials")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.draw_cost:
         draw_cost(args.samplers.split(","))
         return
-    table, settings, epochs = load(args.table)
+    table, settings, epochs = load(args.table, args.per_family)
     budget = int(settings["budget"])
     grid = settled.budget_grid(budget, settled.comparison_floor(budget, RunConfig().space.min_fraction, D_IN, D_OUT))
     counts = sorted(int(x) for x in args.trials.split(","))
