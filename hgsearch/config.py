@@ -127,7 +127,7 @@ class RunConfig:
     batch_size: int = 128
     val_size: int = 10_000  # carved from the training set with a fixed seed, at most a sixth of it
     noise_sigma: float = 0.25
-    sampler: str = "tpe-mv"  # how new configurations are drawn: tpe-mv | tpe | gp | qmc | random (search.sampler)
+    sampler: str = "gp"  # how new configurations are drawn: gp | tpe-mv | tpe | qmc | random (search.sampler)
     pruning: str = "pareto-asha"  # early stopping: none | pareto-asha | psnr-bins (hgsearch.search.pruning)
     min_epochs: int = 1  # first rung; rungs are min_epochs * reduction_factor^k below --epochs
     reduction_factor: int = 3  # about 1 in reduction_factor trials passes each rung

@@ -11,4 +11,4 @@ DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagenet32", "idx", "npz", "folder")
 PRUNING_RULES = ("none", "pareto-asha", "psnr-bins")
 # How new configurations are drawn (search.sampler.make_sampler; chosen by bench/search_quality.py).
-SAMPLERS = ("tpe-mv", "tpe", "gp", "qmc", "random")
+SAMPLERS = ("gp", "tpe-mv", "tpe", "qmc", "random")

@@ -73,12 +73,12 @@ class CubePoint(BaseSampler):
 def make_sampler(name: str, cfg_seed: int, family: str, index: int) -> BaseSampler:
     """The sampler that draws a family's index-th configuration (a fresh one per draw: no state between draws)."""
     seed = draw_seed(cfg_seed, family, index)
-    if name == "tpe-mv":  # multivariate TPE, the default up to hgsearch 0.1's search-quality benchmark
+    if name == "tpe-mv":  # multivariate TPE: the default before bench/search_quality.py chose gp
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=STARTUP_TRIALS,
                                           constant_liar=True)
     if name == "tpe":  # Optuna's TPE defaults, plus the liar (configurations drawn together differ)
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if name == "gp":
+    if name == "gp":  # the default: bench/RESULTS.md, "Search quality"
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
