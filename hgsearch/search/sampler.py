@@ -140,7 +140,8 @@ def history(trials: Sequence[FrozenTrial], index: int, batch: int = 1) -> list[F
     for t in trials:
         if not _brings_configuration(t) or t.number not in latest:
             continue
-        place = int(t.user_attrs.get(DRAW_ATTR, draw_index(trials, t.number)))
+        # Trials from before places were recorded get theirs counted (only then: it is quadratic).
+        place = int(t.user_attrs[DRAW_ATTR]) if DRAW_ATTR in t.user_attrs else draw_index(trials, t.number)
         if place >= index:
             continue
         last = latest[t.number]
