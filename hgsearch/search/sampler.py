@@ -70,8 +70,10 @@ class CubePoint(BaseSampler):
         return min(d.high, int(x)) if isinstance(d, IntDistribution) else min(d.high, x)
 
 
-def make_sampler(name: str, cfg_seed: int, family: str, index: int) -> BaseSampler:
+def make_sampler(name: str, cfg_seed: int, family: str, index: int, salt: int = 0) -> BaseSampler:
     """The sampler that draws a family's index-th configuration (a fresh one per draw: no state between draws)."""
+    # salt (racing claims, see pending) keeps draws of the same place by racing workers apart.
+    family = f"{family}/{salt}" if salt else family
     seed = draw_seed(cfg_seed, family, index)
     if name == "tpe-mv":  # multivariate TPE: the default before bench/search_quality.py chose gp
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=STARTUP_TRIALS,
@@ -122,6 +124,18 @@ def draw_index(trials: Sequence[FrozenTrial], number: int) -> int:
     return max(taken) + 1 if k in taken else k
 
 
+def pending(trials: Sequence[FrozenTrial], number: int) -> int:
+    """New trials numbered below `number` still RUNNING without a configuration: other workers' claims in flight.
+
+    Never any in a serial or packed run of one process (a pack's members draw in order, and a dead
+    claimer's trial on this host is closed before the next claim); with several workers it salts the
+    draw, so that two workers that counted the same place (a claim between them closed meanwhile)
+    still draw different configurations.
+    """
+    return sum(t.number < number and t.state == TrialState.RUNNING and not t.params
+               and not t.user_attrs.get(RETRY_ATTR) for t in trials)
+
+
 def history(trials: Sequence[FrozenTrial], index: int, batch: int = 1) -> list[FrozenTrial]:
     """What draw `index` sees: each configuration drawn before it once, in draw order, as its latest attempt.
 
@@ -156,11 +170,11 @@ def history(trials: Sequence[FrozenTrial], index: int, batch: int = 1) -> list[F
 
 
 def draw(cfg: RunConfig, family: str, index: int, seen: Sequence[FrozenTrial], d_in: int,
-         d_out: int) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+         d_out: int, salt: int = 0) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
     """The index-th configuration of a family given the canonical history `seen`: (params, distributions)."""
     with warnings.catch_warnings():  # the multivariate TPE, the liar and GP are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = make_sampler(cfg.sampler, cfg.seed, family, index)
+        sampler = make_sampler(cfg.sampler, cfg.seed, family, index, salt)
         _IN_MEMORY_LOG.addFilter(_quiet)  # one "A new study created in memory" line per draw says nothing
         try:
             view = optuna.create_study(directions=DIRECTIONS, sampler=sampler)

@@ -40,7 +40,7 @@ from hgsearch.model import space as space_mod
 from hgsearch.search import curves, testhooks
 from hgsearch.search.context import FamilySearch
 from hgsearch.search.liveness import Heartbeat, this_worker
-from hgsearch.search.sampler import draw, draw_index, history, origin
+from hgsearch.search.sampler import draw, draw_index, history, origin, pending
 from hgsearch.stop import Stopped
 from hgsearch.store import optuna_seam as seam
 from hgsearch.store.schema import (
@@ -149,7 +149,8 @@ class TrialRun:
             seam.forget_cached_trials(s.study)
             trials = s.study.get_trials(deepcopy=False)
             index = draw_index(trials, trial.number)
-            params, dists = draw(cfg, s.family, index, history(trials, index, s.batch), s.data.d_in, s.data.d_out)
+            params, dists = draw(cfg, s.family, index, history(trials, index, s.batch), s.data.d_in, s.data.d_out,
+                                 salt=pending(trials, trial.number))
             storage, trial_id = seam.storage(s.study), seam.trial_id(trial)
             storage.set_trial_user_attr(trial_id, DRAW_ATTR, index)
             for name, value in params.items():
