@@ -65,6 +65,12 @@ def make_study(url: str, families: dict[str, list], *, stored_in_reverse: bool =
         s.add_trials(trials[::-1] if stored_in_reverse else trials)
 
 
+def study_in_results(cwd, families: dict[str, list]) -> None:
+    """The study where `frontier --study STUDY` run in cwd finds it."""
+    (cwd / "results" / STUDY).mkdir(parents=True)
+    make_study(f"sqlite:///{cwd / 'results' / STUDY / 'study.db'}", families)
+
+
 @pytest.fixture
 def url(tmp_path):
     return f"sqlite:///{tmp_path / 'study.db'}"
@@ -164,9 +170,7 @@ def test_the_curve_counts_each_point_once_at_the_moment_it_finished():
 
 
 def test_frontier_prints_the_verdicts_and_writes_them(tmp_path, cli):
-    (tmp_path / "results" / STUDY).mkdir(parents=True)
-    make_study(f"sqlite:///{tmp_path / 'results' / STUDY / 'study.db'}",
-               {"hourglass": HOURGLASS, "conventional": CONVENTIONAL})
+    study_in_results(tmp_path, {"hourglass": HOURGLASS, "conventional": CONVENTIONAL})
     code, out, err = cli("frontier", "--study", STUDY, "--plot", cwd=tmp_path)
     assert code == 0, err
     block = out[out.index("Is the answer settled?"):]  # after everything frontier printed before
@@ -189,9 +193,7 @@ def test_frontier_prints_the_verdicts_and_writes_them(tmp_path, cli):
 def test_frontier_json_holds_the_verdicts_and_prints_nothing_else(tmp_path, cli):
     import json
 
-    (tmp_path / "results" / STUDY).mkdir(parents=True)
-    make_study(f"sqlite:///{tmp_path / 'results' / STUDY / 'study.db'}",
-               {"hourglass": QUIET, "conventional": QUIET_CONVENTIONAL})
+    study_in_results(tmp_path, {"hourglass": QUIET, "conventional": QUIET_CONVENTIONAL})
     code, out, err = cli("frontier", "--study", STUDY, "--json", cwd=tmp_path)
     assert code == 0, err
     doc = json.loads(out)["settled"]

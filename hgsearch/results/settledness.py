@@ -109,10 +109,12 @@ def budget_label(params: int) -> str:
     return f"{params / MILLION:.3f}M"
 
 
-def thresholds() -> dict[str, float]:
-    """search.settled's rule constants, recorded beside the verdicts they produced."""
+def thresholds() -> dict[str, float | bool | None]:
+    """search.settled's rule constants, recorded beside the verdicts they produced (no limit on a family's
+    gain is None: JSON has no infinity)."""
     return {"min_trials": settled.MIN_TRIALS, "move_db": settled.MOVE_DB, "tie_db": settled.TIE_DB,
-            "last_share": settled.LAST_SHARE, "budget_steps": settled.BUDGET_STEPS}
+            "last_share": settled.LAST_SHARE, "halves": settled.HALVES, "budget_steps": settled.BUDGET_STEPS,
+            "improve_db": None if math.isinf(settled.IMPROVE_DB) else settled.IMPROVE_DB}
 
 
 def settledness(trials: pd.DataFrame, budget: int, min_fraction: float,
